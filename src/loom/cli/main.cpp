@@ -1,0 +1,2 @@
+// Placeholder entry point; replaced by the subcommand table.
+int main() { return 0; }
