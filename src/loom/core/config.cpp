@@ -1,0 +1,36 @@
+#include "loom/core/config.h"
+
+#include <sstream>
+
+namespace loom {
+
+void apply_override(YAML::Node& root, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    fail("--set '{}': expected key=value, e.g. --set model.d_model=256", assignment);
+  const std::string key = assignment.substr(0, eq);
+  const std::string text = assignment.substr(eq + 1);
+  YAML::Node value;
+  try {
+    value = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    fail("--set '{}': the value is not valid YAML ({})", assignment, e.msg);
+  }
+  std::vector<std::string> path;
+  std::stringstream parts(key);
+  for (std::string part; std::getline(parts, part, '.');) {
+    if (part.empty()) fail("--set '{}': empty key component", assignment);
+    path.push_back(part);
+  }
+  // yaml-cpp nodes are handles: walking with operator[] on copies mutates the shared tree.
+  std::vector<YAML::Node> chain{root};
+  for (size_t i = 0; i + 1 < path.size(); ++i) {
+    YAML::Node next = chain.back()[path[i]];
+    if (next && !next.IsMap() && !next.IsNull())
+      fail("--set '{}': '{}' is not a section", assignment, path[i]);
+    chain.push_back(next);
+  }
+  chain.back()[path.back()] = value;
+}
+
+}  // namespace loom

@@ -1,0 +1,73 @@
+#include "loom/core/runtime.h"
+
+#include <dlfcn.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+namespace loom {
+
+void ensure_runtime_environment(int argc, char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  // Passive waiting keeps idle OpenMP workers off the cores OpenBLAS is using.
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  std::vector<char*> args(argv, argv + argc);
+  args.push_back(nullptr);
+  execv("/proc/self/exe", args.data());
+  // execv only returns on failure: carry on with the spinning default.
+}
+
+BlasInfo inspect_blas() {
+  BlasInfo info;
+  using GetConfig = char* (*)();
+  auto get_config = reinterpret_cast<GetConfig>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
+  if (get_config != nullptr) {
+    info.name = "OpenBLAS";
+    info.config = get_config();
+    auto get_core = reinterpret_cast<GetConfig>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+    if (get_core != nullptr) info.config += std::string(" core=") + get_core();
+  } else if (dlsym(RTLD_DEFAULT, "bli_info_get_version_str") != nullptr) {
+    info.name = "BLIS";
+  } else if (dlsym(RTLD_DEFAULT, "MKL_Get_Max_Threads") != nullptr) {
+    info.name = "MKL";
+  } else {
+    info.name = "reference BLAS";
+    info.warnings.push_back(
+        "fp32 matmuls run on the reference BLAS (~7 GFLOP/s here, ~60x slower than OpenBLAS): "
+        "install libopenblas0-pthread");
+  }
+  if (const char* coretype = std::getenv("OPENBLAS_CORETYPE")) {
+    info.warnings.push_back(fmt::format(
+        "OPENBLAS_CORETYPE={} is set: OpenBLAS may skip its fastest kernels for this CPU "
+        "(Haswell halves fp32 speed on AVX-512 machines)",
+        coretype));
+  }
+  return info;
+}
+
+int configure_threads(int threads) {
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  if (threads <= 0) threads = cores > 0 ? cores : 1;
+  at::set_num_threads(threads);
+  omp_set_num_threads(threads);
+  // OpenBLAS keeps its own pool and ignores at::set_num_threads.
+  using SetThreads = void (*)(int);
+  if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
+    set(threads);
+
+  static bool warned = false;
+  if (!warned) {
+    warned = true;
+    for (const auto& w : inspect_blas().warnings) spdlog::warn("{}", w);
+    if (threads > cores && cores > 0)
+      spdlog::warn("--threads {} exceeds the {} cores of this machine", threads, cores);
+  }
+  return threads;
+}
+
+}  // namespace loom

@@ -1,0 +1,29 @@
+// Process-wide runtime settings: threads and BLAS. Measured on these machines
+// (../shared/LIBTORCH.md): libtorch defaults to half the cores, OpenBLAS ignores libtorch's
+// thread count, OpenMP workers that spin fight OpenBLAS's threads, and a fresh libtorch install
+// may run on the reference BLAS at 1/60 of the speed.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace loom {
+
+// Call first thing in main(). OpenMP reads OMP_WAIT_POLICY when its library loads, before
+// main(), so when it is unset this sets it to PASSIVE and re-executes the program; returns
+// only if no re-exec was needed (or it failed).
+void ensure_runtime_environment(int argc, char** argv);
+
+struct BlasInfo {
+  std::string name;              // "OpenBLAS", "reference BLAS", ...
+  std::string config;            // OpenBLAS's own build description, if any
+  std::vector<std::string> warnings;
+};
+
+// What BLAS libtorch's fp32 matmuls will use, and what limits it.
+BlasInfo inspect_blas();
+
+// Sets libtorch's intra-op threads, OpenMP's and OpenBLAS's to `threads` (<= 0: all cores)
+// and logs warnings about slow settings once. Returns the thread count in effect.
+int configure_threads(int threads);
+
+}  // namespace loom

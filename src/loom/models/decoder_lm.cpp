@@ -1,0 +1,97 @@
+#include "loom/models/decoder_lm.h"
+
+#include <cmath>
+
+#include "loom/core/error.h"
+
+namespace loom {
+
+DecoderLMImpl::DecoderLMImpl(ModelConfig c) : config_(std::move(c)) {
+  const auto& r = blocks();
+  tok_emb = register_module("tok_emb", torch::nn::Embedding(config_.vocab_size, config_.d_model));
+  pos = register_module("pos", r.positions.get(config_.position, "model.position")(config_));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config_.n_layers; ++i) layers->push_back(TransformerBlock(config_, i));
+  norm_f = register_module("norm_f", r.norms.get(config_.norm, "model.norm")(config_, config_.d_model));
+  if (!config_.tie_embeddings)
+    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(config_.d_model, config_.vocab_size).bias(false)));
+  reset_parameters();
+}
+
+torch::Tensor DecoderLMImpl::hidden(const torch::Tensor& tokens, int64_t offset, KVCache* cache) {
+  TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, T]");
+  const int64_t t = tokens.size(1);
+  if (offset + t > config_.max_seq_len)
+    fail("sequence of {} tokens exceeds the model's context of {} tokens", offset + t,
+         config_.max_seq_len);
+  if (cache != nullptr && offset + t > cache->capacity)
+    fail("sequence of {} tokens exceeds the KV cache capacity of {}", offset + t, cache->capacity);
+  auto x = pos->embed(tok_emb(tokens), offset);  // [B, T, d_model]
+  for (size_t i = 0; i < layers->size(); ++i) {
+    MixerContext ctx{pos.get(), offset, cache ? &cache->layers[i] : nullptr};
+    x = layers[i]->as<TransformerBlockImpl>()->forward(x, ctx);
+  }
+  return norm_f->forward(x);
+}
+
+torch::Tensor DecoderLMImpl::logits(const torch::Tensor& h) {
+  return lm_head ? lm_head(h) : torch::nn::functional::linear(h, tok_emb->weight);  // [B, T, V]
+}
+
+torch::Tensor DecoderLMImpl::forward(const torch::Tensor& tokens, int64_t offset, KVCache* cache) {
+  return logits(hidden(tokens, offset, cache));
+}
+
+KVCache DecoderLMImpl::make_cache(int64_t batch, int64_t capacity) {
+  KVCache cache;
+  cache.capacity = std::min(capacity, config_.max_seq_len);
+  auto options = tok_emb->weight.options();
+  for (auto& layer : *layers)
+    cache.layers.push_back(layer->as<TransformerBlockImpl>()->mixer->make_cache(batch, cache.capacity, options));
+  return cache;
+}
+
+void DecoderLMImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  const double residual_std = config_.init_std / std::sqrt(2.0 * config_.n_layers);
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    auto& p = item.value();
+    const bool is_norm = name.find("norm") != std::string::npos;
+    if (is_norm) {
+      p.fill_(name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0 ? 0.0 : 1.0);
+    } else if (p.dim() < 2) {
+      p.zero_();
+    } else {
+      const bool residual = name.find(".wo.") != std::string::npos || name.find(".w_out.") != std::string::npos;
+      p.normal_(0.0, residual ? residual_std : config_.init_std);
+    }
+  }
+}
+
+bool DecoderLMImpl::is_decayed(const std::string& name, const torch::Tensor& p) const {
+  const bool embedding = name.rfind("tok_emb.", 0) == 0 || name.rfind("pos.", 0) == 0;
+  return p.dim() >= 2 && !embedding;
+}
+
+std::vector<torch::Tensor> DecoderLMImpl::decay_parameters() {
+  std::vector<torch::Tensor> out;
+  for (auto& item : named_parameters())
+    if (is_decayed(item.key(), item.value())) out.push_back(item.value());
+  return out;
+}
+
+std::vector<torch::Tensor> DecoderLMImpl::no_decay_parameters() {
+  std::vector<torch::Tensor> out;
+  for (auto& item : named_parameters())
+    if (!is_decayed(item.key(), item.value())) out.push_back(item.value());
+  return out;
+}
+
+int64_t DecoderLMImpl::num_parameters() {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace loom

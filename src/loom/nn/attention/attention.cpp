@@ -1,0 +1,94 @@
+// Causal softmax attention, multi-head (Vaswani et al. 2017), grouped-query (Ainslie et al.
+// 2023) and multi-query (Shazeer 2019) by n_kv_heads. Shapes: B batch, T new tokens, S keys
+// (cached + new), H query heads, K key/value heads, G = H / K queries per key/value head,
+// D head_dim.
+//
+// Queries, keys and values come from one fused projection, wqkv: d_model -> (H + 2K) * D,
+// rows ordered [q; k; v]. Grouped queries are folded into the row dimension of one batched
+// matmul per key/value head, so keys and values are never repeated in memory.
+#include <cmath>
+#include <limits>
+
+#include "loom/nn/mixer.h"
+
+namespace loom {
+namespace {
+
+class AttentionImpl : public MixerImpl {
+ public:
+  explicit AttentionImpl(const ModelConfig& c)
+      : n_heads_(c.n_heads), n_kv_heads_(c.kv_heads()), head_dim_(c.head_dim()) {
+    const int64_t qkv_dim = (n_heads_ + 2 * n_kv_heads_) * head_dim_;
+    wqkv = register_module("wqkv", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, qkv_dim).bias(c.bias)));
+    wo = register_module("wo", torch::nn::Linear(torch::nn::LinearOptions(n_heads_ * head_dim_, c.d_model).bias(c.bias)));
+  }
+
+  // x: [B, T, d_model] -> [B, T, d_model]
+  torch::Tensor forward(const torch::Tensor& x, const MixerContext& ctx) override {
+    const int64_t b = x.size(0), t = x.size(1);
+    const int64_t h = n_heads_, k_heads = n_kv_heads_, d = head_dim_, g = h / k_heads;
+    auto qkv = wqkv(x).view({b, t, h + 2 * k_heads, d});
+    auto q = qkv.narrow(2, 0, h);              // [B, T, H, D]
+    auto k = qkv.narrow(2, h, k_heads);        // [B, T, K, D]
+    auto v = qkv.narrow(2, h + k_heads, k_heads);
+    std::tie(q, k) = ctx.position->rotate(q, k, ctx.offset);
+    k = k.transpose(1, 2);                     // [B, K, T, D]
+    v = v.transpose(1, 2);
+    if (ctx.cache != nullptr) {
+      ctx.cache->k.narrow(2, ctx.offset, t).copy_(k);
+      ctx.cache->v.narrow(2, ctx.offset, t).copy_(v);
+      k = ctx.cache->k.narrow(2, 0, ctx.offset + t).to(q.scalar_type());  // [B, K, S, D]
+      v = ctx.cache->v.narrow(2, 0, ctx.offset + t).to(q.scalar_type());
+    }
+    const int64_t s = k.size(2);
+    // [B, T, H, D] -> [B, K, G*T, D]: the G query heads sharing a key/value head become rows.
+    auto q_grouped = q.reshape({b, t, k_heads, g, d}).permute({0, 2, 3, 1, 4}).reshape({b, k_heads, g * t, d});
+    auto scores = torch::matmul(q_grouped, k.transpose(-2, -1))    // [B, K, G*T, S]
+                      .mul_(1.0 / std::sqrt(static_cast<double>(d)))
+                      .view({b, h, t, s});                        // [B, H, T, S]
+    auto bias = ctx.position->attention_bias(h, t, s, ctx.offset);  // [H, T, S] or undefined
+    if (bias.defined()) scores = scores + bias.to(scores.scalar_type());
+    if (t > 1) scores = scores.masked_fill(causal_mask(t, s, ctx.offset, x.device()),
+                                           -std::numeric_limits<float>::infinity());
+    auto probs = torch::softmax(scores, -1).view({b, k_heads, g * t, s});
+    auto out = torch::matmul(probs, v)                            // [B, K, G*T, D]
+                   .view({b, k_heads, g, t, d})
+                   .permute({0, 3, 1, 2, 4})                      // [B, T, K, G, D]
+                   .reshape({b, t, h * d});
+    return wo(out);
+  }
+
+  LayerCache make_cache(int64_t batch, int64_t capacity, torch::TensorOptions options) override {
+    return {torch::zeros({batch, n_kv_heads_, capacity, head_dim_}, options),
+            torch::zeros({batch, n_kv_heads_, capacity, head_dim_}, options)};
+  }
+
+  torch::nn::Linear wqkv{nullptr}, wo{nullptr};
+
+ private:
+  // True where query i (absolute position offset + i) would see a later key j: [T, S].
+  torch::Tensor causal_mask(int64_t t, int64_t s, int64_t offset, torch::Device device) {
+    if (!mask_.defined() || mask_.size(0) != t || mask_.size(1) != s || mask_offset_ != offset ||
+        mask_.device() != device) {
+      mask_ = torch::ones({t, s}, torch::TensorOptions().dtype(torch::kBool).device(device))
+                  .triu(offset + 1);
+      mask_offset_ = offset;
+    }
+    return mask_;
+  }
+
+  int64_t n_heads_, n_kv_heads_, head_dim_;
+  torch::Tensor mask_;
+  int64_t mask_offset_ = -1;
+};
+
+}  // namespace
+
+void register_mixers(Registry<MixerFactory>& r) {
+  r.add({"", "attention",
+         "causal softmax attention; n_kv_heads selects multi-head, grouped-query or multi-query",
+         "Vaswani et al. 2017, Attention Is All You Need; Ainslie et al. 2023, GQA"},
+        [](const ModelConfig& c, int64_t) { return std::make_shared<AttentionImpl>(c); });
+}
+
+}  // namespace loom

@@ -1,0 +1,17 @@
+#include "loom/nn/blocks.h"
+
+namespace loom {
+
+const BlockRegistries& blocks() {
+  static const BlockRegistries registries = [] {
+    BlockRegistries r;
+    register_mixers(r.mixers);
+    register_positions(r.positions);
+    register_norms(r.norms);
+    register_ffns(r.ffns);
+    return r;
+  }();
+  return registries;
+}
+
+}  // namespace loom

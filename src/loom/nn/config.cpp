@@ -1,0 +1,46 @@
+#include "loom/nn/config.h"
+
+#include "loom/core/error.h"
+#include "loom/nn/blocks.h"
+
+namespace loom {
+
+std::vector<std::string> ModelConfig::layer_mixers() const {
+  if (!layers.empty()) return layers;
+  return std::vector<std::string>(static_cast<size_t>(n_layers), mixer);
+}
+
+void ModelConfig::validate(const std::string& source) const {
+  auto positive = [&](const char* key, int64_t value) {
+    if (value <= 0) fail("{}: model.{} must be positive, got {}", source, key, value);
+  };
+  positive("vocab_size", vocab_size);
+  positive("d_model", d_model);
+  positive("n_layers", n_layers);
+  positive("n_heads", n_heads);
+  positive("d_ff", d_ff);
+  positive("max_seq_len", max_seq_len);
+  if (n_kv_heads < 0) fail("{}: model.n_kv_heads must be >= 0, got {}", source, n_kv_heads);
+  if (d_model % n_heads != 0)
+    fail("{}: model.d_model ({}) must be divisible by model.n_heads ({})", source, d_model, n_heads);
+  if (n_heads % kv_heads() != 0)
+    fail("{}: model.n_heads ({}) must be divisible by model.n_kv_heads ({})", source, n_heads,
+         kv_heads());
+  if (dropout < 0 || dropout >= 1) fail("{}: model.dropout must be in [0, 1), got {}", source, dropout);
+  if (norm_eps <= 0) fail("{}: model.norm_eps must be positive, got {}", source, norm_eps);
+  if (init_std <= 0) fail("{}: model.init_std must be positive, got {}", source, init_std);
+  if (!layers.empty() && static_cast<int64_t>(layers.size()) != n_layers)
+    fail("{}: model.layers lists {} layers but model.n_layers is {}", source, layers.size(), n_layers);
+
+  const auto& r = blocks();
+  const auto mixers = layer_mixers();
+  for (size_t i = 0; i < mixers.size(); ++i)
+    r.mixers.get(mixers[i], fmt::format("{}: layer {}", source, i));
+  r.positions.get(position, fmt::format("{}: model.position", source));
+  r.norms.get(norm, fmt::format("{}: model.norm", source));
+  r.ffns.get(ffn, fmt::format("{}: model.ffn", source));
+  if (position == "rope" && head_dim() % 2 != 0)
+    fail("{}: model.position 'rope' needs an even head_dim, got {}", source, head_dim());
+}
+
+}  // namespace loom

@@ -1,0 +1,59 @@
+// The architecture hyperparameters every block is built from. One vocabulary across loom:
+// d_model, n_heads, n_kv_heads, head_dim, d_ff, n_layers, vocab_size, max_seq_len.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace loom {
+
+struct ModelConfig {
+  int64_t vocab_size = 8192;
+  int64_t d_model = 256;
+  int64_t n_layers = 6;
+  int64_t n_heads = 8;
+  int64_t n_kv_heads = 0;  // 0 = n_heads (multi-head); 1 = multi-query; else grouped-query
+  int64_t d_ff = 1024;
+  int64_t max_seq_len = 256;
+  std::string mixer = "attention";  // token mixer of every layer, unless `layers` is given
+  std::vector<std::string> layers;  // per-layer mixer names (length n_layers), e.g. [attention, attention]
+  std::string position = "learned";
+  std::string norm = "layernorm";
+  std::string ffn = "gelu";
+  bool bias = true;
+  bool tie_embeddings = true;
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  double dropout = 0.0;
+  double init_std = 0.02;
+
+  template <class V>
+  void visit(V& v) {
+    v("vocab_size", vocab_size, "tokenizer vocabulary size (the tokenizer is trained to it)");
+    v("d_model", d_model, "width of the residual stream");
+    v("n_layers", n_layers, "number of layers");
+    v("n_heads", n_heads, "attention heads (query heads)");
+    v("n_kv_heads", n_kv_heads, "key/value heads: 0 = n_heads (MHA), 1 = MQA, else GQA");
+    v("d_ff", d_ff, "hidden width of the feed-forward block");
+    v("max_seq_len", max_seq_len, "context length");
+    v("mixer", mixer, "token mixer of every layer (see `loom blocks`)");
+    v("layers", layers, "per-layer token mixers, overriding `mixer`; empty = n_layers x mixer");
+    v("position", position, "position scheme (see `loom blocks`)");
+    v("norm", norm, "normalization (see `loom blocks`)");
+    v("ffn", ffn, "feed-forward block (see `loom blocks`)");
+    v("bias", bias, "biases in linear layers and norms");
+    v("tie_embeddings", tie_embeddings, "output projection shares the token embedding");
+    v("norm_eps", norm_eps, "epsilon of the norms");
+    v("rope_theta", rope_theta, "RoPE base frequency");
+    v("dropout", dropout, "dropout on each residual branch during training");
+    v("init_std", init_std, "std of the normal init (residual projections: / sqrt(2 n_layers))");
+  }
+
+  // Checks ranges, divisibility and every block name; `source` names the recipe in errors.
+  void validate(const std::string& source) const;
+
+  int64_t head_dim() const { return d_model / n_heads; }
+  int64_t kv_heads() const { return n_kv_heads == 0 ? n_heads : n_kv_heads; }
+  std::vector<std::string> layer_mixers() const;
+};
+
+}  // namespace loom

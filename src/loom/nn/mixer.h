@@ -1,0 +1,37 @@
+// Token mixers: the part of a layer that moves information between positions (attention now;
+// Mamba and others later). [B, T, d_model] -> [B, T, d_model].
+#pragma once
+#include <functional>
+#include <memory>
+
+#include <torch/torch.h>
+
+#include "loom/core/registry.h"
+#include "loom/nn/config.h"
+#include "loom/nn/position/position.h"
+
+namespace loom {
+
+// One layer's incremental-decoding state. Attention keeps keys and values of every position
+// seen so far: [B, n_kv_heads, capacity, head_dim], valid up to the context's offset.
+struct LayerCache {
+  torch::Tensor k, v;
+};
+
+struct MixerContext {
+  PositionImpl* position = nullptr;
+  int64_t offset = 0;            // absolute position of the first input token
+  LayerCache* cache = nullptr;   // null: no incremental decoding
+};
+
+class MixerImpl : public torch::nn::Module {
+ public:
+  virtual torch::Tensor forward(const torch::Tensor& x, const MixerContext& context) = 0;
+  // Allocates this mixer's empty decoding state for `batch` sequences of up to `capacity` tokens.
+  virtual LayerCache make_cache(int64_t batch, int64_t capacity, torch::TensorOptions options) = 0;
+};
+
+using MixerFactory = std::function<std::shared_ptr<MixerImpl>(const ModelConfig&, int64_t layer)>;
+void register_mixers(Registry<MixerFactory>& registry);
+
+}  // namespace loom

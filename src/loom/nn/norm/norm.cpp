@@ -1,0 +1,52 @@
+// LayerNorm (Ba et al. 2016) and RMSNorm (Zhang & Sennrich 2019).
+#include "loom/nn/norm/norm.h"
+
+namespace loom {
+namespace {
+
+class LayerNormImpl : public NormImpl {
+ public:
+  LayerNormImpl(const ModelConfig& c, int64_t dim) : dim_(dim), eps_(c.norm_eps) {
+    weight = register_parameter("weight", torch::ones({dim}));
+    if (c.bias) bias = register_parameter("bias", torch::zeros({dim}));
+  }
+  // y = (x - mean) / sqrt(var + eps) * weight + bias
+  torch::Tensor forward(const torch::Tensor& x) override {
+    return torch::layer_norm(x, {dim_}, weight, bias, eps_);
+  }
+  torch::Tensor weight, bias;  // [dim]; bias undefined without model.bias
+
+ private:
+  int64_t dim_;
+  double eps_;
+};
+
+class RMSNormImpl : public NormImpl {
+ public:
+  RMSNormImpl(const ModelConfig& c, int64_t dim) : eps_(c.norm_eps) {
+    weight = register_parameter("weight", torch::ones({dim}));
+  }
+  // y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 whatever the input dtype.
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto x32 = x.to(torch::kFloat);
+    auto normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_);
+    return (normed * weight).to(x.scalar_type());
+  }
+  torch::Tensor weight;  // [dim]
+
+ private:
+  double eps_;
+};
+
+}  // namespace
+
+void register_norms(Registry<NormFactory>& r) {
+  r.add({"", "layernorm", "LayerNorm: centre, scale to unit variance, affine (bias if model.bias)",
+         "Ba et al. 2016, Layer Normalization"},
+        [](const ModelConfig& c, int64_t dim) { return std::make_shared<LayerNormImpl>(c, dim); });
+  r.add({"", "rmsnorm", "RMSNorm: scale by the root mean square, no centring, no bias",
+         "Zhang & Sennrich 2019, Root Mean Square Layer Normalization"},
+        [](const ModelConfig& c, int64_t dim) { return std::make_shared<RMSNormImpl>(c, dim); });
+}
+
+}  // namespace loom

@@ -1,0 +1,73 @@
+#include "loom/train/recipe.h"
+
+#include <fstream>
+#include <sstream>
+
+namespace loom {
+
+void DataConfig::validate(const std::string& source) const {
+  if (corpus.empty()) fail("{}: data.corpus must not be empty", source);
+  if (dir.empty()) fail("{}: data.dir must not be empty", source);
+}
+
+void TrainConfig::validate(const std::string& source) const {
+  auto positive = [&](const char* key, double value) {
+    if (!(value > 0)) fail("{}: train.{} must be positive, got {}", source, key, value);
+  };
+  auto non_negative = [&](const char* key, double value) {
+    if (!(value >= 0)) fail("{}: train.{} must be >= 0, got {}", source, key, value);
+  };
+  positive("steps", steps);
+  positive("batch_size", batch_size);
+  positive("grad_accum", grad_accum);
+  positive("lr", lr);
+  positive("eps", eps);
+  positive("keep_last", keep_last);
+  positive("log_every", log_every);
+  non_negative("warmup_steps", warmup_steps);
+  non_negative("weight_decay", weight_decay);
+  non_negative("grad_clip", grad_clip);
+  non_negative("eval_every", eval_every);
+  non_negative("eval_batches", eval_batches);
+  non_negative("save_every", save_every);
+  if (min_lr_ratio < 0 || min_lr_ratio > 1)
+    fail("{}: train.min_lr_ratio must be in [0, 1], got {}", source, min_lr_ratio);
+  if (beta1 < 0 || beta1 >= 1) fail("{}: train.beta1 must be in [0, 1), got {}", source, beta1);
+  if (beta2 < 0 || beta2 >= 1) fail("{}: train.beta2 must be in [0, 1), got {}", source, beta2);
+  if (precision != "fp32" && precision != "bf16")
+    fail("{}: train.precision must be fp32 or bf16, got '{}'", source, precision);
+}
+
+void Recipe::validate(const std::string& source) const {
+  if (format != 1) fail("{}: recipe format {} is not supported (this loom reads format 1)", source, format);
+  model.validate(source);
+  data.validate(source);
+  train.validate(source);
+}
+
+Recipe default_recipe() { return Recipe{}; }
+
+Recipe parse_recipe(const std::string& yaml, const std::string& source,
+                    const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    fail("{}: not valid YAML: {}", source, e.what());
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  for (const auto& assignment : overrides) apply_override(root, assignment);
+  return parse_config<Recipe>(root, source);
+}
+
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path);
+  if (!in) fail("cannot read recipe '{}'", path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_recipe(text.str(), path, overrides);
+}
+
+std::string recipe_to_yaml(const Recipe& recipe) { return config_to_yaml(recipe); }
+
+}  // namespace loom

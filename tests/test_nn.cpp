@@ -1,0 +1,227 @@
+// Blocks and the decoder LM against references on tiny shapes, and the invariants of causal
+// decoding (causality, cached = uncached).
+#include <gtest/gtest.h>
+
+#include "loom/models/decoder_lm.h"
+#include "loom/nn/blocks.h"
+
+using namespace loom;
+
+namespace {
+
+ModelConfig tiny_config() {
+  ModelConfig c;
+  c.vocab_size = 50;
+  c.d_model = 16;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.d_ff = 32;
+  c.max_seq_len = 24;
+  return c;
+}
+
+torch::Tensor param(torch::nn::Module& m, const std::string& name) {
+  for (auto& item : m.named_parameters())
+    if (item.key() == name) return item.value();
+  ADD_FAILURE() << "no parameter " << name;
+  return {};
+}
+
+}  // namespace
+
+TEST(Attention, MatchesLibtorchMultiheadAttention) {
+  torch::manual_seed(0);
+  auto c = tiny_config();
+  c.position = "none";
+  auto position = blocks().positions.get("none", "test")(c);
+  auto attention = blocks().mixers.get("attention", "test")(c, 0);
+  torch::nn::MultiheadAttention reference(torch::nn::MultiheadAttentionOptions(c.d_model, c.n_heads));
+  {
+    torch::NoGradGuard no_grad;
+    param(*attention, "wqkv.weight").copy_(reference->in_proj_weight);
+    param(*attention, "wqkv.bias").copy_(torch::randn({3 * c.d_model}));
+    reference->in_proj_bias.copy_(param(*attention, "wqkv.bias"));
+    param(*attention, "wo.weight").copy_(reference->out_proj->weight);
+    param(*attention, "wo.bias").copy_(torch::randn({c.d_model}));
+    reference->out_proj->bias.copy_(param(*attention, "wo.bias"));
+  }
+  const int64_t b = 3, t = 7;
+  auto x = torch::randn({b, t, c.d_model});
+  auto ours = attention->forward(x, MixerContext{position.get(), 0, nullptr});
+  // Additive float mask: libtorch 1.13's C++ MultiheadAttention adds attn_mask as given.
+  auto mask = torch::full({t, t}, -std::numeric_limits<float>::infinity()).triu(1);
+  auto xt = x.transpose(0, 1);                             // [T, B, d_model]
+  auto theirs = std::get<0>(reference->forward(xt, xt, xt, {}, false, mask)).transpose(0, 1);
+  EXPECT_TRUE(torch::allclose(ours, theirs, 1e-5, 1e-5))
+      << "max diff " << (ours - theirs).abs().max().item<float>();
+}
+
+TEST(Attention, GroupedQueryWithAllHeadsEqualsMultiHead) {
+  // n_kv_heads = n_heads is multi-head attention; n_kv_heads = 1 with keys/values repeated by
+  // hand into every head is the same computation as multi-query attention.
+  torch::manual_seed(1);
+  auto c = tiny_config();
+  auto position = blocks().positions.get("rope", "test")(c);
+  auto mqa_config = c;
+  mqa_config.n_kv_heads = 1;
+  auto mqa = blocks().mixers.get("attention", "test")(mqa_config, 0);
+  auto mha = blocks().mixers.get("attention", "test")(c, 0);
+  const int64_t d = c.head_dim(), h = c.n_heads;
+  {
+    torch::NoGradGuard no_grad;
+    auto w = param(*mqa, "wqkv.weight");  // [(H + 2) D, d_model]
+    auto bias = param(*mqa, "wqkv.bias");
+    auto q = w.narrow(0, 0, h * d), k = w.narrow(0, h * d, d), v = w.narrow(0, (h + 1) * d, d);
+    param(*mha, "wqkv.weight").copy_(torch::cat({q, k.repeat({h, 1}), v.repeat({h, 1})}));
+    auto qb = bias.narrow(0, 0, h * d), kb = bias.narrow(0, h * d, d), vb = bias.narrow(0, (h + 1) * d, d);
+    param(*mha, "wqkv.bias").copy_(torch::cat({qb, kb.repeat({h}), vb.repeat({h})}));
+    param(*mha, "wo.weight").copy_(param(*mqa, "wo.weight"));
+    param(*mha, "wo.bias").copy_(param(*mqa, "wo.bias"));
+  }
+  auto x = torch::randn({2, 9, c.d_model});
+  MixerContext ctx{position.get(), 0, nullptr};
+  EXPECT_TRUE(torch::allclose(mqa->forward(x, ctx), mha->forward(x, ctx), 1e-5, 1e-5));
+}
+
+class DecoderInvariants : public testing::TestWithParam<std::tuple<std::string, int64_t>> {};
+
+TEST_P(DecoderInvariants, CausalAndCacheEqualsRecompute) {
+  auto [position, kv_heads] = GetParam();
+  torch::manual_seed(2);
+  auto c = tiny_config();
+  c.position = position;
+  c.n_kv_heads = kv_heads;
+  c.norm = kv_heads == 2 ? "rmsnorm" : "layernorm";
+  c.ffn = kv_heads == 2 ? "swiglu" : "gelu";
+  c.tie_embeddings = kv_heads != 2;
+  c.bias = kv_heads != 2;
+  DecoderLM model(c);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const int64_t t = 12;
+  auto tokens = torch::randint(c.vocab_size, {2, t});
+  auto full = model->forward(tokens);  // [2, T, V]
+
+  // Causality: changing token j never changes the outputs at positions before j.
+  const int64_t j = 7;
+  auto changed = tokens.clone();
+  changed.index_put_({torch::indexing::Slice(), j}, (tokens.index({torch::indexing::Slice(), j}) + 1) % c.vocab_size);
+  auto after = model->forward(changed);
+  EXPECT_TRUE(torch::allclose(full.narrow(1, 0, j), after.narrow(1, 0, j), 1e-5, 1e-5));
+  EXPECT_FALSE(torch::allclose(full.narrow(1, j, t - j), after.narrow(1, j, t - j), 1e-5, 1e-5));
+
+  // Incremental decoding: a 5-token prefill, then one token at a time, equals the full pass.
+  auto cache = model->make_cache(2, c.max_seq_len);
+  std::vector<torch::Tensor> pieces{model->forward(tokens.narrow(1, 0, 5), 0, &cache)};
+  for (int64_t i = 5; i < t; ++i) pieces.push_back(model->forward(tokens.narrow(1, i, 1), i, &cache));
+  auto incremental = torch::cat(pieces, 1);
+  EXPECT_TRUE(torch::allclose(incremental, full, 1e-4, 1e-5))
+      << "max diff " << (incremental - full).abs().max().item<float>();
+}
+
+INSTANTIATE_TEST_SUITE_P(Positions, DecoderInvariants,
+                         testing::Combine(testing::Values("learned", "sinusoidal", "rope", "alibi", "none"),
+                                          testing::Values(int64_t{0}, int64_t{2})));
+
+TEST(DecoderLM, ContextOverflowIsAnError) {
+  auto c = tiny_config();
+  DecoderLM model(c);
+  torch::NoGradGuard no_grad;
+  EXPECT_THROW(model->forward(torch::zeros({1, c.max_seq_len + 1}, torch::kLong)), loom::Error);
+}
+
+TEST(DecoderLM, ParameterNamesArePinned) {
+  // Parameter names are a file format (STYLE.md 10): renaming one breaks every checkpoint.
+  auto c = tiny_config();
+  c.tie_embeddings = false;
+  DecoderLM model(c);
+  std::vector<std::string> names;
+  for (auto& item : model->named_parameters()) names.push_back(item.key());
+  const std::vector<std::string> expected_prefix = {
+      "tok_emb.weight", "pos.weight", "layers.0.norm1.weight", "layers.0.norm1.bias",
+      "layers.0.mixer.wqkv.weight", "layers.0.mixer.wqkv.bias", "layers.0.mixer.wo.weight",
+      "layers.0.mixer.wo.bias", "layers.0.norm2.weight", "layers.0.norm2.bias",
+      "layers.0.ffn.w_in.weight", "layers.0.ffn.w_in.bias", "layers.0.ffn.w_out.weight",
+      "layers.0.ffn.w_out.bias"};
+  ASSERT_GE(names.size(), expected_prefix.size());
+  for (size_t i = 0; i < expected_prefix.size(); ++i) EXPECT_EQ(names[i], expected_prefix[i]);
+  EXPECT_EQ(names[names.size() - 3], "norm_f.weight");
+  EXPECT_EQ(names.back(), "lm_head.weight");
+}
+
+TEST(Norms, MatchLibtorchAndDefinition) {
+  torch::manual_seed(3);
+  auto c = tiny_config();
+  auto x = torch::randn({3, 5, c.d_model});
+  auto layernorm = blocks().norms.get("layernorm", "test")(c, c.d_model);
+  torch::nn::LayerNorm reference(torch::nn::LayerNormOptions({c.d_model}).eps(c.norm_eps));
+  EXPECT_TRUE(torch::allclose(layernorm->forward(x), reference(x), 1e-5, 1e-6));
+  auto rmsnorm = blocks().norms.get("rmsnorm", "test")(c, c.d_model);
+  auto expected = x / torch::sqrt(x.pow(2).mean(-1, true) + c.norm_eps);
+  EXPECT_TRUE(torch::allclose(rmsnorm->forward(x), expected, 1e-5, 1e-6));
+}
+
+TEST(Positions, RopeRotatesByRelativeAngle) {
+  // <rope(q, m), rope(k, n)> depends only on m - n.
+  auto c = tiny_config();
+  auto rope = blocks().positions.get("rope", "test")(c);
+  auto q = torch::randn({1, 1, 1, c.head_dim()});
+  auto k = torch::randn({1, 1, 1, c.head_dim()});
+  auto dot = [&](int64_t m, int64_t n) {
+    auto qm = rope->rotate(q, q, m).first;
+    auto kn = rope->rotate(k, k, n).second;
+    return (qm * kn).sum().item<double>();
+  };
+  EXPECT_NEAR(dot(5, 2), dot(13, 10), 1e-4);
+  EXPECT_GT(std::abs(dot(5, 2) - dot(5, 5)), 1e-4);
+  // Position 0 is the identity.
+  EXPECT_TRUE(torch::allclose(rope->rotate(q, k, 0).first, q));
+}
+
+TEST(Positions, AlibiSlopesFollowThePaper) {
+  auto c = tiny_config();
+  c.n_heads = 8;
+  auto alibi = blocks().positions.get("alibi", "test")(c);
+  auto bias = alibi->attention_bias(8, 3, 3, 0);  // [H, T, S]
+  // Slopes for 8 heads are 2^-1 ... 2^-8; query 2 sees key 0 at distance 2.
+  EXPECT_NEAR(bias[0][2][0].item<float>(), -1.0, 1e-6);
+  EXPECT_NEAR(bias[7][2][0].item<float>(), -2.0 / 256.0, 1e-7);
+  EXPECT_EQ(bias[3][1][1].item<float>(), 0.0f);
+}
+
+TEST(Registry, UnknownNameListsValidOnes) {
+  try {
+    blocks().ffns.get("swishglu", "layer 3");
+    FAIL() << "no error";
+  } catch (const loom::Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("layer 3"), std::string::npos) << what;
+    EXPECT_NE(what.find("swishglu"), std::string::npos) << what;
+    EXPECT_NE(what.find("swiglu"), std::string::npos) << what;
+  }
+}
+
+TEST(Registry, EveryBlockBuildsRunsAndTrains) {
+  blocks();
+  for (const auto& info : block_catalogue()) {
+    SCOPED_TRACE(info.family + "/" + info.name);
+    EXPECT_FALSE(info.description.empty());
+    EXPECT_FALSE(info.paper.empty());
+    auto c = tiny_config();
+    if (info.family == "mixer") c.mixer = info.name;
+    if (info.family == "position") c.position = info.name;
+    if (info.family == "norm") c.norm = info.name;
+    if (info.family == "ffn") c.ffn = info.name;
+    c.validate("test");
+    torch::manual_seed(4);
+    DecoderLM model(c);
+    auto tokens = torch::randint(c.vocab_size, {2, 6});
+    auto logits = model->forward(tokens);
+    ASSERT_EQ(logits.sizes(), (std::vector<int64_t>{2, 6, c.vocab_size}));
+    logits.pow(2).mean().backward();
+    for (auto& item : model->named_parameters()) {
+      ASSERT_TRUE(item.value().grad().defined()) << item.key();
+      EXPECT_TRUE(torch::isfinite(item.value().grad()).all().item<bool>()) << item.key();
+    }
+  }
+}
