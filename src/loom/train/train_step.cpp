@@ -1,0 +1,69 @@
+#include "loom/train/train_step.h"
+
+#include "loom/core/compat.h"
+
+namespace loom {
+namespace {
+
+std::vector<AdamWGroup> parameter_groups(DecoderLMImpl& model, double weight_decay) {
+  // Weight decay on the matrices of linear layers only: not on embeddings, norms or biases.
+  AdamWGroup decay{{}, weight_decay}, no_decay{{}, 0.0};
+  for (auto& item : model.named_parameters()) {
+    const bool embedding = item.key().rfind("tok_emb.", 0) == 0 || item.key().rfind("pos.", 0) == 0;
+    auto& group = (item.value().dim() >= 2 && !embedding) ? decay : no_decay;
+    group.params.push_back({item.key(), item.value()});
+  }
+  return {decay, no_decay};
+}
+
+}  // namespace
+
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat),
+                                              targets.reshape({-1}));
+}
+
+TrainStep::TrainStep(DecoderLM model, TrainConfig config)
+    : model_(std::move(model)),
+      config_(std::move(config)),
+      parameters_(model_->parameters()),
+      optimizer_(parameter_groups(*model_, config_.weight_decay), config_.beta1, config_.beta2,
+                 config_.eps) {}
+
+StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)>& batch) {
+  model_->train();
+  StepResult result;
+  result.lr = cosine_lr(step, config_.steps, config_.warmup_steps, config_.lr, config_.min_lr_ratio);
+  compat::zero_grad_to_none(parameters_);
+  for (int64_t micro = 0; micro < config_.grad_accum; ++micro) {
+    auto [inputs, targets] = batch(micro);
+    torch::Tensor loss;
+    {
+      compat::CpuAutocast autocast(config_.precision == "bf16");
+      loss = lm_loss(model_->forward(inputs), targets);
+    }
+    (loss / static_cast<double>(config_.grad_accum)).backward();
+    result.loss += loss.item<double>() / static_cast<double>(config_.grad_accum);
+  }
+  const double max_norm = config_.grad_clip > 0 ? config_.grad_clip : std::numeric_limits<double>::infinity();
+  result.grad_norm = torch::nn::utils::clip_grad_norm_(parameters_, max_norm);
+  optimizer_.step(result.lr);
+  return result;
+}
+
+double evaluate_loss(DecoderLM& model, const std::vector<Batch>& batches, bool bf16) {
+  const bool was_training = model->is_training();
+  model->eval();
+  torch::NoGradGuard no_grad;
+  double total = 0;
+  int64_t tokens = 0;
+  for (const auto& [inputs, targets] : batches) {
+    compat::CpuAutocast autocast(bf16);
+    total += lm_loss(model->forward(inputs), targets).item<double>() * targets.numel();
+    tokens += targets.numel();
+  }
+  model->train(was_training);
+  return tokens > 0 ? total / static_cast<double>(tokens) : std::nan("");
+}
+
+}  // namespace loom
