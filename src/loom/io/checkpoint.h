@@ -12,7 +12,8 @@ namespace loom {
 class CheckpointWriter {
  public:
   // Creates run_dir if needed and an empty staging dir; `name` is a plain directory name
-  // such as "step-000120".
+  // such as "step-000120". One writer per name at a time within a process (the staging dir is
+  // keyed by pid, and a stale one is removed).
   CheckpointWriter(std::string run_dir, std::string name);
   ~CheckpointWriter();  // removes the staging dir unless committed
   CheckpointWriter(const CheckpointWriter&) = delete;
