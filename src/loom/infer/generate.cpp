@@ -1,0 +1,49 @@
+#include "loom/infer/generate.h"
+
+#include "loom/core/error.h"
+
+namespace loom {
+
+std::vector<int64_t> generate(DecoderLM& model, const std::vector<int64_t>& prompt,
+                              const GenerateOptions& options,
+                              const std::function<void(int64_t)>& on_token) {
+  const auto& config = model->config();
+  if (prompt.empty()) fail("the prompt is empty");
+  if (static_cast<int64_t>(prompt.size()) > config.max_seq_len)
+    fail("the prompt is {} tokens but the model's context is {} tokens", prompt.size(), config.max_seq_len);
+  for (auto id : prompt)
+    if (id < 0 || id >= config.vocab_size)
+      fail("token id {} is outside the vocabulary [0, {})", id, config.vocab_size);
+  if (options.max_new_tokens < 0) fail("max-new-tokens must be >= 0, got {}", options.max_new_tokens);
+
+  torch::NoGradGuard no_grad;
+  const bool was_training = model->is_training();
+  model->eval();
+  Sampler sample(options.sampling);
+  const int64_t budget = std::min<int64_t>(options.max_new_tokens, config.max_seq_len - static_cast<int64_t>(prompt.size()));
+  std::vector<int64_t> sequence = prompt, generated;
+  KVCache cache;
+  if (options.use_cache) cache = model->make_cache(1, static_cast<int64_t>(prompt.size()) + budget);
+
+  // The first pass feeds the whole prompt; later passes feed only the newest token.
+  int64_t fed = 0;
+  while (static_cast<int64_t>(generated.size()) < budget) {
+    torch::Tensor logits;
+    if (options.use_cache) {
+      auto input = torch::tensor(std::vector<int64_t>(sequence.begin() + fed, sequence.end())).unsqueeze(0);
+      logits = model->forward(input, fed, &cache);  // [1, T_new, V]
+      fed = static_cast<int64_t>(sequence.size());
+    } else {
+      logits = model->forward(torch::tensor(sequence).unsqueeze(0));  // [1, T, V]
+    }
+    const int64_t next = sample(logits[0][logits.size(1) - 1]);
+    sequence.push_back(next);
+    generated.push_back(next);
+    if (on_token) on_token(next);
+    if (next == options.stop_token) break;
+  }
+  model->train(was_training);
+  return generated;
+}
+
+}  // namespace loom
