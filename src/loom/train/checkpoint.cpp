@@ -1,0 +1,88 @@
+#include "loom/train/checkpoint.h"
+
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "loom/io/checkpoint.h"
+#include "loom/io/fs.h"
+#include "loom/io/safetensors.h"
+
+namespace loom {
+namespace fs = std::filesystem;
+
+namespace {
+
+TrainerState parse_state(const std::string& path) {
+  const std::string text = read_file(path);
+  try {
+    const auto j = nlohmann::json::parse(text);
+    if (j.at("format").get<int>() != kCheckpointFormat)
+      fail("{}: checkpoint format {} is not supported (this loom reads {})", path,
+           j.at("format").get<int>(), kCheckpointFormat);
+    TrainerState state;
+    state.step = j.at("step").get<int64_t>();
+    state.tokens_seen = j.at("tokens_seen").get<int64_t>();
+    state.elapsed_seconds = j.at("elapsed_seconds").get<double>();
+    if (!j.at("valid_loss").is_null()) state.valid_loss = j.at("valid_loss").get<double>();
+    return state;
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: corrupt trainer state ({})", path, e.what());
+  }
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, DecoderLM& model,
+                            const Tokenizer& tokenizer, const AdamW& optimizer,
+                            const TrainerState& state, int64_t keep_last) {
+  CheckpointWriter writer(run_dir, fmt::format("step-{:06d}", state.step));
+  const std::map<std::string, std::string> metadata{{"format", "loom-" + std::to_string(kCheckpointFormat)},
+                                                    {"step", std::to_string(state.step)}};
+  save_safetensors(writer.path("model.safetensors"), module_state(*model), metadata);
+  save_safetensors(writer.path("optimizer.safetensors"), optimizer.state(), metadata);
+  writer.add("recipe.yaml", recipe_to_yaml(recipe));
+  writer.add("tokenizer.model", tokenizer.serialized());
+  nlohmann::json j{{"format", kCheckpointFormat},
+                   {"step", state.step},
+                   {"tokens_seen", state.tokens_seen},
+                   {"elapsed_seconds", state.elapsed_seconds},
+                   {"valid_loss", std::isnan(state.valid_loss) ? nlohmann::json() : nlohmann::json(state.valid_loss)}};
+  writer.add("trainer.json", j.dump(2) + "\n");
+  const std::string dir = writer.commit();
+  prune_checkpoints(run_dir, static_cast<int>(keep_last));
+  return dir;
+}
+
+LoadedModel load_checkpoint(const std::string& path) {
+  LoadedModel loaded;
+  loaded.dir = resolve_checkpoint(path);
+  const std::string recipe_path = (fs::path(loaded.dir) / "recipe.yaml").string();
+  loaded.recipe = parse_recipe(read_file(recipe_path), recipe_path);
+  loaded.state = parse_state((fs::path(loaded.dir) / "trainer.json").string());
+  loaded.tokenizer = Tokenizer::load((fs::path(loaded.dir) / "tokenizer.model").string());
+  if (loaded.tokenizer.vocab_size() != loaded.recipe.model.vocab_size)
+    fail("{}: the tokenizer has {} tokens but the model's vocab_size is {}", loaded.dir,
+         loaded.tokenizer.vocab_size(), loaded.recipe.model.vocab_size);
+  loaded.model = DecoderLM(loaded.recipe.model);
+  const std::string weights = (fs::path(loaded.dir) / "model.safetensors").string();
+  load_module_state(*loaded.model, load_safetensors(weights), weights);
+  loaded.model->eval();
+  return loaded;
+}
+
+void load_optimizer_state(const std::string& dir, AdamW& optimizer) {
+  const std::string path = (fs::path(dir) / "optimizer.safetensors").string();
+  auto file = load_safetensors(path);
+  auto it = file.metadata.find("step");
+  if (it == file.metadata.end()) fail("{}: optimizer state has no step", path);
+  int64_t step = 0;
+  try {
+    step = std::stoll(it->second);
+  } catch (const std::exception&) {
+    fail("{}: optimizer step '{}' is not a number", path, it->second);
+  }
+  optimizer.load_state(file.tensors, step, path);
+}
+
+}  // namespace loom

@@ -1,0 +1,46 @@
+// Training checkpoints: a directory <run>/step-NNNNNN/ written atomically (io/checkpoint.h) with
+//   model.safetensors      the weights (parameter names are the file format)
+//   optimizer.safetensors  AdamW moments, named "<param>.exp_avg" / "<param>.exp_avg_sq"
+//   recipe.yaml            the resolved recipe the run used
+//   tokenizer.model        the SentencePiece model
+//   trainer.json           step, tokens seen, elapsed time, last validation loss, format
+#pragma once
+#include <optional>
+#include <string>
+
+#include "loom/data/tokenizer.h"
+#include "loom/models/decoder_lm.h"
+#include "loom/train/adamw.h"
+#include "loom/train/recipe.h"
+
+namespace loom {
+
+inline constexpr int kCheckpointFormat = 1;
+
+struct TrainerState {
+  int64_t step = 0;  // optimizer steps completed
+  int64_t tokens_seen = 0;
+  double elapsed_seconds = 0;
+  double valid_loss = std::nan("");
+};
+
+// Writes <run_dir>/step-NNNNNN atomically and keeps the newest keep_last. Returns its path.
+std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, DecoderLM& model,
+                            const Tokenizer& tokenizer, const AdamW& optimizer,
+                            const TrainerState& state, int64_t keep_last);
+
+// A model ready for inference. `path` is a checkpoint directory or a run directory (its newest
+// checkpoint). Every problem (missing file, corrupt weights, wrong shapes) is one loom::Error.
+struct LoadedModel {
+  std::string dir;
+  Recipe recipe;
+  DecoderLM model{nullptr};
+  Tokenizer tokenizer;
+  TrainerState state;
+};
+LoadedModel load_checkpoint(const std::string& path);
+
+// Restores the optimizer's moments and step from a checkpoint directory.
+void load_optimizer_state(const std::string& dir, AdamW& optimizer);
+
+}  // namespace loom
