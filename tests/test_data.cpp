@@ -191,6 +191,20 @@ TEST(Corpus, AustenFetchAndSplit) {
   const auto mtime = fs::last_write_time(files.test);
   fetch_corpus("austen", dir.path.string());
   EXPECT_EQ(fs::last_write_time(files.test), mtime);
+
+  // End to end: tokenizer + token files, cached on the second call.
+  const LMData data = prepare_lm_data("austen", 512, dir.path.string());
+  const auto bin_mtime = fs::last_write_time(data.valid_tokens);
+  prepare_lm_data("austen", 512, dir.path.string());
+  EXPECT_EQ(fs::last_write_time(data.valid_tokens), bin_mtime);
+  const Tokenizer tok = Tokenizer::load(data.tokenizer_model);
+  const TokenStream train(data.train_tokens);
+  EXPECT_EQ(train.vocab_size(), 512);
+  EXPECT_GT(train.size(), 700'000);  // ~3.5 MB at under 5 bytes per token
+  std::vector<int> head;
+  for (int64_t i = 0; train[i] != tok.eos_id(); ++i) head.push_back(train[i]);
+  EXPECT_EQ(tok.decode(head), "SENSE AND SENSIBILITY");
+  EXPECT_GT(TokenStream(data.test_tokens).size(), 10'000);
 }
 
 // ---- tokenizer ----
