@@ -1,0 +1,148 @@
+// SentencePiece training and encoding through the shim module; see tokenizer.h and
+// spm_shim/spm_api.h for why sentencepiece is not linked into loom directly.
+#include "loom/data/tokenizer.h"
+
+#include <dlfcn.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <unordered_map>
+
+#include "loom/core/error.h"
+#include "loom/data/spm_shim/spm_api.h"
+
+namespace fs = std::filesystem;
+
+namespace loom {
+namespace {
+
+constexpr const char* kShimName = "libloom_sentencepiece.so";
+
+// Looks for the shim in $LOOM_SENTENCEPIECE_SHIM, next to the running executable, then in the
+// build directory this library was compiled for; loads it into a fresh link namespace.
+const loom_spm_api& api() {
+  static const loom_spm_api* loaded = [] {
+    std::vector<std::string> candidates;
+    if (const char* env = std::getenv("LOOM_SENTENCEPIECE_SHIM")) candidates.push_back(env);
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec) candidates.push_back((exe.parent_path() / kShimName).string());
+#ifdef LOOM_SHIM_DIR
+    candidates.push_back(std::string(LOOM_SHIM_DIR) + "/" + kShimName);
+#endif
+    std::string errors;
+    for (const auto& path : candidates) {
+      if (!fs::exists(path)) continue;
+      void* handle = ::dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (!handle) {
+        errors += std::string("; ") + ::dlerror();
+        continue;
+      }
+      using Fn = const loom_spm_api* (*)();
+      auto fn = reinterpret_cast<Fn>(::dlsym(handle, "loom_sentencepiece_api"));
+      if (fn && fn()->version == spm::kApiVersion) return fn();
+      errors += "; " + path + " has no matching loom_sentencepiece_api";
+    }
+    fail("cannot load the SentencePiece shim {} (set LOOM_SENTENCEPIECE_SHIM to its path){}",
+         kShimName, errors);
+  }();
+  return *loaded;
+}
+
+// Receives results from the shim; its callbacks copy them into this namespace's heap.
+struct Sink {
+  std::vector<int> ids;
+  std::string text, error;
+  static void on_ids(void* self, const int* ids, size_t n) {
+    static_cast<Sink*>(self)->ids.assign(ids, ids + n);
+  }
+  static void on_text(void* self, const char* data, size_t n) {
+    static_cast<Sink*>(self)->text.assign(data, n);
+  }
+  static void on_error(void* self, const char* data, size_t n) {
+    static_cast<Sink*>(self)->error.assign(data, n);
+  }
+};
+
+}  // namespace
+
+void train_tokenizer(const std::string& train_txt, int vocab_size, const std::string& model_path) {
+  if (!fs::exists(train_txt)) fail("tokenizer training text {} does not exist", train_txt);
+  // Train under a temporary prefix and rename, so a crash never leaves a half-written model.
+  const std::string tmp_prefix = model_path + ".tmp";
+  // A map, not a command line, so paths with spaces survive.
+  const std::unordered_map<std::string, std::string> args = {
+      {"input", train_txt}, {"model_prefix", tmp_prefix}, {"vocab_size", std::to_string(vocab_size)},
+      {"model_type", "bpe"}, {"byte_fallback", "true"}, {"character_coverage", "1.0"},
+      {"pad_id", "-1"}, {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"},
+      // Deterministic: every line in file order (no sampling), fixed seed.
+      {"input_sentence_size", "0"}, {"shuffle_input_sentence", "false"}, {"random_seed", "1234"},
+      // Identity normalization keeps decode(encode(text)) == text for any valid UTF-8.
+      {"normalization_rule_name", "identity"}, {"remove_extra_whitespaces", "false"},
+      // Austen's paragraphs run past the 4192-byte default; longer lines would be skipped.
+      {"max_sentence_length", "65536"}, {"num_threads", "2"}};
+  std::vector<const char*> keys, values;
+  for (const auto& [key, value] : args) {
+    keys.push_back(key.c_str());
+    values.push_back(value.c_str());
+  }
+  Sink sink;
+  if (api().train(keys.data(), values.data(), keys.size(), Sink::on_error, &sink) != 0) {
+    fail("training a {}-piece tokenizer on {} failed: {}", vocab_size, train_txt, sink.error);
+  }
+  fs::rename(tmp_prefix + ".model", model_path);
+  fs::remove(tmp_prefix + ".vocab");
+}
+
+Tokenizer Tokenizer::load(const std::string& model_path) {
+  std::ifstream in(model_path, std::ios::binary);
+  if (!in) fail("cannot open tokenizer model {}", model_path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  try {
+    return from_bytes(ss.str());
+  } catch (const Error& e) {
+    fail("{}: {}", model_path, e.what());
+  }
+}
+
+Tokenizer Tokenizer::from_bytes(const std::string& serialized_model) {
+  const loom_spm_api& spm = api();
+  Sink sink;
+  void* processor =
+      spm.load(serialized_model.data(), serialized_model.size(), Sink::on_error, &sink);
+  if (!processor) fail("not a SentencePiece model ({})", sink.error);
+  Tokenizer t;
+  t.processor_ = std::shared_ptr<const void>(processor, spm.free);
+  t.serialized_ = serialized_model;
+  return t;
+}
+
+std::vector<int> Tokenizer::encode(std::string_view text) const {
+  Sink sink;
+  if (api().encode(processor_.get(), text.data(), text.size(), Sink::on_ids, Sink::on_error,
+                   &sink) != 0) {
+    fail("tokenizer encode failed: {}", sink.error);
+  }
+  return std::move(sink.ids);
+}
+
+std::string Tokenizer::decode(const std::vector<int>& ids) const {
+  const int n = vocab_size();
+  for (int id : ids) {
+    if (id < 0 || id >= n) fail("token id {} out of range for a vocabulary of {}", id, n);
+  }
+  Sink sink;
+  if (api().decode(processor_.get(), ids.data(), ids.size(), Sink::on_text, Sink::on_error,
+                   &sink) != 0) {
+    fail("tokenizer decode failed: {}", sink.error);
+  }
+  return std::move(sink.text);
+}
+
+int Tokenizer::vocab_size() const { return api().piece_size(processor_.get()); }
+int Tokenizer::bos_id() const { return api().bos_id(processor_.get()); }
+int Tokenizer::eos_id() const { return api().eos_id(processor_.get()); }
+
+}  // namespace loom
