@@ -1,2 +1,53 @@
-// Placeholder entry point; replaced by the subcommand table.
-int main() { return 0; }
+// loom: one binary, one table of subcommands.
+#include <cstdio>
+
+#include <spdlog/spdlog.h>
+
+#include "loom/cli/commands.h"
+#include "loom/core/error.h"
+#include "loom/core/runtime.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* help;
+  void (*add)(CLI::App&, const loom::cli::GlobalOptions&);
+};
+
+const Command kCommands[] = {
+    {"train", "train a model from a recipe (default: the built-in recipe), or resume a run", loom::cli::add_train},
+    {"generate", "continue a prompt with a trained model", loom::cli::add_generate},
+    {"eval", "loss and perplexity of a trained model on a held-out split", loom::cli::add_eval},
+    {"data", "fetch a corpus, train its tokenizer and encode its splits", loom::cli::add_data},
+    {"blocks", "list every registered block with its family, description and paper", loom::cli::add_blocks},
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  loom::ensure_runtime_environment(argc, argv);
+  spdlog::set_pattern("[%H:%M:%S] %^%l%$: %v");
+  CLI::App app{"loom: build, train and run Transformer-family models"};
+  app.require_subcommand(1);
+  app.fallthrough();
+  loom::cli::GlobalOptions global;
+  app.add_option("--threads", global.threads, "threads for libtorch, OpenMP and OpenBLAS (0 = all cores)")
+      ->check(CLI::NonNegativeNumber);
+  for (const auto& command : kCommands) command.add(*app.add_subcommand(command.name, command.help), global);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const loom::Error& e) {
+    std::fprintf(stderr, "loom: error: %s\n", e.what());
+    return 1;
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "loom: error: %s\n", e.what_without_backtrace());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "loom: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -126,7 +126,13 @@ CorpusFiles fetch_corpus(const std::string& name, const std::string& data_dir) {
     fs::create_directories(dir);
     return fetch(files, data_dir);
   }
-  fail("unknown corpus '{}' (known: {})", name, fmt::join(known_corpora(), ", "));
+  // Any other name is a corpus the user supplies: <data_dir>/<name>/{train,valid,test}.txt.
+  const fs::path dir = fs::path(data_dir) / name;
+  const CorpusFiles files{(dir / "train.txt").string(), (dir / "valid.txt").string(),
+                          (dir / "test.txt").string()};
+  if (fs::exists(files.train) && fs::exists(files.valid) && fs::exists(files.test)) return files;
+  fail("unknown corpus '{}' (known: {}; or put your own train.txt, valid.txt and test.txt in {})",
+       name, fmt::join(known_corpora(), ", "), dir.string());
 }
 
 std::vector<std::string> join_paragraphs(const std::vector<std::string>& lines) {

@@ -11,7 +11,9 @@ struct CorpusFiles {
 };
 
 // Fetches and converts corpus `name` under `data_dir`; cached: does nothing when the three split
-// files exist. Unknown names are an error listing the known ones.
+// files exist. A name that is not built in is a user's own corpus: <data_dir>/<name>/ must hold
+// train.txt, valid.txt and test.txt (one paragraph per line); otherwise an error lists the
+// known names.
 CorpusFiles fetch_corpus(const std::string& name, const std::string& data_dir);
 
 std::vector<std::string> known_corpora();

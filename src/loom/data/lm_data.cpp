@@ -17,7 +17,17 @@ namespace fs = std::filesystem;
 namespace loom {
 namespace {
 
-void encode_split(const Tokenizer& tokenizer, const std::string& txt, const std::string& bin) {
+// splitmix64 finalizer (Steele et al. 2014): a cheap, well-mixed hash of the batch coordinates.
+uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+void encode_text_file(const Tokenizer& tokenizer, const std::string& txt, const std::string& bin) {
   std::ifstream in(txt);
   if (!in) fail("cannot open {}", txt);
   std::vector<int32_t> tokens;
@@ -31,15 +41,6 @@ void encode_split(const Tokenizer& tokenizer, const std::string& txt, const std:
   spdlog::info("encoded {}: {} tokens -> {}", txt, tokens.size(), bin);
 }
 
-// splitmix64 finalizer (Steele et al. 2014): a cheap, well-mixed hash of the batch coordinates.
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 LMData prepare_lm_data(const std::string& corpus, int vocab_size, const std::string& data_dir) {
   const CorpusFiles text = fetch_corpus(corpus, data_dir);
@@ -60,7 +61,7 @@ LMData prepare_lm_data(const std::string& corpus, int vocab_size, const std::str
   for (const auto& [txt, bin] : splits) {
     if (fs::exists(*bin)) continue;
     if (!tokenizer) tokenizer = Tokenizer::load(out.tokenizer_model);
-    encode_split(*tokenizer, *txt, *bin);
+    encode_text_file(*tokenizer, *txt, *bin);
   }
   return out;
 }

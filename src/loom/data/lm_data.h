@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "loom/data/token_stream.h"
+#include "loom/data/tokenizer.h"
 
 namespace loom {
 
@@ -22,6 +23,9 @@ struct LMData {
 // missing, then encodes each split (one paragraph per line, eos appended after each) to
 // <data_dir>/<corpus>/<split>.sp<vocab_size>.bin if missing. A second call does no work.
 LMData prepare_lm_data(const std::string& corpus, int vocab_size, const std::string& data_dir);
+
+// Encodes a text file (one paragraph per line, eos after each) into a token file.
+void encode_text_file(const Tokenizer& tokenizer, const std::string& txt, const std::string& bin);
 
 class LMBatcher {
  public:

@@ -121,7 +121,7 @@ Tokenizer Tokenizer::from_bytes(const std::string& serialized_model) {
 
 std::vector<int> Tokenizer::encode(std::string_view text) const {
   Sink sink;
-  if (api().encode(processor_.get(), text.data(), text.size(), Sink::on_ids, Sink::on_error,
+  if (api().encode(handle(), text.data(), text.size(), Sink::on_ids, Sink::on_error,
                    &sink) != 0) {
     fail("tokenizer encode failed: {}", sink.error);
   }
@@ -134,15 +134,20 @@ std::string Tokenizer::decode(const std::vector<int>& ids) const {
     if (id < 0 || id >= n) fail("token id {} out of range for a vocabulary of {}", id, n);
   }
   Sink sink;
-  if (api().decode(processor_.get(), ids.data(), ids.size(), Sink::on_text, Sink::on_error,
+  if (api().decode(handle(), ids.data(), ids.size(), Sink::on_text, Sink::on_error,
                    &sink) != 0) {
     fail("tokenizer decode failed: {}", sink.error);
   }
   return std::move(sink.text);
 }
 
-int Tokenizer::vocab_size() const { return api().piece_size(processor_.get()); }
-int Tokenizer::bos_id() const { return api().bos_id(processor_.get()); }
-int Tokenizer::eos_id() const { return api().eos_id(processor_.get()); }
+const void* Tokenizer::handle() const {
+  if (!processor_) fail("tokenizer used before it was loaded");
+  return processor_.get();
+}
+
+int Tokenizer::vocab_size() const { return api().piece_size(handle()); }
+int Tokenizer::bos_id() const { return api().bos_id(handle()); }
+int Tokenizer::eos_id() const { return api().eos_id(handle()); }
 
 }  // namespace loom

@@ -17,6 +17,7 @@ void train_tokenizer(const std::string& train_txt, int vocab_size, const std::st
 
 class Tokenizer {
  public:
+  Tokenizer() = default;  // empty: only load() and from_bytes() make a usable tokenizer
   static Tokenizer load(const std::string& model_path);
   static Tokenizer from_bytes(const std::string& serialized_model);
 
@@ -29,7 +30,7 @@ class Tokenizer {
   const std::string& serialized() const { return serialized_; }  // the ModelProto bytes
 
  private:
-  Tokenizer() = default;
+  const void* handle() const;
   std::shared_ptr<const void> processor_;  // a SentencePieceProcessor inside the shim
   std::string serialized_;
 };

@@ -1,0 +1,18 @@
+// The subcommands of `loom`: each registers its options on a CLI11 subcommand and runs a thin
+// layer over the library. main.cpp holds the one table of them.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace loom::cli {
+
+struct GlobalOptions {
+  int threads = 0;  // 0 = all cores
+};
+
+void add_train(CLI::App& app, const GlobalOptions& global);
+void add_generate(CLI::App& app, const GlobalOptions& global);
+void add_eval(CLI::App& app, const GlobalOptions& global);
+void add_data(CLI::App& app, const GlobalOptions& global);
+void add_blocks(CLI::App& app, const GlobalOptions& global);
+
+}  // namespace loom::cli

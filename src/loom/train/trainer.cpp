@@ -1,0 +1,187 @@
+#include "loom/train/trainer.h"
+
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "loom/core/progress.h"
+#include "loom/data/lm_data.h"
+#include "loom/io/checkpoint.h"
+#include "loom/io/fs.h"
+#include "loom/train/checkpoint.h"
+#include "loom/train/train_step.h"
+
+namespace loom {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+
+void on_stop_signal(int signal) { g_stop_signal = signal; }
+
+// Installs SIGINT/SIGTERM handlers for the lifetime of a run, restoring the old ones after.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    previous_int_ = std::signal(SIGINT, on_stop_signal);
+    previous_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, previous_int_);
+    std::signal(SIGTERM, previous_term_);
+  }
+  bool requested() const { return g_stop_signal != 0; }
+
+ private:
+  void (*previous_int_)(int);
+  void (*previous_term_)(int);
+};
+
+class MetricsLog {
+ public:
+  explicit MetricsLog(const std::string& path) : out_(path, std::ios::app) {
+    if (!out_) fail("cannot write metrics to {}", path);
+  }
+  void write(const nlohmann::json& row) {
+    out_ << row.dump() << '\n';
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
+
+std::string human_rate(double tokens_per_second) {
+  return tokens_per_second >= 1000 ? fmt::format("{:.1f}k tok/s", tokens_per_second / 1000)
+                                   : fmt::format("{:.0f} tok/s", tokens_per_second);
+}
+
+}  // namespace
+
+TrainResult train(Recipe recipe, const TrainOptions& options) {
+  TrainResult result;
+  std::string resume_dir;
+  if (!options.resume.empty()) {
+    resume_dir = resolve_checkpoint(options.resume);
+    const std::string recipe_path = (fs::path(resume_dir) / "recipe.yaml").string();
+    recipe = parse_recipe(read_file(recipe_path), recipe_path);
+    result.run_dir = options.out_dir.empty() ? fs::path(resume_dir).parent_path().string() : options.out_dir;
+  } else {
+    result.run_dir = options.out_dir.empty() ? "runs/default" : options.out_dir;
+    if (fs::exists(result.run_dir) && !list_checkpoints(result.run_dir).empty())
+      fail("run directory '{}' already holds checkpoints: continue it with --resume {} or choose "
+           "another --out",
+           result.run_dir, result.run_dir);
+  }
+  if (options.steps >= 0) recipe.train.steps = options.steps;
+  recipe.validate("recipe");
+  const auto& tc = recipe.train;
+  const auto& mc = recipe.model;
+  fs::create_directories(result.run_dir);
+
+  const LMData data = prepare_lm_data(recipe.data.corpus, static_cast<int>(mc.vocab_size), recipe.data.dir);
+  const Tokenizer tokenizer = Tokenizer::load(data.tokenizer_model);
+  const TokenStream train_tokens(data.train_tokens), valid_tokens(data.valid_tokens);
+  if (tokenizer.vocab_size() != mc.vocab_size)
+    fail("the tokenizer {} has {} tokens but model.vocab_size is {}", data.tokenizer_model,
+         tokenizer.vocab_size(), mc.vocab_size);
+  const LMBatcher batcher(train_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len));
+  const LMBatcher valid_batcher(valid_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len));
+  const auto valid_batches = valid_batcher.eval_batches(static_cast<int>(tc.eval_batches));
+  result.unigram_entropy = unigram_entropy(train_tokens);
+
+  DecoderLM model{nullptr};
+  TrainerState state;
+  if (resume_dir.empty()) {
+    torch::manual_seed(static_cast<uint64_t>(tc.seed));
+    model = DecoderLM(mc);
+  } else {
+    auto loaded = load_checkpoint(resume_dir);
+    if (loaded.tokenizer.serialized() != tokenizer.serialized())
+      fail("{}: its tokenizer differs from {}: the data cache changed since the run started",
+           resume_dir, data.tokenizer_model);
+    model = loaded.model;
+    state = loaded.state;
+  }
+  TrainStep step_runner(model, tc);
+  if (!resume_dir.empty()) {
+    load_optimizer_state(resume_dir, step_runner.optimizer());
+    spdlog::info("resuming {} at step {}", resume_dir, state.step);
+  }
+  if (state.step >= tc.steps) fail("the run is already at step {} of {}: raise --steps to continue", state.step, tc.steps);
+
+  spdlog::info("model: {:.2f}M parameters, {} layers x d_model {}, context {}; data: {} train tokens, "
+               "{} validation tokens; run dir {}",
+               model->num_parameters() / 1e6, mc.n_layers, mc.d_model, mc.max_seq_len,
+               train_tokens.size(), valid_tokens.size(), result.run_dir);
+  MetricsLog metrics((fs::path(result.run_dir) / "metrics.jsonl").string());
+  const int64_t tokens_per_step = tc.batch_size * tc.grad_accum * mc.max_seq_len;
+  Progress progress("train", state.step, tc.steps, tc.log_every);
+  StopSignals stop;
+  const double elapsed_before = state.elapsed_seconds;
+  double window_loss = 0;
+  int64_t window_steps = 0;
+  auto window_start = std::chrono::steady_clock::now();
+  double rate = 0;
+
+  auto save = [&] {
+    state.elapsed_seconds = elapsed_before + progress.elapsed_seconds();
+    result.checkpoint = save_checkpoint(result.run_dir, recipe, model, tokenizer, step_runner.optimizer(), state, tc.keep_last);
+  };
+  auto validate = [&] {
+    state.valid_loss = evaluate_loss(model, valid_batches, tc.precision == "bf16");
+    progress.finish();
+    spdlog::info("step {}: validation loss {:.4f} (perplexity {:.2f}; unigram entropy {:.4f})", state.step,
+                 state.valid_loss, std::exp(state.valid_loss), result.unigram_entropy);
+    metrics.write({{"step", state.step}, {"valid_loss", state.valid_loss}, {"valid_ppl", std::exp(state.valid_loss)}});
+  };
+
+  const int64_t first_step = state.step;
+  while (state.step < tc.steps) {
+    const int64_t step = state.step;
+    // Dropout draws from the global generator: seed it per step so resume replays it exactly.
+    torch::manual_seed(static_cast<uint64_t>(tc.seed) * 1000003ULL + static_cast<uint64_t>(step));
+    const StepResult r = step_runner.run(step, [&](int64_t micro) {
+      return batcher.sample(static_cast<uint64_t>(tc.seed), step, static_cast<int>(micro));
+    });
+    if (!std::isfinite(r.loss))
+      fail("the loss became {} at step {}; the last checkpoint is {} (try a lower train.lr)", r.loss, step,
+           result.checkpoint.empty() ? "none" : result.checkpoint);
+    state.step = step + 1;
+    state.tokens_seen += tokens_per_step;
+    window_loss += r.loss;
+    ++window_steps;
+    if (state.step % tc.log_every == 0 || state.step == tc.steps) {
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
+      rate = static_cast<double>(window_steps * tokens_per_step) / seconds;
+      metrics.write({{"step", state.step}, {"loss", window_loss / window_steps}, {"lr", r.lr},
+                     {"grad_norm", r.grad_norm}, {"tokens_per_s", rate}, {"tokens", state.tokens_seen}});
+      window_loss = 0;
+      window_steps = 0;
+      window_start = std::chrono::steady_clock::now();
+    }
+    progress.update(state.step, fmt::format("loss {:.3f} | lr {:.2e} | {}", r.loss, r.lr, human_rate(rate)));
+    const bool last = state.step == tc.steps;
+    const bool stopping = stop.requested() || (options.stop_after >= 0 && state.step - first_step >= options.stop_after);
+    if (last || (tc.eval_every > 0 && state.step % tc.eval_every == 0)) validate();
+    if (last || stopping || (tc.save_every > 0 && state.step % tc.save_every == 0)) save();
+    if (stopping && !last) {
+      progress.finish();
+      spdlog::info("stopped at step {}; continue with: loom train --resume {}", state.step, result.checkpoint);
+      result.interrupted = true;
+      break;
+    }
+  }
+  progress.finish();
+  result.steps = state.step;
+  result.valid_loss = state.valid_loss;
+  return result;
+}
+
+}  // namespace loom

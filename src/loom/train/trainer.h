@@ -1,0 +1,29 @@
+// The training loop: data preparation, the TrainStep loop, validation, metrics (JSON lines),
+// progress, checkpoints, exact resume, and a clean stop on SIGINT/SIGTERM (a checkpoint is
+// written first, so the run can be resumed).
+#pragma once
+#include <string>
+
+#include "loom/train/recipe.h"
+
+namespace loom {
+
+struct TrainOptions {
+  std::string out_dir;      // run directory: checkpoints and metrics.jsonl
+  std::string resume;       // a checkpoint or run directory to continue from exactly
+  int64_t steps = -1;       // overrides train.steps when >= 0 (also on resume)
+  int64_t stop_after = -1;  // stop (with a checkpoint) after this many steps of this invocation
+};
+
+struct TrainResult {
+  std::string run_dir;
+  std::string checkpoint;      // the last checkpoint written
+  int64_t steps = 0;           // optimizer steps completed in total
+  double valid_loss = 0;       // nats per token on the validation split, at the end
+  double unigram_entropy = 0;  // nats per token of the training tokens' unigram distribution
+  bool interrupted = false;
+};
+
+TrainResult train(Recipe recipe, const TrainOptions& options);
+
+}  // namespace loom
