@@ -104,8 +104,10 @@ class YamlWriter {
   void operator()(const char* key, const T& value, const char* doc) {
     out_ << YAML::Key << key << YAML::Value;
     if constexpr (std::is_same_v<T, std::vector<std::string>>) out_ << YAML::Flow;
-    if constexpr (std::is_floating_point_v<T>) out_ << YAML::Precision(17);
-    out_ << value << YAML::Comment(doc);
+    // Shortest text that reads back to the same double ("0.1", not "0.10000000000000001").
+    if constexpr (std::is_floating_point_v<T>) out_ << fmt::format("{}", value);
+    else out_ << value;
+    out_ << YAML::Comment(doc);
   }
 
   template <class T>
