@@ -33,6 +33,16 @@ int guarded(F&& f, loom_spm_bytes_sink error, void* ctx) {
   }
 }
 
+}  // namespace
+
+// Exported by libsentencepiece but not declared in its public headers: the level below which
+// its LOG(INFO) lines are dropped (training prints hundreds).
+namespace sentencepiece::logging {
+void SetMinLogLevel(int v);
+}  // namespace sentencepiece::logging
+
+namespace {
+
 int train(const char* const* keys, const char* const* values, size_t n, loom_spm_bytes_sink error,
           void* ctx) {
   return guarded([&] {
@@ -43,6 +53,7 @@ int train(const char* const* keys, const char* const* values, size_t n, loom_spm
       sentencepiece::SetRandomGeneratorSeed(static_cast<unsigned>(std::stoul(it->second)));
       spec.erase(it);
     }
+    sentencepiece::logging::SetMinLogLevel(1);  // warnings and errors only
     return sentencepiece::SentencePieceTrainer::Train(spec);
   }, error, ctx);
 }

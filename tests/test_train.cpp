@@ -1,0 +1,265 @@
+// Recipes, training, exact resume, checkpoints, and the CLI's answers to bad input.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "loom/io/checkpoint.h"
+#include "loom/io/fs.h"
+#include "loom/io/safetensors.h"
+#include "loom/train/checkpoint.h"
+#include "loom/train/trainer.h"
+
+using namespace loom;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A throwaway directory with a small generated corpus, "tiny", and a tiny model's recipe.
+class TinyRun {
+ public:
+  TinyRun() {
+    char pattern[] = "/tmp/loom-train-test-XXXXXX";
+    root = mkdtemp(pattern);
+    const fs::path corpus = root / "data" / "tiny";
+    fs::create_directories(corpus);
+    std::mt19937 rng(7);
+    const std::array<const char*, 12> words{"the", "cat", "sat", "on", "a", "mat", "and", "dog",
+                                            "ran", "to", "hall", "quickly"};
+    for (const auto& [name, lines] : {std::pair{"train.txt", 400}, std::pair{"valid.txt", 40}, std::pair{"test.txt", 40}}) {
+      std::ofstream out(corpus / name);
+      for (int i = 0; i < lines; ++i) {
+        for (int w = 0; w < 12; ++w) out << (w ? " " : "") << words[rng() % words.size()];
+        out << " " << i % 97 << ".\n";
+      }
+    }
+  }
+  ~TinyRun() { fs::remove_all(root); }
+
+  std::string recipe_yaml(const std::string& extra = "") const {
+    return "format: 1\n"
+           "model: {vocab_size: 300, d_model: 32, n_layers: 2, n_heads: 4, d_ff: 64, max_seq_len: 32, dropout: 0.1}\n"
+           "data: {corpus: tiny, dir: " + (root / "data").string() + "}\n"
+           "train: {steps: 12, batch_size: 4, warmup_steps: 2, eval_every: 6, eval_batches: 2, save_every: 4, "
+           "keep_last: 5, log_every: 3, lr: 0.003, precision: fp32" + extra + "}\n";
+  }
+
+  fs::path root;
+};
+
+Safetensors weights(const std::string& dir) { return load_safetensors(dir + "/model.safetensors"); }
+
+void expect_same_tensors(const Safetensors& a, const Safetensors& b) {
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    EXPECT_EQ(a.tensors[i].first, b.tensors[i].first);
+    EXPECT_TRUE(torch::equal(a.tensors[i].second, b.tensors[i].second)) << a.tensors[i].first;
+  }
+}
+
+struct CommandResult {
+  int status;
+  std::string output;  // stdout and stderr together
+};
+
+CommandResult run_loom(const std::string& args) {
+  const std::string command = std::string(LOOM_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string output;
+  std::array<char, 4096> buffer{};
+  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+// A bad-input answer: non-zero exit and exactly one line, "loom: error: ...", naming `what`.
+void expect_one_line_error(const CommandResult& r, const std::string& what) {
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("loom: error: ", 0), 0u) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_NE(r.output.find(what), std::string::npos) << "expected '" << what << "' in: " << r.output;
+}
+
+}  // namespace
+
+TEST(Recipe, RoundTripsThroughYaml) {
+  auto recipe = parse_recipe("model: {d_model: 64, n_heads: 4, layers: [attention, attention], n_layers: 2}\n"
+                             "train: {lr: 0.1, precision: fp32}", "inline");
+  auto again = parse_recipe(recipe_to_yaml(recipe), "saved");
+  EXPECT_EQ(recipe_to_yaml(again), recipe_to_yaml(recipe));
+  EXPECT_EQ(again.model.d_model, 64);
+  EXPECT_EQ(again.model.layers, (std::vector<std::string>{"attention", "attention"}));
+  EXPECT_DOUBLE_EQ(again.train.lr, 0.1);
+}
+
+TEST(Recipe, OverridesApplyAndCreateSections) {
+  auto recipe = parse_recipe("", "inline", {"model.d_model=128", "train.precision=fp32", "model.layers=[attention]",
+                                            "model.n_layers=1"});
+  EXPECT_EQ(recipe.model.d_model, 128);
+  EXPECT_EQ(recipe.train.precision, "fp32");
+  EXPECT_EQ(recipe.model.layers.size(), 1u);
+}
+
+TEST(Recipe, ErrorsNameTheKeyAndTheFile) {
+  auto error_of = [](const std::string& yaml, std::vector<std::string> overrides = {}) {
+    try {
+      parse_recipe(yaml, "my.yaml", overrides);
+    } catch (const loom::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto has = [](const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; };
+  std::string e = error_of("model: {d_modle: 3}");
+  EXPECT_TRUE(has(e, "my.yaml") && has(e, "unknown key 'model.d_modle'")) << e;
+  e = error_of("trian: {}");
+  EXPECT_TRUE(has(e, "unknown key 'trian'")) << e;
+  e = error_of("model: {d_model: abc}");
+  EXPECT_TRUE(has(e, "model.d_model") && has(e, "abc") && has(e, "integer")) << e;
+  e = error_of("model: {d_model: 100, n_heads: 3}");
+  EXPECT_TRUE(has(e, "divisible")) << e;
+  e = error_of("model: {ffn: swishglu}");
+  EXPECT_TRUE(has(e, "swishglu") && has(e, "swiglu")) << e;
+  e = error_of("model: {n_layers: 2, layers: [attention, mamba]}");
+  EXPECT_TRUE(has(e, "layer 1") && has(e, "mamba") && has(e, "valid: attention")) << e;
+  e = error_of("train: {precision: fp8}");
+  EXPECT_TRUE(has(e, "train.precision")) << e;
+  e = error_of("model: [1, 2]");
+  EXPECT_TRUE(has(e, "map")) << e;
+  e = error_of("model: {d_model: 64", {});
+  EXPECT_TRUE(has(e, "not valid YAML")) << e;
+  e = error_of("", {"model.nope=1"});
+  EXPECT_TRUE(has(e, "unknown key 'model.nope'")) << e;
+  e = error_of("", {"model.d_model"});
+  EXPECT_TRUE(has(e, "key=value")) << e;
+  e = error_of("format: 2");
+  EXPECT_TRUE(has(e, "format 2")) << e;
+}
+
+TEST(Train, ResumeEqualsUninterruptedRun) {
+  TinyRun tiny;
+  const Recipe recipe = parse_recipe(tiny.recipe_yaml(), "tiny");
+  TrainOptions straight;
+  straight.out_dir = (tiny.root / "straight").string();
+  const auto a = train(recipe, straight);
+  EXPECT_EQ(a.steps, 12);
+  EXPECT_TRUE(std::isfinite(a.valid_loss));
+  EXPECT_LT(a.valid_loss, std::log(300.0));  // learned something beyond a uniform guess
+
+  // Stop after 5 steps (a checkpoint off the save_every grid), then resume twice.
+  TrainOptions first;
+  first.out_dir = (tiny.root / "interrupted").string();
+  first.stop_after = 5;
+  const auto b1 = train(recipe, first);
+  EXPECT_TRUE(b1.interrupted);
+  EXPECT_EQ(b1.steps, 5);
+  TrainOptions second;
+  second.resume = b1.checkpoint;
+  second.stop_after = 4;
+  const auto b2 = train(recipe, second);
+  EXPECT_EQ(b2.steps, 9);
+  TrainOptions third;
+  third.resume = (tiny.root / "interrupted").string();  // a run dir: its newest checkpoint
+  const auto b3 = train(recipe, third);
+  EXPECT_EQ(b3.steps, 12);
+
+  expect_same_tensors(weights(a.checkpoint), weights(b3.checkpoint));
+  expect_same_tensors(load_safetensors(a.checkpoint + "/optimizer.safetensors"),
+                      load_safetensors(b3.checkpoint + "/optimizer.safetensors"));
+  EXPECT_EQ(a.valid_loss, b3.valid_loss);
+  // Checkpoints on the grid and at the stops, newest last.
+  const auto listed = list_checkpoints(straight.out_dir);
+  ASSERT_EQ(listed.size(), 3u);
+  EXPECT_EQ(fs::path(listed.back()).filename(), "step-000012");
+}
+
+TEST(Train, RefusesToOverwriteARunAndKeepsItIntact) {
+  TinyRun tiny;
+  Recipe recipe = parse_recipe(tiny.recipe_yaml(", steps: 4"), "tiny");
+  TrainOptions options;
+  options.out_dir = (tiny.root / "run").string();
+  const auto first = train(recipe, options);
+  const std::string before = read_file(first.checkpoint + "/model.safetensors");
+  EXPECT_THROW(train(recipe, options), loom::Error);
+  EXPECT_EQ(read_file(first.checkpoint + "/model.safetensors"), before);
+  // A finished run cannot be resumed without more steps.
+  TrainOptions resume;
+  resume.resume = first.checkpoint;
+  EXPECT_THROW(train(recipe, resume), loom::Error);
+}
+
+class Cli : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    tiny_ = new TinyRun;
+    TrainOptions options;
+    options.out_dir = (tiny_->root / "run").string();
+    checkpoint_ = train(parse_recipe(tiny_->recipe_yaml(", steps: 4"), "tiny"), options).checkpoint;
+  }
+  static void TearDownTestSuite() { delete tiny_; }
+  static TinyRun* tiny_;
+  static std::string checkpoint_;
+
+  std::string write(const std::string& name, const std::string& text) {
+    const auto path = (tiny_->root / name).string();
+    std::ofstream(path) << text;
+    return path;
+  }
+  std::string copy_checkpoint(const std::string& name) {
+    const auto dir = tiny_->root / name;
+    fs::copy(checkpoint_, dir, fs::copy_options::recursive);
+    return dir.string();
+  }
+};
+TinyRun* Cli::tiny_ = nullptr;
+std::string Cli::checkpoint_;
+
+TEST_F(Cli, GenerateAndEvalWork) {
+  auto r = run_loom("--threads 1 generate " + checkpoint_ + " --prompt 'the cat' --max-new-tokens 5 --temperature 0");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("the cat", 0), 0u) << r.output;
+  r = run_loom("eval " + checkpoint_ + " --threads 1");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("perplexity"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, BadRecipesGiveOneLineErrors) {
+  expect_one_line_error(run_loom("train /nonexistent/recipe.yaml"), "cannot read recipe '/nonexistent/recipe.yaml'");
+  expect_one_line_error(run_loom("train " + write("unknown.yaml", "model: {widht: 3}\n")), "unknown key 'model.widht'");
+  expect_one_line_error(run_loom("train " + write("block.yaml", "model: {norm: batchnorm}\n")), "unknown norm block 'batchnorm'");
+  expect_one_line_error(run_loom("train --set model.n_heads=0"), "model.n_heads must be positive");
+}
+
+TEST_F(Cli, DamagedCheckpointsGiveOneLineErrorsAndStayAsTheyWere) {
+  const auto truncated = copy_checkpoint("truncated");
+  const auto weights_path = truncated + "/model.safetensors";
+  const std::string full = read_file(weights_path);
+  std::ofstream(weights_path, std::ios::binary | std::ios::trunc).write(full.data(), static_cast<long>(full.size() / 2));
+  const std::string damaged = read_file(weights_path);
+  expect_one_line_error(run_loom("generate " + truncated + " --prompt hi"), "model.safetensors");
+  EXPECT_EQ(read_file(weights_path), damaged);
+
+  const auto corrupt = copy_checkpoint("corrupt");
+  std::ofstream(corrupt + "/model.safetensors", std::ios::binary | std::ios::trunc) << "\x10\0\0\0\0\0\0\0{not json}      ";
+  expect_one_line_error(run_loom("eval " + corrupt), "model.safetensors");
+
+  const auto no_recipe = copy_checkpoint("no-recipe");
+  fs::remove(no_recipe + "/recipe.yaml");
+  expect_one_line_error(run_loom("generate " + no_recipe), "recipe.yaml");
+
+  expect_one_line_error(run_loom("generate " + (tiny_->root / "nothing").string()), "no checkpoint");
+}
+
+TEST_F(Cli, PromptLongerThanTheContextIsAnError) {
+  std::string prompt;
+  for (int i = 0; i < 40; ++i) prompt += "the cat sat ";
+  expect_one_line_error(run_loom("generate " + checkpoint_ + " --prompt '" + prompt + "'"), "context is 32 tokens");
+}
+
+TEST_F(Cli, ResumeRejectsARecipeArgument) {
+  expect_one_line_error(run_loom("train recipes/x.yaml --resume " + checkpoint_), "--resume");
+}
