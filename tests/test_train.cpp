@@ -263,3 +263,25 @@ TEST_F(Cli, PromptLongerThanTheContextIsAnError) {
 TEST_F(Cli, ResumeRejectsARecipeArgument) {
   expect_one_line_error(run_loom("train recipes/x.yaml --resume " + checkpoint_), "--resume");
 }
+
+TEST(Recipe, ShippedRecipesParseAndDefaultMatchesBuiltIn) {
+  const fs::path dir = fs::path(LOOM_SOURCE_DIR) / "recipes";
+  int count = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(dir)) {
+    if (entry.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(entry.path().string());
+    EXPECT_NO_THROW(load_recipe(entry.path().string()));
+    ++count;
+  }
+  EXPECT_GE(count, 5);
+  EXPECT_EQ(recipe_to_yaml(load_recipe((dir / "default.yaml").string())), recipe_to_yaml(default_recipe()));
+  // The two standard configurations differ where GPT-2 and LLaMA differ.
+  const auto gpt2 = load_recipe((dir / "gpt2-tiny.yaml").string()).model;
+  const auto llama = load_recipe((dir / "llama-tiny.yaml").string()).model;
+  EXPECT_EQ(gpt2.position, "learned");
+  EXPECT_EQ(llama.position, "rope");
+  EXPECT_EQ(llama.norm, "rmsnorm");
+  EXPECT_EQ(llama.ffn, "swiglu");
+  EXPECT_LT(llama.kv_heads(), llama.n_heads);
+  EXPECT_FALSE(llama.bias);
+}

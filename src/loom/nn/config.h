@@ -7,13 +7,13 @@
 namespace loom {
 
 struct ModelConfig {
-  int64_t vocab_size = 8192;
+  int64_t vocab_size = 4096;
   int64_t d_model = 256;
-  int64_t n_layers = 6;
-  int64_t n_heads = 8;
+  int64_t n_layers = 4;
+  int64_t n_heads = 4;
   int64_t n_kv_heads = 0;  // 0 = n_heads (multi-head); 1 = multi-query; else grouped-query
   int64_t d_ff = 1024;
-  int64_t max_seq_len = 256;
+  int64_t max_seq_len = 128;
   std::string mixer = "attention";  // token mixer of every layer, unless `layers` is given
   std::vector<std::string> layers;  // per-layer mixer names (length n_layers), e.g. [attention, attention]
   std::string position = "learned";

@@ -1,6 +1,7 @@
 // A recipe: the model, its data and its training, read from YAML (recipes/*.yaml). The struct
 // defaults are the built-in default recipe that `loom train` runs without arguments: a
-// GPT-2-style model on Jane Austen's novels that trains on 2 cores in about ten minutes.
+// GPT-2-style model (4.2M parameters) on Jane Austen's novels that trains on 2 cores in about
+// ten minutes. recipes/default.yaml spells it out (a test keeps the two equal).
 #pragma once
 #include <string>
 #include <vector>
@@ -23,21 +24,21 @@ struct DataConfig {
 };
 
 struct TrainConfig {
-  int64_t steps = 2400;
-  int64_t batch_size = 16;
+  int64_t steps = 1000;
+  int64_t batch_size = 32;
   int64_t grad_accum = 1;
   double lr = 2e-3;
   double min_lr_ratio = 0.1;
-  int64_t warmup_steps = 100;
+  int64_t warmup_steps = 50;
   double weight_decay = 0.1;
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;
   double grad_clip = 1.0;
   std::string precision = "bf16";
-  int64_t eval_every = 400;
-  int64_t eval_batches = 40;
-  int64_t save_every = 800;
+  int64_t eval_every = 200;
+  int64_t eval_batches = 0;
+  int64_t save_every = 500;
   int64_t keep_last = 2;
   int64_t log_every = 20;
   int64_t seed = 1234;
