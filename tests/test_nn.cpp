@@ -274,3 +274,23 @@ TEST(Sampler, TopKOneIsGreedyAndTopPKeepsTheMass) {
   for (int i = 0; i < 200; ++i) seen.insert(nucleus(logits));
   EXPECT_EQ(seen, (std::set<int64_t>{1, 2}));
 }
+
+#include <fstream>
+#include <sstream>
+
+TEST(Docs, EveryRegisteredBlockIsDocumented) {
+  std::ifstream in(std::string(LOOM_SOURCE_DIR) + "/docs/blocks.md");
+  ASSERT_TRUE(in) << "docs/blocks.md is missing";
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string doc = text.str();
+  blocks();
+  for (const auto& info : block_catalogue()) {
+    // One table row per block: | family | `name` | description | paper |
+    const std::string row = "| " + info.family + " | `" + info.name + "` | ";
+    const auto at = doc.find(row);
+    ASSERT_NE(at, std::string::npos) << info.family << "/" << info.name << " has no line in docs/blocks.md";
+    const std::string line = doc.substr(at, doc.find('\n', at) - at);
+    EXPECT_NE(line.find(info.paper), std::string::npos) << "docs/blocks.md line lacks the paper: " << line;
+  }
+}
