@@ -72,6 +72,10 @@ class GPT(nn.Module):
         self.tied = m.get("tie_embeddings", True)
         if not self.tied:
             self.head = nn.Linear(d, m["vocab_size"], bias=False)
+        # loom's init (GPT-2's): N(0, 0.02), biases 0; speed does not depend on it, the loss does.
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, 0.0, 0.02)
         T = m["max_seq_len"]
         self.register_buffer("mask", torch.ones(T, T, dtype=torch.bool).triu(1))
 
