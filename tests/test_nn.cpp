@@ -294,3 +294,28 @@ TEST(Docs, EveryRegisteredBlockIsDocumented) {
     EXPECT_NE(line.find(info.paper), std::string::npos) << "docs/blocks.md line lacks the paper: " << line;
   }
 }
+
+TEST(Positions, AdjacentRopeIsHalfRopeWithPermutedCoordinates) {
+  auto c = tiny_config();
+  auto half = blocks().positions.get("rope", "test")(c);
+  auto adjacent = blocks().positions.get("rope_adjacent", "test")(c);
+  const int64_t d = c.head_dim();
+  auto x = torch::randn({2, 5, 3, d});
+  // Interleave: x_perm[2i] = x[i], x_perm[2i + 1] = x[i + d/2].
+  auto perm = torch::stack({torch::arange(d / 2), torch::arange(d / 2) + d / 2}, 1).flatten();
+  auto rotated_half = half->rotate(x, x, 3).first;
+  auto rotated_adjacent = adjacent->rotate(x.index_select(-1, perm), x, 3).first;
+  EXPECT_TRUE(torch::allclose(rotated_adjacent, rotated_half.index_select(-1, perm), 1e-5, 1e-6));
+}
+
+TEST(Norms, DyTIsScaledTanh) {
+  auto c = tiny_config();
+  auto dyt = blocks().norms.get("dyt", "test")(c, c.d_model);
+  auto x = torch::randn({2, 3, c.d_model}) * 4;
+  EXPECT_TRUE(torch::allclose(dyt->forward(x), torch::tanh(0.5 * x)));  // alpha 0.5, weight 1, bias 0
+  torch::NoGradGuard no_grad;
+  param(*dyt, "alpha").fill_(2.0);
+  param(*dyt, "weight").fill_(3.0);
+  param(*dyt, "bias").fill_(-1.0);
+  EXPECT_TRUE(torch::allclose(dyt->forward(x), 3 * torch::tanh(2 * x) - 1));
+}

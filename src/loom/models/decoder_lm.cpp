@@ -57,10 +57,9 @@ void DecoderLMImpl::reset_parameters() {
   for (auto& item : named_parameters()) {
     const std::string& name = item.key();
     auto& p = item.value();
-    const bool is_norm = name.find("norm") != std::string::npos;
-    if (is_norm) {
-      p.fill_(name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0 ? 0.0 : 1.0);
-    } else if (p.dim() < 2) {
+    // Norm layers (norm1, norm2, norm_f) keep the initialization their own constructors chose.
+    if (name.find("norm") != std::string::npos) continue;
+    if (p.dim() < 2) {
       p.zero_();
     } else {
       const bool residual = name.find(".wo.") != std::string::npos || name.find(".w_out.") != std::string::npos;

@@ -39,8 +39,8 @@ void ModelConfig::validate(const std::string& source) const {
   r.positions.get(position, fmt::format("{}: model.position", source));
   r.norms.get(norm, fmt::format("{}: model.norm", source));
   r.ffns.get(ffn, fmt::format("{}: model.ffn", source));
-  if (position == "rope" && head_dim() % 2 != 0)
-    fail("{}: model.position 'rope' needs an even head_dim, got {}", source, head_dim());
+  if (position.rfind("rope", 0) == 0 && head_dim() % 2 != 0)
+    fail("{}: model.position '{}' needs an even head_dim, got {}", source, position, head_dim());
 }
 
 }  // namespace loom

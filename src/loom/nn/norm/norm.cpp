@@ -1,4 +1,4 @@
-// LayerNorm (Ba et al. 2016) and RMSNorm (Zhang & Sennrich 2019).
+// LayerNorm (Ba et al. 2016), RMSNorm (Zhang & Sennrich 2019) and DyT (Zhu et al. 2025).
 #include "loom/nn/norm/norm.h"
 
 namespace loom {
@@ -38,6 +38,22 @@ class RMSNormImpl : public NormImpl {
   double eps_;
 };
 
+// Dynamic tanh, a normalization-free drop-in for a norm layer: y = weight * tanh(alpha x) + bias,
+// with one learnable scalar alpha (initialized to 0.5, the paper's default).
+class DyTImpl : public NormImpl {
+ public:
+  DyTImpl(const ModelConfig& c, int64_t dim) {
+    alpha = register_parameter("alpha", torch::full({1}, 0.5));
+    weight = register_parameter("weight", torch::ones({dim}));
+    if (c.bias) bias = register_parameter("bias", torch::zeros({dim}));
+  }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto y = torch::tanh(alpha * x) * weight;
+    return bias.defined() ? y + bias : y;
+  }
+  torch::Tensor alpha, weight, bias;  // [1], [dim], [dim]
+};
+
 }  // namespace
 
 void register_norms(Registry<NormFactory>& r) {
@@ -47,6 +63,9 @@ void register_norms(Registry<NormFactory>& r) {
   r.add({"", "rmsnorm", "RMSNorm: scale by the root mean square, no centring, no bias",
          "Zhang & Sennrich 2019, Root Mean Square Layer Normalization"},
         [](const ModelConfig& c, int64_t dim) { return std::make_shared<RMSNormImpl>(c, dim); });
+  r.add({"", "dyt", "dynamic tanh: weight * tanh(alpha x) + bias, no statistics",
+         "Zhu et al. 2025, Transformers without Normalization"},
+        [](const ModelConfig& c, int64_t dim) { return std::make_shared<DyTImpl>(c, dim); });
 }
 
 }  // namespace loom

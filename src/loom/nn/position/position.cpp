@@ -54,10 +54,15 @@ class SinusoidalPositionImpl : public PositionImpl {
   torch::Tensor table_;  // [max_seq_len, d_model], a constant: not a parameter or saved buffer
 };
 
-// Rotates each (x_i, x_{i + head_dim/2}) pair of q and k by angle p * theta^(-2i/head_dim).
+// Rotates pairs of q and k coordinates by angle p * theta^(-2i/head_dim). Two pairings exist in
+// the wild: "rotate half" pairs (x_i, x_{i + head_dim/2}) (GPT-NeoX, LLaMA's HF checkpoints);
+// "adjacent" pairs (x_{2i}, x_{2i+1}) (the RoFormer paper, Meta's original LLaMA, llama.cpp).
+// They are the same model up to a permutation of each head's q/k rows.
+enum class RopePairing { kHalf, kAdjacent };
+
 class RotaryPositionImpl : public PositionImpl {
  public:
-  explicit RotaryPositionImpl(const ModelConfig& c) : max_seq_len_(c.max_seq_len) {
+  RotaryPositionImpl(const ModelConfig& c, RopePairing pairing) : max_seq_len_(c.max_seq_len), pairing_(pairing) {
     const int64_t half = c.head_dim() / 2;
     auto inv_freq = torch::pow(c.rope_theta, -torch::arange(0, half, torch::kDouble) / half);
     auto angles = torch::outer(torch::arange(c.max_seq_len, torch::kDouble), inv_freq);  // [P, half]
@@ -75,14 +80,20 @@ class RotaryPositionImpl : public PositionImpl {
   }
 
  private:
-  static torch::Tensor apply(const torch::Tensor& x, const torch::Tensor& cos,
-                             const torch::Tensor& sin) {
-    auto halves = x.chunk(2, -1);  // x1, x2: [B, T, heads, half]
-    const auto& x1 = halves[0];
-    const auto& x2 = halves[1];
-    return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+  // x: [B, T, heads, head_dim]; cos, sin: [T, 1, half]
+  torch::Tensor apply(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) const {
+    if (pairing_ == RopePairing::kHalf) {
+      auto halves = x.chunk(2, -1);  // x1, x2: [B, T, heads, half]
+      const auto& x1 = halves[0];
+      const auto& x2 = halves[1];
+      return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+    }
+    auto pairs = x.unflatten(-1, {x.size(-1) / 2, 2});  // [B, T, heads, half, 2]
+    auto x1 = pairs.select(-1, 0), x2 = pairs.select(-1, 1);
+    return torch::stack({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1).flatten(-2);
   }
   int64_t max_seq_len_;
+  RopePairing pairing_;
   torch::Tensor cos_, sin_;  // [max_seq_len, head_dim / 2]
 };
 
@@ -138,7 +149,10 @@ void register_positions(Registry<PositionFactory>& r) {
         make<SinusoidalPositionImpl>());
   r.add({"", "rope", "rotary embeddings on queries and keys, rotate-half pairing (LLaMA/HF)",
          "Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding"},
-        make<RotaryPositionImpl>());
+        [](const ModelConfig& c) { return std::make_shared<RotaryPositionImpl>(c, RopePairing::kHalf); });
+  r.add({"", "rope_adjacent", "rotary embeddings on queries and keys, adjacent-pair pairing (RoFormer, llama.cpp)",
+         "Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding"},
+        [](const ModelConfig& c) { return std::make_shared<RotaryPositionImpl>(c, RopePairing::kAdjacent); });
   r.add({"", "alibi", "linear distance penalties on attention scores, per-head slopes",
          "Press et al. 2022, Train Short, Test Long (ALiBi)"},
         make<AlibiPositionImpl>());
