@@ -319,3 +319,35 @@ TEST(Norms, DyTIsScaledTanh) {
   param(*dyt, "bias").fill_(-1.0);
   EXPECT_TRUE(torch::allclose(dyt->forward(x), 3 * torch::tanh(2 * x) - 1));
 }
+
+TEST(Block, NormPlacementsFollowTheirEquations) {
+  torch::manual_seed(8);
+  auto c = tiny_config();
+  c.position = "none";
+  auto position = blocks().positions.get("none", "test")(c);
+  const MixerContext ctx{position.get(), 0, nullptr};
+  auto x = torch::randn({2, 5, c.d_model});
+  for (const std::string placement : {"pre", "post", "sandwich"}) {
+    SCOPED_TRACE(placement);
+    c.norm_placement = placement;
+    TransformerBlock block(c, 0);
+    block->eval();
+    auto& b = *block;
+    auto f = [&](const torch::Tensor& t) { return b.mixer->forward(t, ctx); };
+    auto g = [&](const torch::Tensor& t) { return b.ffn->forward(t); };
+    torch::Tensor expected;
+    if (placement == "pre") {
+      auto h = x + f(b.norm1->forward(x));
+      expected = h + g(b.norm2->forward(h));
+    } else if (placement == "post") {
+      auto h = b.norm1->forward(x + f(x));
+      expected = b.norm2->forward(h + g(h));
+    } else {
+      auto h = x + b.norm1_out->forward(f(b.norm1->forward(x)));
+      expected = h + b.norm2_out->forward(g(b.norm2->forward(h)));
+    }
+    EXPECT_TRUE(torch::allclose(block->forward(x, ctx), expected, 1e-5, 1e-6));
+  }
+  c.norm_placement = "middle";
+  EXPECT_THROW(c.validate("test"), loom::Error);
+}

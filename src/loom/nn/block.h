@@ -1,8 +1,15 @@
-// One pre-norm residual layer: x = x + mixer(norm1(x)); x = x + ffn(norm2(x)).
+// One residual layer: a token mixer and a feed-forward block, each wrapped with norms placed
+//   pre:      x = x + mixer(norm1(x));             x = x + ffn(norm2(x))
+//   post:     x = norm1(x + mixer(x));             x = norm2(x + ffn(x))
+//   sandwich: x = x + norm1_out(mixer(norm1(x)));  x = x + norm2_out(ffn(norm2(x)))
 #pragma once
 #include "loom/nn/blocks.h"
 
 namespace loom {
+
+enum class NormPlacement { kPre, kPost, kSandwich };
+// "pre", "post" or "sandwich"; anything else is an error naming `where`.
+NormPlacement parse_norm_placement(const std::string& name, const std::string& where);
 
 class TransformerBlockImpl : public torch::nn::Module {
  public:
@@ -11,11 +18,13 @@ class TransformerBlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const MixerContext& context);
 
   std::shared_ptr<NormImpl> norm1, norm2;
+  std::shared_ptr<NormImpl> norm1_out, norm2_out;  // sandwich placement only
   std::shared_ptr<MixerImpl> mixer;
   std::shared_ptr<FfnImpl> ffn;
 
  private:
   double dropout_;
+  NormPlacement placement_ = NormPlacement::kPre;
 };
 TORCH_MODULE(TransformerBlock);
 

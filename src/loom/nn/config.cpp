@@ -1,6 +1,7 @@
 #include "loom/nn/config.h"
 
 #include "loom/core/error.h"
+#include "loom/nn/block.h"
 #include "loom/nn/blocks.h"
 
 namespace loom {
@@ -38,6 +39,7 @@ void ModelConfig::validate(const std::string& source) const {
     r.mixers.get(mixers[i], fmt::format("{}: layer {}", source, i));
   r.positions.get(position, fmt::format("{}: model.position", source));
   r.norms.get(norm, fmt::format("{}: model.norm", source));
+  parse_norm_placement(norm_placement, fmt::format("{}: model.norm_placement", source));
   r.ffns.get(ffn, fmt::format("{}: model.ffn", source));
   if (position.rfind("rope", 0) == 0 && head_dim() % 2 != 0)
     fail("{}: model.position '{}' needs an even head_dim, got {}", source, position, head_dim());

@@ -18,6 +18,7 @@ struct ModelConfig {
   std::vector<std::string> layers;  // per-layer mixer names (length n_layers), e.g. [attention, attention]
   std::string position = "learned";
   std::string norm = "layernorm";
+  std::string norm_placement = "pre";
   std::string ffn = "gelu";
   bool bias = true;
   bool tie_embeddings = true;
@@ -39,6 +40,7 @@ struct ModelConfig {
     v("layers", layers, "per-layer token mixers, overriding `mixer`; empty = n_layers x mixer");
     v("position", position, "position scheme (see `loom blocks`)");
     v("norm", norm, "normalization (see `loom blocks`)");
+    v("norm_placement", norm_placement, "where norms sit in a layer: pre, post or sandwich");
     v("ffn", ffn, "feed-forward block (see `loom blocks`)");
     v("bias", bias, "biases in linear layers and norms");
     v("tie_embeddings", tie_embeddings, "output projection shares the token embedding");
