@@ -1,6 +1,7 @@
 // loom: one binary, one table of subcommands.
 #include <cstdio>
 
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "loom/cli/commands.h"
@@ -27,6 +28,8 @@ const Command kCommands[] = {
 
 int main(int argc, char** argv) {
   loom::ensure_runtime_environment(argc, argv);
+  // Logs and progress go to stderr; stdout carries results (generated text, scores).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("loom"));
   spdlog::set_pattern("[%H:%M:%S] %^%l%$: %v");
   CLI::App app{"loom: build, train and run Transformer-family models"};
   app.require_subcommand(1);
