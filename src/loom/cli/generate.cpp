@@ -38,24 +38,30 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
       fail("the prompt is {} tokens but the model's context is {} tokens", prompt.size(),
            loaded.recipe.model.max_seq_len);
     args->options.stop_token = tokenizer.eos_id();
-    std::printf("%s", args->prompt.c_str());
+    // Decode prompt and continuation together and print what is new: SentencePiece drops the
+    // leading space of a sequence's first piece, and a token may end inside a UTF-8 character
+    // (decoded as U+FFFD until complete), so decoding the new tokens alone would glue words together or split characters.
+    std::vector<int> ids(prompt.begin() + 1, prompt.end());
+    const std::string prompt_text = tokenizer.decode(ids);
+    std::printf("%s", prompt_text.c_str());
     std::fflush(stdout);
-    // Decode the whole continuation each time and print what is new: a token may be part of a
-    // multi-byte character, so the printed text only grows by complete pieces.
-    std::vector<int> ids;
-    size_t printed = 0;
-    generate(loaded.model, prompt, args->options, [&](int64_t token) {
-      if (token == tokenizer.eos_id()) return;
-      ids.push_back(static_cast<int>(token));
+    size_t printed = prompt_text.size();
+    auto flush_new_text = [&](bool final) {
       const std::string text = tokenizer.decode(ids);
-      if (text.size() > printed && (text.back() & 0xC0) != 0x80) {
+      // Byte-fallback tokens of an unfinished character decode to U+FFFD until it is complete.
+      const bool unfinished = text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0;
+      if (text.size() > printed && (final || !unfinished)) {
         std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
         std::fflush(stdout);
         printed = text.size();
       }
+    };
+    generate(loaded.model, prompt, args->options, [&](int64_t token) {
+      if (token == tokenizer.eos_id()) return;
+      ids.push_back(static_cast<int>(token));
+      flush_new_text(false);
     });
-    const std::string text = tokenizer.decode(ids);
-    if (text.size() > printed) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
+    flush_new_text(true);
     std::printf("\n");
   });
 }
