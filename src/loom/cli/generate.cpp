@@ -40,7 +40,8 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
     args->options.stop_token = tokenizer.eos_id();
     // Decode prompt and continuation together and print what is new: SentencePiece drops the
     // leading space of a sequence's first piece, and a token may end inside a UTF-8 character
-    // (decoded as U+FFFD until complete), so decoding the new tokens alone would glue words together or split characters.
+    // (decoded as U+FFFD until complete), so decoding the new tokens alone would glue words
+    // together or split characters.
     std::vector<int> ids(prompt.begin() + 1, prompt.end());
     const std::string prompt_text = tokenizer.decode(ids);
     std::printf("%s", prompt_text.c_str());
