@@ -351,3 +351,55 @@ TEST(Block, NormPlacementsFollowTheirEquations) {
   c.norm_placement = "middle";
   EXPECT_THROW(c.validate("test"), loom::Error);
 }
+
+TEST(Moe, OneExpertTopOneIsTheDenseSwiGLU) {
+  torch::manual_seed(9);
+  auto c = tiny_config();
+  c.n_experts = 1;
+  c.top_k = 1;
+  auto moe = blocks().ffns.get("moe", "test")(c, 0);
+  auto dense = blocks().ffns.get("swiglu", "test")(c, 0);
+  {
+    torch::NoGradGuard no_grad;
+    param(*moe, "w_in").normal_();
+    param(*moe, "w_out").normal_();
+    param(*dense, "w_in.weight").copy_(param(*moe, "w_in")[0]);
+    param(*dense, "w_in.bias").zero_();
+    param(*dense, "w_out.weight").copy_(param(*moe, "w_out")[0]);
+    param(*dense, "w_out.bias").zero_();
+  }
+  auto x = torch::randn({2, 7, c.d_model});
+  EXPECT_TRUE(torch::allclose(moe->forward(x), dense->forward(x), 1e-5, 1e-5));
+  EXPECT_NEAR(moe->aux_loss().item<double>(), 1.0, 1e-6);  // one expert: f = P = 1
+}
+
+TEST(Moe, CapacityDropsOverflowAndBalancedRoutingHasUnitLoss) {
+  torch::manual_seed(10);
+  auto c = tiny_config();
+  c.n_experts = 4;
+  c.top_k = 1;
+  c.capacity_factor = 0.5;  // capacity = ceil(0.5 * 16 / 4) = 2 tokens per expert
+  auto moe = blocks().ffns.get("moe", "test")(c, 0);
+  {
+    torch::NoGradGuard no_grad;
+    param(*moe, "w_in").normal_();
+    param(*moe, "w_out").normal_();
+    param(*moe, "router.weight").zero_();  // uniform router: every token ties, topk picks expert 0
+  }
+  auto x = torch::randn({2, 8, c.d_model});
+  auto y = moe->forward(x).reshape({16, c.d_model});
+  auto nonzero_rows = (y.abs().sum(-1) > 0).sum().item<int64_t>();
+  EXPECT_EQ(nonzero_rows, 2);  // all 16 tokens chose one expert; only its capacity of 2 got through
+  // Uniform probabilities: P_e = 1/4; all assignments to one expert: f = (1, 0, 0, 0): loss = 4 * 1/4 = 1.
+  EXPECT_NEAR(moe->aux_loss().item<double>(), 1.0, 1e-6);
+  // A router sure of expert 0 (P_0 ~ 1, f_0 = 1) has the worst balance: loss ~ n_experts.
+  {
+    torch::NoGradGuard no_grad;
+    param(*moe, "router.weight")[0].fill_(10.0);
+  }
+  moe->forward(torch::rand({2, 8, c.d_model}) + 0.1);
+  EXPECT_NEAR(moe->aux_loss().item<double>(), 4.0, 1e-3);
+  auto z = moe->forward(x);
+  z.sum().backward();
+  EXPECT_TRUE(param(*moe, "w_in").grad().defined());
+}

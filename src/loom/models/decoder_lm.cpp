@@ -62,7 +62,7 @@ void DecoderLMImpl::reset_parameters() {
     if (p.dim() < 2) {
       p.zero_();
     } else {
-      const bool residual = name.find(".wo.") != std::string::npos || name.find(".w_out.") != std::string::npos;
+      const bool residual = name.find(".wo.") != std::string::npos || name.find(".w_out") != std::string::npos;
       p.normal_(0.0, residual ? residual_std : config_.init_std);
     }
   }

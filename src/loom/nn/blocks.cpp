@@ -9,6 +9,7 @@ const BlockRegistries& blocks() {
     register_positions(r.positions);
     register_norms(r.norms);
     register_ffns(r.ffns);
+    register_moe(r.ffns);
     return r;
   }();
   return registries;

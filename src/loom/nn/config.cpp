@@ -27,6 +27,10 @@ void ModelConfig::validate(const std::string& source) const {
   if (n_heads % kv_heads() != 0)
     fail("{}: model.n_heads ({}) must be divisible by model.n_kv_heads ({})", source, n_heads,
          kv_heads());
+  positive("n_experts", n_experts);
+  positive("top_k", top_k);
+  if (top_k > n_experts) fail("{}: model.top_k ({}) exceeds model.n_experts ({})", source, top_k, n_experts);
+  if (moe_aux_weight < 0) fail("{}: model.moe_aux_weight must be >= 0, got {}", source, moe_aux_weight);
   if (dropout < 0 || dropout >= 1) fail("{}: model.dropout must be in [0, 1), got {}", source, dropout);
   if (norm_eps <= 0) fail("{}: model.norm_eps must be positive, got {}", source, norm_eps);
   if (init_std <= 0) fail("{}: model.init_std must be positive, got {}", source, init_std);

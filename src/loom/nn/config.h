@@ -20,6 +20,10 @@ struct ModelConfig {
   std::string norm = "layernorm";
   std::string norm_placement = "pre";
   std::string ffn = "gelu";
+  int64_t n_experts = 8;         // moe only
+  int64_t top_k = 2;             // moe only
+  double capacity_factor = 1.25; // moe only; <= 0: no capacity limit
+  double moe_aux_weight = 0.01;  // moe only
   bool bias = true;
   bool tie_embeddings = true;
   double norm_eps = 1e-5;
@@ -42,6 +46,10 @@ struct ModelConfig {
     v("norm", norm, "normalization (see `loom blocks`)");
     v("norm_placement", norm_placement, "where norms sit in a layer: pre, post or sandwich");
     v("ffn", ffn, "feed-forward block (see `loom blocks`)");
+    v("n_experts", n_experts, "experts per MoE layer (ffn: moe)");
+    v("top_k", top_k, "experts each token is routed to (ffn: moe)");
+    v("capacity_factor", capacity_factor, "expert capacity = factor * tokens * top_k / n_experts; <= 0 = unlimited");
+    v("moe_aux_weight", moe_aux_weight, "weight of the load-balancing loss (ffn: moe)");
     v("bias", bias, "biases in linear layers and norms");
     v("tie_embeddings", tie_embeddings, "output projection shares the token embedding");
     v("norm_eps", norm_eps, "epsilon of the norms");

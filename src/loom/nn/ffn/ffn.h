@@ -14,9 +14,12 @@ namespace loom {
 class FfnImpl : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(const torch::Tensor& x) = 0;
+  // An auxiliary training loss from the last forward (MoE load balancing), or undefined.
+  virtual torch::Tensor aux_loss() const { return {}; }
 };
 
 using FfnFactory = std::function<std::shared_ptr<FfnImpl>(const ModelConfig&, int64_t layer)>;
 void register_ffns(Registry<FfnFactory>& registry);
+void register_moe(Registry<FfnFactory>& registry);
 
 }  // namespace loom
