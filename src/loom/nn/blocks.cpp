@@ -6,6 +6,7 @@ const BlockRegistries& blocks() {
   static const BlockRegistries registries = [] {
     BlockRegistries r;
     register_mixers(r.mixers);
+    register_mamba(r.mixers);
     register_positions(r.positions);
     register_norms(r.norms);
     register_ffns(r.ffns);

@@ -28,6 +28,10 @@ void ModelConfig::validate(const std::string& source) const {
     fail("{}: model.n_heads ({}) must be divisible by model.n_kv_heads ({})", source, n_heads,
          kv_heads());
   positive("n_experts", n_experts);
+  positive("d_state", d_state);
+  positive("d_conv", d_conv);
+  positive("expand", expand);
+  if (dt_rank < 0) fail("{}: model.dt_rank must be >= 0, got {}", source, dt_rank);
   positive("top_k", top_k);
   if (top_k > n_experts) fail("{}: model.top_k ({}) exceeds model.n_experts ({})", source, top_k, n_experts);
   if (moe_aux_weight < 0) fail("{}: model.moe_aux_weight must be >= 0, got {}", source, moe_aux_weight);

@@ -24,6 +24,10 @@ struct ModelConfig {
   int64_t top_k = 2;             // moe only
   double capacity_factor = 1.25; // moe only; <= 0: no capacity limit
   double moe_aux_weight = 0.01;  // moe only
+  int64_t d_state = 16;          // mamba only
+  int64_t d_conv = 4;            // mamba only
+  int64_t expand = 2;            // mamba only: d_inner = expand * d_model
+  int64_t dt_rank = 0;           // mamba only; 0 = ceil(d_model / 16)
   bool bias = true;
   bool tie_embeddings = true;
   double norm_eps = 1e-5;
@@ -50,6 +54,10 @@ struct ModelConfig {
     v("top_k", top_k, "experts each token is routed to (ffn: moe)");
     v("capacity_factor", capacity_factor, "expert capacity = factor * tokens * top_k / n_experts; <= 0 = unlimited");
     v("moe_aux_weight", moe_aux_weight, "weight of the load-balancing loss (ffn: moe)");
+    v("d_state", d_state, "Mamba state size per channel (mixer: mamba)");
+    v("d_conv", d_conv, "Mamba causal convolution width (mixer: mamba)");
+    v("expand", expand, "Mamba inner width = expand * d_model (mixer: mamba)");
+    v("dt_rank", dt_rank, "Mamba rank of the step-size projection; 0 = ceil(d_model / 16)");
     v("bias", bias, "biases in linear layers and norms");
     v("tie_embeddings", tie_embeddings, "output projection shares the token embedding");
     v("norm_eps", norm_eps, "epsilon of the norms");

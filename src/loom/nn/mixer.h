@@ -13,9 +13,12 @@
 namespace loom {
 
 // One layer's incremental-decoding state. Attention keeps keys and values of every position
-// seen so far: [B, n_kv_heads, capacity, head_dim], valid up to the context's offset.
+// seen so far: k, v [B, n_kv_heads, capacity, head_dim], valid up to the context's offset.
+// Mamba keeps a fixed-size state: conv [B, d_conv - 1, d_inner] (the last inputs of its causal
+// convolution) and ssm [B, d_inner, d_state].
 struct LayerCache {
   torch::Tensor k, v;
+  torch::Tensor conv, ssm;
 };
 
 struct MixerContext {
@@ -33,5 +36,6 @@ class MixerImpl : public torch::nn::Module {
 
 using MixerFactory = std::function<std::shared_ptr<MixerImpl>(const ModelConfig&, int64_t layer)>;
 void register_mixers(Registry<MixerFactory>& registry);
+void register_mamba(Registry<MixerFactory>& registry);
 
 }  // namespace loom

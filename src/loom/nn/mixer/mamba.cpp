@@ -1,0 +1,88 @@
+// The Mamba block (Gu & Dao 2023; reference: state-spaces/mamba, mamba_simple.py), a token
+// mixer without attention:
+//   [x, z] = in_proj(u);  x = silu(causal_depthwise_conv(x));
+//   [dt, B, C] = x_proj(x);  delta = softplus(dt_proj(dt));  A = -exp(A_log)
+//   y = selective_scan(x, delta, A, B, C, D);  out = out_proj(y * silu(z))
+// Init as the reference: A_log = log(1..d_state) per channel, D = 1, dt_proj's bias such that
+// softplus(bias) is log-uniform in [1e-3, 0.1]. Shapes: B batch, T time, Di = expand * d_model,
+// N = d_state, R = dt_rank, K = d_conv.
+// Incremental decoding keeps the last K-1 conv inputs and the scan state: O(1) per token.
+#include <cmath>
+
+#include "loom/nn/mixer.h"
+#include "loom/nn/mixer/selective_scan.h"
+
+namespace loom {
+namespace {
+
+class MambaImpl : public MixerImpl {
+ public:
+  explicit MambaImpl(const ModelConfig& c)
+      : d_inner_(c.expand * c.d_model),
+        d_state_(c.d_state),
+        d_conv_(c.d_conv),
+        dt_rank_(c.dt_rank > 0 ? c.dt_rank : (c.d_model + 15) / 16) {
+    using torch::nn::Linear, torch::nn::LinearOptions;
+    in_proj = register_module("in_proj", Linear(LinearOptions(c.d_model, 2 * d_inner_).bias(false)));
+    conv_weight = register_parameter("conv_weight", torch::empty({d_inner_, 1, d_conv_}));  // depthwise
+    conv_bias = register_parameter("conv_bias", torch::zeros({d_inner_}));
+    x_proj = register_module("x_proj", Linear(LinearOptions(d_inner_, dt_rank_ + 2 * d_state_).bias(false)));
+    dt_proj = register_module("dt_proj", Linear(LinearOptions(dt_rank_, d_inner_).bias(true)));
+    A_log = register_parameter("A_log", torch::log(torch::arange(1, d_state_ + 1, torch::kFloat)).repeat({d_inner_, 1}));
+    D = register_parameter("D", torch::ones({d_inner_}));
+    out_proj = register_module("out_proj", Linear(LinearOptions(d_inner_, c.d_model).bias(false)));
+    torch::NoGradGuard no_grad;
+    const double bound = 1.0 / std::sqrt(static_cast<double>(d_conv_));
+    conv_weight.uniform_(-bound, bound);
+    auto dt = torch::exp(torch::rand({d_inner_}) * (std::log(0.1) - std::log(1e-3)) + std::log(1e-3));
+    dt_proj->bias.copy_(dt + torch::log(-torch::expm1(-dt)));  // inverse of softplus
+  }
+
+  // x: [B, T, d_model] -> [B, T, d_model]
+  torch::Tensor forward(const torch::Tensor& input, const MixerContext& ctx) override {
+    const int64_t b = input.size(0), t = input.size(1);
+    auto xz = in_proj(input).chunk(2, -1);
+    auto x = xz[0], z = xz[1];                                                   // [B, T, Di]
+    // Causal depthwise convolution over time, continuing from the cached inputs.
+    torch::Tensor history = ctx.cache != nullptr && ctx.offset > 0
+        ? ctx.cache->conv.to(x.scalar_type())
+        : torch::zeros({b, d_conv_ - 1, d_inner_}, x.options());                 // [B, K-1, Di]
+    auto padded = torch::cat({history, x}, 1);                                   // [B, K-1+T, Di]
+    if (ctx.cache != nullptr) ctx.cache->conv.copy_(padded.narrow(1, t, d_conv_ - 1));
+    namespace F = torch::nn::functional;
+    x = F::conv1d(padded.transpose(1, 2), conv_weight.to(x.scalar_type()),
+                  F::Conv1dFuncOptions().bias(conv_bias.to(x.scalar_type())).groups(d_inner_))
+            .transpose(1, 2);                                                    // [B, T, Di]
+    x = torch::silu(x);
+    auto dbc = x_proj(x).split({dt_rank_, d_state_, d_state_}, -1);
+    auto delta = torch::nn::functional::softplus(dt_proj(dbc[0]).to(torch::kFloat));  // [B, T, Di]
+    auto A = -torch::exp(A_log);                                                 // [Di, N]
+    torch::Tensor h0 = ctx.cache != nullptr && ctx.offset > 0 ? ctx.cache->ssm : torch::Tensor();
+    auto [y, h_last] = selective_scan(x, delta, A, dbc[1], dbc[2], D, h0);       // [B, T, Di]
+    if (ctx.cache != nullptr) ctx.cache->ssm.copy_(h_last);
+    return out_proj(y.to(z.scalar_type()) * torch::silu(z));
+  }
+
+  LayerCache make_cache(int64_t batch, int64_t, torch::TensorOptions options) override {
+    LayerCache cache;
+    cache.conv = torch::zeros({batch, d_conv_ - 1, d_inner_}, options);
+    cache.ssm = torch::zeros({batch, d_inner_, d_state_}, options.dtype(torch::kFloat));
+    return cache;
+  }
+
+  torch::nn::Linear in_proj{nullptr}, x_proj{nullptr}, dt_proj{nullptr}, out_proj{nullptr};
+  torch::Tensor conv_weight, conv_bias, A_log, D;
+
+ private:
+  int64_t d_inner_, d_state_, d_conv_, dt_rank_;
+};
+
+}  // namespace
+
+void register_mamba(Registry<MixerFactory>& r) {
+  r.add({"", "mamba", "selective state-space mixer (no attention), fused CPU scan, O(1) decoding state",
+         "Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces"},
+        [](const ModelConfig& c, int64_t) { return std::make_shared<MambaImpl>(c); });
+}
+
+}  // namespace loom
