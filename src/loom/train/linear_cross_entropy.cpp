@@ -1,0 +1,80 @@
+// The reference is lm_loss(linear(h, W), targets) (train_step.cpp): logits [N, V] in the compute
+// dtype, cast to fp32, log_softmax, nll; backward writes fp32 [N, V] tensors three more times.
+// Here the forward visits the logits a block of rows at a time while they are in cache, and
+// writes their gradient, (softmax - onehot) / N, straight into one [N, V] tensor of the compute
+// dtype, which is all the backward needs besides h and W.
+#include "loom/train/linear_cross_entropy.h"
+
+#include <algorithm>
+
+namespace loom {
+namespace {
+
+// Rows per logits block (chosen, not tuned): a [256, V] GEMM is still large; the fp32
+// log-softmax of 32 rows is 1 MB at V = 8192, about one core's L2.
+constexpr int64_t kGemmRows = 256;
+constexpr int64_t kSoftmaxRows = 32;
+
+class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
+ public:
+  // hidden [N, C], weight [V, C] (same dtype), targets [N] int64 -> scalar fp32 loss.
+  // needs_grad: whether a backward will follow (the context cannot tell in no-grad mode).
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
+                               const torch::Tensor& weight, const torch::Tensor& targets,
+                               bool needs_grad) {
+    const int64_t n = hidden.size(0), v = weight.size(0);
+    auto losses = torch::empty({n}, hidden.options().dtype(torch::kFloat));
+    torch::Tensor grad_logits = needs_grad ? torch::empty({n, v}, hidden.options()) : torch::Tensor();
+    const auto weight_t = weight.t();
+    for (int64_t r0 = 0; r0 < n; r0 += kGemmRows) {
+      const int64_t rows = std::min(kGemmRows, n - r0);
+      auto logits = torch::mm(hidden.narrow(0, r0, rows), weight_t);  // [rows, V]
+      for (int64_t s0 = 0; s0 < rows; s0 += kSoftmaxRows) {
+        const int64_t sub = std::min(kSoftmaxRows, rows - s0);
+        auto target = targets.narrow(0, r0 + s0, sub).unsqueeze(1);                       // [sub, 1]
+        auto log_probs = torch::log_softmax(logits.narrow(0, s0, sub).to(torch::kFloat), 1);  // [sub, V]
+        auto block_losses = losses.narrow(0, r0 + s0, sub);
+        torch::neg_out(block_losses, log_probs.gather(1, target).squeeze(1));
+        if (!needs_grad) continue;
+        // d loss / d logits = (softmax - onehot(target)) / N
+        auto probs = log_probs.exp_();
+        probs.scatter_add_(1, target, torch::full({sub, 1}, -1.0f, probs.options()));
+        auto block_grad = grad_logits.narrow(0, r0 + s0, sub);
+        torch::mul_out(block_grad, probs, 1.0 / static_cast<double>(n));
+      }
+    }
+    ctx->save_for_backward({hidden, weight, grad_logits});
+    return losses.mean();
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_output) {
+    auto saved = ctx->get_saved_variables();
+    const auto& hidden = saved[0];
+    const auto& weight = saved[1];
+    auto grad_logits = saved[2];  // [N, V]; not scaled in place: a retained graph reuses it
+    const auto& scale = grad_output[0];
+    if (scale.item<double>() != 1.0) grad_logits = grad_logits * scale.to(grad_logits.scalar_type());
+    torch::Tensor grad_hidden, grad_weight;
+    if (ctx->needs_input_grad(0)) grad_hidden = torch::mm(grad_logits, weight);        // [N, C]
+    if (ctx->needs_input_grad(1)) grad_weight = torch::mm(grad_logits.t(), hidden);    // [V, C]
+    return {grad_hidden, grad_weight, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& weight,
+                                   const torch::Tensor& targets, at::ScalarType compute_dtype) {
+  TORCH_CHECK(hidden.size(-1) == weight.size(1), "hidden and weight disagree on d_model");
+  auto flat_targets = targets.reshape({-1});
+  TORCH_CHECK(flat_targets.numel() == hidden.numel() / hidden.size(-1), "one target per row");
+  TORCH_CHECK(flat_targets.numel() == 0 ||
+                  (flat_targets.min().item<int64_t>() >= 0 && flat_targets.max().item<int64_t>() < weight.size(0)),
+              "targets must be token ids in [0, vocab_size)");
+  const bool needs_grad = torch::GradMode::is_enabled() && (hidden.requires_grad() || weight.requires_grad());
+  return LinearCrossEntropy::apply(hidden.reshape({-1, hidden.size(-1)}).to(compute_dtype),
+                                   weight.to(compute_dtype), flat_targets, needs_grad);
+}
+
+}  // namespace loom
