@@ -124,8 +124,8 @@ TEST(Recipe, ErrorsNameTheKeyAndTheFile) {
   EXPECT_TRUE(has(e, "divisible")) << e;
   e = error_of("model: {ffn: swishglu}");
   EXPECT_TRUE(has(e, "swishglu") && has(e, "swiglu")) << e;
-  e = error_of("model: {n_layers: 2, layers: [attention, mamba]}");
-  EXPECT_TRUE(has(e, "layer 1") && has(e, "mamba") && has(e, "valid: attention")) << e;
+  e = error_of("model: {n_layers: 2, layers: [attention, hyena]}");
+  EXPECT_TRUE(has(e, "layer 1") && has(e, "hyena") && has(e, "valid: attention, mamba")) << e;
   e = error_of("train: {precision: fp8}");
   EXPECT_TRUE(has(e, "train.precision")) << e;
   e = error_of("model: [1, 2]");
