@@ -47,3 +47,33 @@ TEST(LinearCrossEntropy, WithoutGradientsAndBadTargets) {
               expected.item<double>(), 1e-5);
   EXPECT_THROW(linear_cross_entropy(hidden, weight, torch::tensor({1, 10, 0}), torch::kFloat), c10::Error);
 }
+
+TEST(TrainStep, MoeLoadBalancingLossReachesTheRouter) {
+  // With the language-modelling loss alone the router of a top-1 MoE still learns (Switch gates
+  // by probability); the check here is that the auxiliary term changes the router's update.
+  auto run = [](double aux_weight) {
+    ModelConfig c;
+    c.vocab_size = 30;
+    c.d_model = 16;
+    c.n_layers = 1;
+    c.n_heads = 2;
+    c.d_ff = 16;
+    c.max_seq_len = 8;
+    c.ffn = "moe";
+    c.n_experts = 4;
+    c.top_k = 1;
+    c.moe_aux_weight = aux_weight;
+    torch::manual_seed(13);
+    DecoderLM model(c);
+    TrainConfig t;
+    t.precision = "fp32";
+    t.steps = 1;
+    t.warmup_steps = 0;
+    TrainStep step(model, t);
+    auto tokens = torch::randint(30, {2, 9});
+    step.run(0, [&](int64_t) { return Batch{tokens.narrow(1, 0, 8), tokens.narrow(1, 1, 8)}; });
+    EXPECT_TRUE(model->aux_loss().defined());
+    return model->named_parameters()["layers.0.ffn.router.weight"].clone();
+  };
+  EXPECT_FALSE(torch::equal(run(0.0), run(10.0)));
+}

@@ -51,6 +51,15 @@ KVCache DecoderLMImpl::make_cache(int64_t batch, int64_t capacity) {
   return cache;
 }
 
+torch::Tensor DecoderLMImpl::aux_loss() {
+  torch::Tensor total;
+  for (auto& layer : *layers) {
+    auto aux = layer->as<TransformerBlockImpl>()->ffn->aux_loss();
+    if (aux.defined()) total = total.defined() ? total + aux : aux;
+  }
+  return total;
+}
+
 void DecoderLMImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
   const double residual_std = config_.init_std / std::sqrt(2.0 * config_.n_layers);

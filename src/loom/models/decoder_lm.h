@@ -28,6 +28,8 @@ class DecoderLMImpl : public torch::nn::Module {
   torch::Tensor output_weight() { return lm_head ? lm_head->weight : tok_emb->weight; }
 
   KVCache make_cache(int64_t batch, int64_t capacity);
+  // Sum of the layers' auxiliary losses from the last forward (MoE load balancing), or undefined.
+  torch::Tensor aux_loss();
   // GPT-2's init: N(0, init_std), residual output projections N(0, init_std / sqrt(2 n_layers)),
   // biases 0, norm weights 1.
   void reset_parameters();

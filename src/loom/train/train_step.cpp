@@ -47,7 +47,11 @@ StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)
       loss = linear_cross_entropy(model_->hidden(inputs), model_->output_weight(), targets,
                                   bf16 ? torch::kBFloat16 : torch::kFloat);
     }
-    (loss / static_cast<double>(config_.grad_accum)).backward();
+    // Auxiliary losses of the last forward (MoE load balancing) join the objective, not the
+    // reported language-modelling loss.
+    auto objective = loss;
+    if (auto aux = model_->aux_loss(); aux.defined()) objective = loss + model_->config().moe_aux_weight * aux;
+    (objective / static_cast<double>(config_.grad_accum)).backward();
     result.loss += loss.item<double>() / static_cast<double>(config_.grad_accum);
   }
   const double max_norm = config_.grad_clip > 0 ? config_.grad_clip : std::numeric_limits<double>::infinity();
