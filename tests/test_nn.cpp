@@ -403,3 +403,19 @@ TEST(Moe, CapacityDropsOverflowAndBalancedRoutingHasUnitLoss) {
   z.sum().backward();
   EXPECT_TRUE(param(*moe, "w_in").grad().defined());
 }
+
+TEST(DecoderLM, WeightDecayOnlyOnProjectionMatrices) {
+  auto c = tiny_config();
+  c.layers = {"attention", "mamba"};
+  c.d_state = 4;
+  DecoderLM model(c);
+  std::set<std::string> decayed;
+  for (auto& item : model->named_parameters())
+    if (model->is_decayed(item.key(), item.value())) decayed.insert(item.key());
+  EXPECT_TRUE(decayed.count("layers.0.mixer.wqkv.weight"));
+  EXPECT_TRUE(decayed.count("layers.1.mixer.in_proj.weight"));
+  EXPECT_TRUE(decayed.count("layers.0.ffn.w_out.weight"));
+  for (const char* name : {"tok_emb.weight", "pos.weight", "layers.0.norm1.weight", "layers.0.norm1.bias",
+                           "layers.0.mixer.wqkv.bias", "layers.1.mixer.A_log", "layers.1.mixer.D", "norm_f.weight"})
+    EXPECT_FALSE(decayed.count(name)) << name;
+}

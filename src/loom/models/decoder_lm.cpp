@@ -79,21 +79,9 @@ void DecoderLMImpl::reset_parameters() {
 
 bool DecoderLMImpl::is_decayed(const std::string& name, const torch::Tensor& p) const {
   const bool embedding = name.rfind("tok_emb.", 0) == 0 || name.rfind("pos.", 0) == 0;
-  return p.dim() >= 2 && !embedding;
-}
-
-std::vector<torch::Tensor> DecoderLMImpl::decay_parameters() {
-  std::vector<torch::Tensor> out;
-  for (auto& item : named_parameters())
-    if (is_decayed(item.key(), item.value())) out.push_back(item.value());
-  return out;
-}
-
-std::vector<torch::Tensor> DecoderLMImpl::no_decay_parameters() {
-  std::vector<torch::Tensor> out;
-  for (auto& item : named_parameters())
-    if (!is_decayed(item.key(), item.value())) out.push_back(item.value());
-  return out;
+  // Mamba's A_log is a matrix of state decay rates, not a projection (no decay, as the reference).
+  const bool ssm_rates = name.size() >= 6 && name.compare(name.size() - 6, 6, ".A_log") == 0;
+  return p.dim() >= 2 && !embedding && !ssm_rates;
 }
 
 int64_t DecoderLMImpl::num_parameters() {

@@ -33,9 +33,9 @@ class DecoderLMImpl : public torch::nn::Module {
   // GPT-2's init: N(0, init_std), residual output projections N(0, init_std / sqrt(2 n_layers)),
   // biases 0, norm weights 1.
   void reset_parameters();
-  // Parameters that get weight decay: matrices of linear layers, not embeddings, norms or biases.
-  std::vector<torch::Tensor> decay_parameters();
-  std::vector<torch::Tensor> no_decay_parameters();
+  // Whether a parameter gets weight decay: matrices of linear layers (and stacked expert
+  // matrices) do; embeddings, norms, biases and other vectors do not.
+  bool is_decayed(const std::string& name, const torch::Tensor& p) const;
   int64_t num_parameters();
 
   const ModelConfig& config() const { return config_; }
@@ -47,7 +47,6 @@ class DecoderLMImpl : public torch::nn::Module {
   torch::nn::Linear lm_head{nullptr};  // [V, d_model]; null when tied to tok_emb
 
  private:
-  bool is_decayed(const std::string& name, const torch::Tensor& p) const;
   ModelConfig config_;
 };
 TORCH_MODULE(DecoderLM);

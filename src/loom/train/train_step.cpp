@@ -7,11 +7,9 @@ namespace loom {
 namespace {
 
 std::vector<AdamWGroup> parameter_groups(DecoderLMImpl& model, double weight_decay) {
-  // Weight decay on the matrices of linear layers only: not on embeddings, norms or biases.
   AdamWGroup decay{{}, weight_decay}, no_decay{{}, 0.0};
   for (auto& item : model.named_parameters()) {
-    const bool embedding = item.key().rfind("tok_emb.", 0) == 0 || item.key().rfind("pos.", 0) == 0;
-    auto& group = (item.value().dim() >= 2 && !embedding) ? decay : no_decay;
+    auto& group = model.is_decayed(item.key(), item.value()) ? decay : no_decay;
     group.params.push_back({item.key(), item.value()});
   }
   return {decay, no_decay};
