@@ -419,3 +419,64 @@ TEST(DecoderLM, WeightDecayOnlyOnProjectionMatrices) {
                            "layers.0.mixer.wqkv.bias", "layers.1.mixer.A_log", "layers.1.mixer.D", "norm_f.weight"})
     EXPECT_FALSE(decayed.count(name)) << name;
 }
+
+TEST(Attention, SlidingWindowAsWideAsTheSequenceIsFullAttention) {
+  torch::manual_seed(14);
+  auto c = tiny_config();
+  auto position = blocks().positions.get("rope", "test")(c);
+  auto full = blocks().mixers.get("attention", "test")(c, 0);
+  c.window = 9;
+  auto local = blocks().mixers.get("local_attention", "test")(c, 0);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& item : full->named_parameters()) param(*local, item.key()).copy_(item.value());
+  }
+  MixerContext ctx{position.get(), 0, nullptr};
+  auto x = torch::randn({2, 9, c.d_model});
+  EXPECT_TRUE(torch::allclose(local->forward(x, ctx), full->forward(x, ctx), 1e-5, 1e-6));
+  // A narrower window changes every output past the window, and none before it.
+  c.window = 3;
+  auto narrow = blocks().mixers.get("local_attention", "test")(c, 0);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& item : full->named_parameters()) param(*narrow, item.key()).copy_(item.value());
+  }
+  auto a = narrow->forward(x, ctx), b = full->forward(x, ctx);
+  EXPECT_TRUE(torch::allclose(a.narrow(1, 0, 3), b.narrow(1, 0, 3), 1e-5, 1e-6));
+  EXPECT_FALSE(torch::allclose(a.narrow(1, 3, 6), b.narrow(1, 3, 6), 1e-3, 1e-3));
+  // Window 1: each position attends only to itself, so the output is wo(v_t).
+  c.window = 1;
+  auto self_only = blocks().mixers.get("local_attention", "test")(c, 0);
+  auto w = param(*self_only, "wqkv.weight"), bias = param(*self_only, "wqkv.bias");
+  const int64_t hd = c.n_heads * c.head_dim();
+  auto v = torch::nn::functional::linear(x, w.narrow(0, 2 * hd, hd), bias.narrow(0, 2 * hd, hd));
+  auto expected = torch::nn::functional::linear(v, param(*self_only, "wo.weight"), param(*self_only, "wo.bias"));
+  EXPECT_TRUE(torch::allclose(self_only->forward(x, ctx), expected, 1e-5, 1e-6));
+}
+
+TEST(Attention, LocalAndQkNormModelsDecodeIncrementally) {
+  auto c = tiny_config();
+  c.layers = {"local_attention", "attention"};
+  c.window = 4;
+  c.qk_norm = true;
+  c.position = "rope";
+  c.validate("test");
+  torch::manual_seed(15);
+  DecoderLM model(c);
+  model->eval();
+  auto tokens = torch::randint(c.vocab_size, {2, 14});
+  {
+    torch::NoGradGuard no_grad;
+    auto full = model->forward(tokens);
+    auto cache = model->make_cache(2, c.max_seq_len);
+    std::vector<torch::Tensor> pieces{model->forward(tokens.narrow(1, 0, 6), 0, &cache)};
+    for (int64_t i = 6; i < 14; ++i) pieces.push_back(model->forward(tokens.narrow(1, i, 1), i, &cache));
+    EXPECT_TRUE(torch::allclose(torch::cat(pieces, 1), full, 1e-4, 1e-5));
+  }
+  model->train();
+  model->forward(tokens).pow(2).mean().backward();
+  auto params = model->named_parameters();
+  ASSERT_TRUE(params.contains("layers.0.mixer.q_norm.weight"));
+  EXPECT_GT(params["layers.0.mixer.q_norm.weight"].grad().abs().sum().item<float>(), 0);
+  EXPECT_GT(params["layers.1.mixer.k_norm.weight"].grad().abs().sum().item<float>(), 0);
+}

@@ -27,6 +27,7 @@ void ModelConfig::validate(const std::string& source) const {
   if (n_heads % kv_heads() != 0)
     fail("{}: model.n_heads ({}) must be divisible by model.n_kv_heads ({})", source, n_heads,
          kv_heads());
+  positive("window", window);
   positive("n_experts", n_experts);
   positive("d_state", d_state);
   positive("d_conv", d_conv);

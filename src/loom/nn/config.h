@@ -20,6 +20,8 @@ struct ModelConfig {
   std::string norm = "layernorm";
   std::string norm_placement = "pre";
   std::string ffn = "gelu";
+  int64_t window = 64;           // local_attention only: positions each query sees
+  bool qk_norm = false;          // normalize queries and keys per head (model.norm) before RoPE
   int64_t n_experts = 8;         // moe only
   int64_t top_k = 2;             // moe only
   double capacity_factor = 1.25; // moe only; <= 0: no capacity limit
@@ -50,6 +52,8 @@ struct ModelConfig {
     v("norm", norm, "normalization (see `loom blocks`)");
     v("norm_placement", norm_placement, "where norms sit in a layer: pre, post or sandwich");
     v("ffn", ffn, "feed-forward block (see `loom blocks`)");
+    v("window", window, "sliding-window size of local_attention (the query's own position included)");
+    v("qk_norm", qk_norm, "QK-norm: normalize each head's queries and keys with model.norm");
     v("n_experts", n_experts, "experts per MoE layer (ffn: moe)");
     v("top_k", top_k, "experts each token is routed to (ffn: moe)");
     v("capacity_factor", capacity_factor, "expert capacity = factor * tokens * top_k / n_experts; <= 0 = unlimited");
