@@ -480,3 +480,54 @@ TEST(Attention, LocalAndQkNormModelsDecodeIncrementally) {
   EXPECT_GT(params["layers.0.mixer.q_norm.weight"].grad().abs().sum().item<float>(), 0);
   EXPECT_GT(params["layers.1.mixer.k_norm.weight"].grad().abs().sum().item<float>(), 0);
 }
+
+TEST(Attention, CausalLinearAttentionEqualsItsQuadraticMaskedForm) {
+  torch::manual_seed(16);
+  auto c = tiny_config();
+  auto position = blocks().positions.get("none", "test")(c);
+  auto linear = blocks().mixers.get("linear_attention", "test")(c, 0);
+  const int64_t b = 2, t = 7, h = c.n_heads, d = c.head_dim();
+  auto x = torch::randn({b, t, c.d_model});
+  // Reference: A = phi(Q) phi(K)^T, lower-triangular, rows normalized; out = A V.
+  auto qkv = torch::nn::functional::linear(x, param(*linear, "wqkv.weight"), param(*linear, "wqkv.bias"))
+                 .view({b, t, 3, h, d}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
+  auto phi_q = torch::elu(qkv[0]) + 1, phi_k = torch::elu(qkv[1]) + 1;
+  auto a = phi_q.matmul(phi_k.transpose(-2, -1)).tril();          // [B, H, T, T]
+  auto out = (a / a.sum(-1, true)).matmul(qkv[2]).transpose(1, 2).reshape({b, t, h * d});
+  auto expected = torch::nn::functional::linear(out, param(*linear, "wo.weight"), param(*linear, "wo.bias"));
+  EXPECT_TRUE(torch::allclose(linear->forward(x, MixerContext{position.get(), 0, nullptr}), expected, 1e-4, 1e-5));
+  // And recurrently, one token at a time through the running sums.
+  c.layers = {"linear_attention", "linear_attention"};
+  c.position = "rope";
+  DecoderLM model(c);
+  torch::NoGradGuard no_grad;
+  auto tokens = torch::randint(c.vocab_size, {2, 10});
+  auto full = model->forward(tokens);
+  auto cache = model->make_cache(2, c.max_seq_len);
+  std::vector<torch::Tensor> pieces{model->forward(tokens.narrow(1, 0, 3), 0, &cache)};
+  for (int64_t i = 3; i < 10; ++i) pieces.push_back(model->forward(tokens.narrow(1, i, 1), i, &cache));
+  EXPECT_TRUE(torch::allclose(torch::cat(pieces, 1), full, 1e-4, 1e-5));
+}
+
+TEST(Registry, IncompatibleCombinationsNameTheLayer) {
+  auto error_of = [](ModelConfig c) {
+    try {
+      c.validate("r.yaml");
+    } catch (const loom::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto c = tiny_config();
+  c.layers = {"mamba", "mamba"};
+  c.position = "rope";
+  auto e = error_of(c);
+  EXPECT_NE(e.find("'rope' acts inside attention"), std::string::npos) << e;
+  c.layers = {"attention", "linear_attention"};
+  c.position = "alibi";
+  e = error_of(c);
+  EXPECT_NE(e.find("layer 1"), std::string::npos) << e;
+  c.layers = {"mamba", "attention"};
+  c.position = "rope";
+  EXPECT_EQ(error_of(c), "no error");
+}

@@ -1,5 +1,7 @@
 #include "loom/nn/config.h"
 
+#include <fmt/ranges.h>
+
 #include "loom/core/error.h"
 #include "loom/nn/block.h"
 #include "loom/nn/blocks.h"
@@ -50,6 +52,19 @@ void ModelConfig::validate(const std::string& source) const {
   r.norms.get(norm, fmt::format("{}: model.norm", source));
   parse_norm_placement(norm_placement, fmt::format("{}: model.norm_placement", source));
   r.ffns.get(ffn, fmt::format("{}: model.ffn", source));
+  // Position schemes that act inside softmax attention need such a layer to act in.
+  const bool in_attention = position.rfind("rope", 0) == 0 || position == "alibi";
+  bool any_attention = false;
+  for (size_t i = 0; i < mixers.size(); ++i) {
+    const bool softmax = mixers[i] == "attention" || mixers[i] == "local_attention";
+    any_attention = any_attention || softmax || (mixers[i] == "linear_attention" && position != "alibi");
+    if (position == "alibi" && mixers[i] == "linear_attention")
+      fail("{}: layer {}: model.position 'alibi' biases softmax scores, which mixer '{}' does not have "
+           "(choose rope, learned, sinusoidal or none)", source, i, mixers[i]);
+  }
+  if (in_attention && !any_attention)
+    fail("{}: model.position '{}' acts inside attention, but no layer has attention (layers: {}); "
+         "choose learned, sinusoidal or none", source, position, fmt::format("{}", fmt::join(mixers, ", ")));
   if (position.rfind("rope", 0) == 0 && head_dim() % 2 != 0)
     fail("{}: model.position '{}' needs an even head_dim, got {}", source, position, head_dim());
 }

@@ -16,9 +16,11 @@ namespace loom {
 // seen so far: k, v [B, n_kv_heads, capacity, head_dim], valid up to the context's offset.
 // Mamba keeps a fixed-size state: conv [B, d_conv - 1, d_inner] (the last inputs of its causal
 // convolution) and ssm [B, d_inner, d_state].
+// Linear attention keeps running sums: kv_sum [B, H, head_dim, head_dim], k_sum [B, H, head_dim].
 struct LayerCache {
   torch::Tensor k, v;
   torch::Tensor conv, ssm;
+  torch::Tensor kv_sum, k_sum;
 };
 
 struct MixerContext {
@@ -37,5 +39,6 @@ class MixerImpl : public torch::nn::Module {
 using MixerFactory = std::function<std::shared_ptr<MixerImpl>(const ModelConfig&, int64_t layer)>;
 void register_mixers(Registry<MixerFactory>& registry);
 void register_mamba(Registry<MixerFactory>& registry);
+void register_linear_attention(Registry<MixerFactory>& registry);
 
 }  // namespace loom
