@@ -77,3 +77,27 @@ TEST(TrainStep, MoeLoadBalancingLossReachesTheRouter) {
   };
   EXPECT_FALSE(torch::equal(run(0.0), run(10.0)));
 }
+
+TEST(LinearCrossEntropy, ZLossMatchesItsDefinition) {
+  torch::manual_seed(17);
+  auto hidden = torch::randn({3, 40, 8}, torch::requires_grad());
+  auto weight = torch::randn({50, 8}, torch::requires_grad());
+  auto targets = torch::randint(50, {3, 40});
+  const double z = 0.1;
+  LossStats stats;
+  auto loss = linear_cross_entropy(hidden, weight, targets, torch::kFloat, z, &stats);
+  loss.backward();
+  auto gh = hidden.grad().clone(), gw = weight.grad().clone();
+  hidden.mutable_grad() = torch::Tensor();
+  weight.mutable_grad() = torch::Tensor();
+  auto logits = torch::nn::functional::linear(hidden, weight);
+  auto log_z = torch::logsumexp(logits, -1);
+  auto cross_entropy = lm_loss(logits, targets);
+  auto reference = cross_entropy + z * log_z.pow(2).mean();
+  reference.backward();
+  EXPECT_NEAR(loss.item<double>(), reference.item<double>(), 1e-4);
+  EXPECT_NEAR(stats.cross_entropy, cross_entropy.item<double>(), 1e-4);
+  EXPECT_NEAR(stats.log_z, log_z.mean().item<double>(), 1e-4);
+  EXPECT_TRUE(torch::allclose(gh, hidden.grad(), 1e-4, 1e-5));
+  EXPECT_TRUE(torch::allclose(gw, weight.grad(), 1e-4, 1e-5));
+}

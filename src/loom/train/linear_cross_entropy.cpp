@@ -17,13 +17,15 @@ constexpr int64_t kSoftmaxRows = 32;
 
 class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
  public:
-  // hidden [N, C], weight [V, C] (same dtype), targets [N] int64 -> scalar fp32 loss.
-  // needs_grad: whether a backward will follow (the context cannot tell in no-grad mode).
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
-                               const torch::Tensor& weight, const torch::Tensor& targets,
-                               bool needs_grad) {
+  // hidden [N, C], weight [V, C] (same dtype), targets [N] int64 -> {scalar fp32 objective
+  // (cross-entropy + z_loss * log Z^2), mean cross-entropy, mean log Z}; the last two carry no
+  // gradient. needs_grad: whether a backward will follow (the context cannot tell in no-grad mode).
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
+                                                const torch::Tensor& weight, const torch::Tensor& targets,
+                                                bool needs_grad, double z_loss) {
     const int64_t n = hidden.size(0), v = weight.size(0);
     auto losses = torch::empty({n}, hidden.options().dtype(torch::kFloat));
+    auto log_z = torch::empty({n}, hidden.options().dtype(torch::kFloat));
     torch::Tensor grad_logits = needs_grad ? torch::empty({n, v}, hidden.options()) : torch::Tensor();
     const auto weight_t = weight.t();
     for (int64_t r0 = 0; r0 < n; r0 += kGemmRows) {
@@ -32,19 +34,27 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
       for (int64_t s0 = 0; s0 < rows; s0 += kSoftmaxRows) {
         const int64_t sub = std::min(kSoftmaxRows, rows - s0);
         auto target = targets.narrow(0, r0 + s0, sub).unsqueeze(1);                       // [sub, 1]
-        auto log_probs = torch::log_softmax(logits.narrow(0, s0, sub).to(torch::kFloat), 1);  // [sub, V]
+        auto block = logits.narrow(0, s0, sub).to(torch::kFloat);                          // [sub, V]
+        auto lse = torch::logsumexp(block, 1, /*keepdim=*/true);                            // log Z: [sub, 1]
+        auto log_probs = block - lse;
+        log_z.narrow(0, r0 + s0, sub).copy_(lse.squeeze(1));
         auto block_losses = losses.narrow(0, r0 + s0, sub);
         torch::neg_out(block_losses, log_probs.gather(1, target).squeeze(1));
         if (!needs_grad) continue;
-        // d loss / d logits = (softmax - onehot(target)) / N
+        // d loss / d logits = (softmax * (1 + 2 z log Z) - onehot(target)) / N
         auto probs = log_probs.exp_();
+        if (z_loss != 0) probs.mul_(lse * (2 * z_loss) + 1);
         probs.scatter_add_(1, target, torch::full({sub, 1}, -1.0f, probs.options()));
         auto block_grad = grad_logits.narrow(0, r0 + s0, sub);
         torch::mul_out(block_grad, probs, 1.0 / static_cast<double>(n));
       }
     }
     ctx->save_for_backward({hidden, weight, grad_logits});
-    return losses.mean();
+    auto cross_entropy = losses.mean();
+    auto mean_log_z = log_z.mean();
+    auto objective = z_loss != 0 ? cross_entropy + z_loss * log_z.pow(2).mean() : cross_entropy.clone();
+    ctx->mark_non_differentiable({cross_entropy, mean_log_z});
+    return {objective, cross_entropy, mean_log_z};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -58,14 +68,15 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
     torch::Tensor grad_hidden, grad_weight;
     if (ctx->needs_input_grad(0)) grad_hidden = torch::mm(grad_logits, weight);        // [N, C]
     if (ctx->needs_input_grad(1)) grad_weight = torch::mm(grad_logits.t(), hidden);    // [V, C]
-    return {grad_hidden, grad_weight, torch::Tensor(), torch::Tensor()};
+    return {grad_hidden, grad_weight, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
 torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& weight,
-                                   const torch::Tensor& targets, at::ScalarType compute_dtype) {
+                                   const torch::Tensor& targets, at::ScalarType compute_dtype, double z_loss,
+                                   LossStats* stats) {
   TORCH_CHECK(hidden.size(-1) == weight.size(1), "hidden and weight disagree on d_model");
   auto flat_targets = targets.reshape({-1});
   TORCH_CHECK(flat_targets.numel() == hidden.numel() / hidden.size(-1), "one target per row");
@@ -73,8 +84,13 @@ torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Ten
                   (flat_targets.min().item<int64_t>() >= 0 && flat_targets.max().item<int64_t>() < weight.size(0)),
               "targets must be token ids in [0, vocab_size)");
   const bool needs_grad = torch::GradMode::is_enabled() && (hidden.requires_grad() || weight.requires_grad());
-  return LinearCrossEntropy::apply(hidden.reshape({-1, hidden.size(-1)}).to(compute_dtype),
-                                   weight.to(compute_dtype), flat_targets, needs_grad);
+  auto out = LinearCrossEntropy::apply(hidden.reshape({-1, hidden.size(-1)}).to(compute_dtype),
+                                       weight.to(compute_dtype), flat_targets, needs_grad, z_loss);
+  if (stats != nullptr) {
+    stats->cross_entropy = out[1].item<double>();
+    stats->log_z = out[2].item<double>();
+  }
+  return out[0];
 }
 
 }  // namespace loom

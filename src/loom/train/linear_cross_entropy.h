@@ -10,7 +10,15 @@ namespace loom {
 // lm_loss(linear(hidden, weight), targets) up to float rounding, where hidden [B, T, C] and
 // weight [V, C] are first cast to `compute_dtype` (bf16 under autocast, as linear would be) and
 // the softmax is taken in fp32. Every target must be a token id (no ignore index).
+// z_loss > 0 adds z_loss * mean(log Z^2), log Z = logsumexp of a row's logits (the output-logit
+// divergence fix of Wortsman et al. 2023, after PaLM); `stats` receives the mean cross-entropy
+// and the mean log Z.
+struct LossStats {
+  double cross_entropy = 0;
+  double log_z = 0;
+};
 torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& weight,
-                                   const torch::Tensor& targets, at::ScalarType compute_dtype);
+                                   const torch::Tensor& targets, at::ScalarType compute_dtype,
+                                   double z_loss = 0.0, LossStats* stats = nullptr);
 
 }  // namespace loom

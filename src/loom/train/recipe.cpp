@@ -27,6 +27,7 @@ void TrainConfig::validate(const std::string& source) const {
   non_negative("warmup_steps", warmup_steps);
   non_negative("weight_decay", weight_decay);
   non_negative("grad_clip", grad_clip);
+  non_negative("z_loss", z_loss);
   non_negative("eval_every", eval_every);
   non_negative("eval_batches", eval_batches);
   non_negative("save_every", save_every);

@@ -35,6 +35,7 @@ struct TrainConfig {
   double beta2 = 0.95;
   double eps = 1e-8;
   double grad_clip = 1.0;
+  double z_loss = 0.0;
   std::string precision = "bf16";
   int64_t eval_every = 200;
   int64_t eval_batches = 0;
@@ -56,6 +57,7 @@ struct TrainConfig {
     v("beta2", beta2, "AdamW beta2");
     v("eps", eps, "AdamW epsilon");
     v("grad_clip", grad_clip, "clip the global gradient norm to this (0 = off)");
+    v("z_loss", z_loss, "weight of the z-loss, z_loss * log(Z)^2 of the output softmax (1e-4 in Wortsman et al. 2023)");
     v("precision", precision, "fp32 or bf16 (bf16 autocast for matmuls, fp32 weights)");
     v("eval_every", eval_every, "validate every N steps (0 = only at the end)");
     v("eval_batches", eval_batches, "validation batches per evaluation (0 = the whole split)");

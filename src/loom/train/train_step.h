@@ -17,6 +17,7 @@ struct StepResult {
   double loss = 0;       // mean over the step's micro-batches
   double grad_norm = 0;  // before clipping
   double lr = 0;
+  double log_z = 0;      // mean log-partition of the output softmax (z-loss watches it)
 };
 
 // Mean next-token cross-entropy: logits [B, T, V] (any float dtype), targets [B, T].

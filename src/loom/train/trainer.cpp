@@ -161,7 +161,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
       rate = static_cast<double>(window_steps * tokens_per_step) / seconds;
       metrics.write({{"step", state.step}, {"loss", window_loss / window_steps}, {"lr", r.lr},
-                     {"grad_norm", r.grad_norm}, {"tokens_per_s", rate}, {"tokens", state.tokens_seen}});
+                     {"grad_norm", r.grad_norm}, {"log_z", r.log_z}, {"tokens_per_s", rate}, {"tokens", state.tokens_seen}});
       window_loss = 0;
       window_steps = 0;
       window_start = std::chrono::steady_clock::now();
