@@ -531,3 +531,25 @@ TEST(Registry, IncompatibleCombinationsNameTheLayer) {
   c.position = "rope";
   EXPECT_EQ(error_of(c), "no error");
 }
+
+TEST(Attention, TracksTheLargestLogit) {
+  torch::manual_seed(18);
+  auto c = tiny_config();
+  c.n_layers = 1;
+  c.position = "none";
+  DecoderLM model(c);
+  torch::NoGradGuard no_grad;
+  auto tokens = torch::randint(c.vocab_size, {2, 6});
+  model->forward(tokens);
+  EXPECT_TRUE(std::isnan(model->max_attention_logit()));
+  model->track_attention_logits(true);
+  model->forward(tokens);
+  // Reference: q k^T / sqrt(D) over the allowed (causal) pairs of the one layer.
+  auto& block = *model->layers[0]->as<TransformerBlockImpl>();
+  auto x = block.norm1->forward(model->tok_emb(tokens));
+  auto qkv = torch::nn::functional::linear(x, param(*block.mixer, "wqkv.weight"), param(*block.mixer, "wqkv.bias"))
+                 .view({2, 6, 3, c.n_heads, c.head_dim()}).permute({2, 0, 3, 1, 4});
+  auto scores = qkv[0].matmul(qkv[1].transpose(-2, -1)) / std::sqrt(static_cast<double>(c.head_dim()));
+  auto allowed = scores.masked_fill(torch::ones({6, 6}, torch::kBool).triu(1), -1e30);
+  EXPECT_NEAR(model->max_attention_logit(), allowed.max().item<double>(), 1e-4);
+}

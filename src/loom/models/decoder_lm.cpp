@@ -60,6 +60,23 @@ torch::Tensor DecoderLMImpl::aux_loss() {
   return total;
 }
 
+void DecoderLMImpl::track_attention_logits(bool on) {
+  for (auto& layer : *layers) {
+    auto& mixer = *layer->as<TransformerBlockImpl>()->mixer;
+    mixer.track_logits = on;
+    if (!on) mixer.max_logit = torch::Tensor();
+  }
+}
+
+double DecoderLMImpl::max_attention_logit() {
+  double out = std::nan("");
+  for (auto& layer : *layers) {
+    const auto& m = layer->as<TransformerBlockImpl>()->mixer->max_logit;
+    if (m.defined()) out = std::isnan(out) ? m.item<double>() : std::max(out, m.item<double>());
+  }
+  return out;
+}
+
 void DecoderLMImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
   const double residual_std = config_.init_std / std::sqrt(2.0 * config_.n_layers);

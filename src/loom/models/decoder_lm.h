@@ -30,6 +30,10 @@ class DecoderLMImpl : public torch::nn::Module {
   KVCache make_cache(int64_t batch, int64_t capacity);
   // Sum of the layers' auxiliary losses from the last forward (MoE load balancing), or undefined.
   torch::Tensor aux_loss();
+  // Have attention layers record their largest logit on the next forwards; then read the
+  // maximum over layers (NaN when no layer recorded one).
+  void track_attention_logits(bool on);
+  double max_attention_logit();
   // GPT-2's init: N(0, init_std), residual output projections N(0, init_std / sqrt(2 n_layers)),
   // biases 0, norm weights 1.
   void reset_parameters();

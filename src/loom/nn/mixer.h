@@ -34,6 +34,11 @@ class MixerImpl : public torch::nn::Module {
   virtual torch::Tensor forward(const torch::Tensor& x, const MixerContext& context) = 0;
   // Allocates this mixer's empty decoding state for `batch` sequences of up to `capacity` tokens.
   virtual LayerCache make_cache(int64_t batch, int64_t capacity, torch::TensorOptions options) = 0;
+
+  // Stability tracking (Wortsman et al. 2023): while track_logits is set, softmax-attention
+  // mixers keep the largest attention logit of their last forward in max_logit.
+  bool track_logits = false;
+  torch::Tensor max_logit;
 };
 
 using MixerFactory = std::function<std::shared_ptr<MixerImpl>(const ModelConfig&, int64_t layer)>;

@@ -29,8 +29,9 @@ TrainStep::TrainStep(DecoderLM model, TrainConfig config)
       optimizer_(parameter_groups(*model_, config_.weight_decay), config_.beta1, config_.beta2,
                  config_.eps) {}
 
-StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)>& batch) {
+StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)>& batch, bool track_stats) {
   model_->train();
+  model_->track_attention_logits(track_stats);
   StepResult result;
   result.lr = cosine_lr(step, config_.steps, config_.warmup_steps, config_.lr, config_.min_lr_ratio);
   compat::zero_grad_to_none(parameters_);
@@ -57,6 +58,10 @@ StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)
   const double max_norm = config_.grad_clip > 0 ? config_.grad_clip : std::numeric_limits<double>::infinity();
   result.grad_norm = torch::nn::utils::clip_grad_norm_(parameters_, max_norm);
   optimizer_.step(result.lr);
+  if (track_stats) {
+    result.max_attention_logit = model_->max_attention_logit();
+    model_->track_attention_logits(false);
+  }
   return result;
 }
 

@@ -18,6 +18,7 @@ struct StepResult {
   double grad_norm = 0;  // before clipping
   double lr = 0;
   double log_z = 0;      // mean log-partition of the output softmax (z-loss watches it)
+  double max_attention_logit = std::nan("");  // with track_stats: the last micro-batch's
 };
 
 // Mean next-token cross-entropy: logits [B, T, V] (any float dtype), targets [B, T].
@@ -27,7 +28,8 @@ class TrainStep {
  public:
   TrainStep(DecoderLM model, TrainConfig config);
   // Runs optimizer step `step` (0-based); `batch(micro)` supplies each micro-batch.
-  StepResult run(int64_t step, const std::function<Batch(int64_t micro)>& batch);
+  // track_stats also records the largest attention logit (a small extra reduction per layer).
+  StepResult run(int64_t step, const std::function<Batch(int64_t micro)>& batch, bool track_stats = false);
   AdamW& optimizer() { return optimizer_; }
 
  private:

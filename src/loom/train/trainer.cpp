@@ -149,7 +149,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     torch::manual_seed(static_cast<uint64_t>(tc.seed) * 1000003ULL + static_cast<uint64_t>(step));
     const StepResult r = step_runner.run(step, [&](int64_t micro) {
       return batcher.sample(static_cast<uint64_t>(tc.seed), step, static_cast<int>(micro));
-    });
+    }, /*track_stats=*/(step + 1) % tc.log_every == 0);
     if (!std::isfinite(r.loss))
       fail("the loss became {} at step {}; the last checkpoint is {} (try a lower train.lr)", r.loss, step,
            result.checkpoint.empty() ? "none" : result.checkpoint);
@@ -161,7 +161,9 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
       rate = static_cast<double>(window_steps * tokens_per_step) / seconds;
       metrics.write({{"step", state.step}, {"loss", window_loss / window_steps}, {"lr", r.lr},
-                     {"grad_norm", r.grad_norm}, {"log_z", r.log_z}, {"tokens_per_s", rate}, {"tokens", state.tokens_seen}});
+                     {"grad_norm", r.grad_norm}, {"log_z", r.log_z},
+                     {"max_attention_logit", std::isnan(r.max_attention_logit) ? nlohmann::json() : nlohmann::json(r.max_attention_logit)},
+                     {"tokens_per_s", rate}, {"tokens", state.tokens_seen}});
       window_loss = 0;
       window_steps = 0;
       window_start = std::chrono::steady_clock::now();

@@ -62,6 +62,7 @@ class AttentionImpl : public MixerImpl {
     const bool masked = t > 1 || (window_ > 0 && s > window_);
     auto scores = masked ? torch::baddbmm(causal_bias(g, t, s, ctx.offset, q), q_grouped, k_t, 1.0, scale)
                         : torch::bmm(q_grouped, k_t).mul_(scale);  // [B*K, G*T, S]
+    if (track_logits) max_logit = scores.detach().max().to(torch::kFloat);  // masked entries are -inf
     auto bias = ctx.position->attention_bias(h, t, s, ctx.offset);  // [H, T, S] or undefined
     if (bias.defined())
       scores = (scores.view({b, h, t, s}) + bias.to(scores.scalar_type())).view({b * k_heads, g * t, s});
