@@ -2,6 +2,7 @@
 // decoding (causality, cached = uncached).
 #include <gtest/gtest.h>
 
+#include "loom/core/compat.h"
 #include "loom/models/decoder_lm.h"
 #include "loom/nn/blocks.h"
 
@@ -223,6 +224,17 @@ TEST(Registry, EveryBlockBuildsRunsAndTrains) {
       ASSERT_TRUE(item.value().grad().defined()) << item.key();
       EXPECT_TRUE(torch::isfinite(item.value().grad()).all().item<bool>()) << item.key();
     }
+    // The same under bf16 autocast, as training runs by default, with QK-norm on.
+    c.qk_norm = true;
+    DecoderLM bf16_model(c);
+    torch::Tensor bf16_logits;
+    {
+      compat::CpuAutocast autocast(true);
+      bf16_logits = bf16_model->forward(tokens);
+    }
+    bf16_logits.to(torch::kFloat).pow(2).mean().backward();
+    for (auto& item : bf16_model->named_parameters())
+      EXPECT_TRUE(item.value().grad().defined() && torch::isfinite(item.value().grad()).all().item<bool>()) << item.key();
   }
 }
 
