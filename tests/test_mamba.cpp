@@ -99,3 +99,26 @@ TEST(Mamba, HybridModelIsCausalAndDecodesRecurrently) {
   auto incremental = torch::cat(pieces, 1);
   EXPECT_TRUE(torch::allclose(incremental, full, 1e-4, 1e-5)) << (incremental - full).abs().max().item<float>();
 }
+
+TEST(Mamba, ModelKeepsTheReferenceInitialization) {
+  ModelConfig c;
+  c.vocab_size = 40;
+  c.d_model = 16;
+  c.n_layers = 2;
+  c.n_heads = 2;
+  c.d_ff = 32;
+  c.d_state = 4;
+  c.mixer = "mamba";
+  c.position = "none";
+  DecoderLM model(c);
+  auto params = model->named_parameters();
+  auto a_log = params["layers.1.mixer.A_log"];
+  EXPECT_TRUE(torch::allclose(a_log[0], torch::log(torch::arange(1, 5, torch::kFloat))));
+  EXPECT_TRUE(torch::equal(params["layers.0.mixer.D"], torch::ones({32})));
+  auto dt = torch::nn::functional::softplus(params["layers.0.mixer.dt_proj.bias"]);
+  EXPECT_GE(dt.min().item<float>(), 1e-3f - 1e-6f);
+  EXPECT_LE(dt.max().item<float>(), 0.1f + 1e-6f);
+  // Residual projections get std / sqrt(2 n_layers); others std.
+  EXPECT_NEAR(params["layers.0.mixer.in_proj.weight"].std().item<double>(), 0.02, 0.003);
+  EXPECT_NEAR(params["layers.0.mixer.out_proj.weight"].std().item<double>(), 0.01, 0.002);
+}

@@ -79,19 +79,32 @@ double DecoderLMImpl::max_attention_logit() {
 
 void DecoderLMImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
-  const double residual_std = config_.init_std / std::sqrt(2.0 * config_.n_layers);
-  for (auto& item : named_parameters()) {
-    const std::string& name = item.key();
-    auto& p = item.value();
-    // Norm layers (norm1, norm2, norm_f) keep the initialization their own constructors chose.
-    if (name.find("norm") != std::string::npos) continue;
-    if (p.dim() < 2) {
-      p.zero_();
+  const double std = config_.init_std, residual_std = std / std::sqrt(2.0 * config_.n_layers);
+  auto ends_with = [](const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  // Projections writing into the residual stream get the smaller std.
+  auto is_residual = [&](const std::string& name) {
+    return ends_with(name, ".wo") || ends_with(name, ".w_out") || ends_with(name, ".out_proj");
+  };
+  // Linear layers and embeddings: N(0, std), biases 0. Everything else (norms, Mamba's A_log,
+  // D and dt bias, head scales) keeps the initialization its own module chose.
+  for (auto& item : named_modules(/*name_prefix=*/"", /*include_self=*/false)) {  // called from the constructor
+    if (auto* linear = item.value()->as<torch::nn::LinearImpl>()) {
+      linear->weight.normal_(0.0, is_residual(item.key()) ? residual_std : std);
+      if (linear->bias.defined()) linear->bias.zero_();
+    } else if (auto* embedding = item.value()->as<torch::nn::EmbeddingImpl>()) {
+      embedding->weight.normal_(0.0, std);
     } else {
-      const bool residual = name.find(".wo.") != std::string::npos || name.find(".w_out") != std::string::npos;
-      p.normal_(0.0, residual ? residual_std : config_.init_std);
+      // Learned positions and stacked MoE expert matrices are plain parameters of their module.
+      for (auto& p : item.value()->named_parameters(/*recurse=*/false)) {
+        if (item.key() == "pos" && p.key() == "weight") p.value().normal_(0.0, std);
+        if (p.value().dim() == 3 && (p.key() == "w_in" || p.key() == "w_out"))
+          p.value().normal_(0.0, p.key() == "w_out" ? residual_std : std);
+      }
     }
   }
+  for (auto& layer : *layers) layer->as<TransformerBlockImpl>()->mixer->reset_special_parameters();
 }
 
 bool DecoderLMImpl::is_decayed(const std::string& name, const torch::Tensor& p) const {

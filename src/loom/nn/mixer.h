@@ -35,6 +35,10 @@ class MixerImpl : public torch::nn::Module {
   // Allocates this mixer's empty decoding state for `batch` sequences of up to `capacity` tokens.
   virtual LayerCache make_cache(int64_t batch, int64_t capacity, torch::TensorOptions options) = 0;
 
+  // Re-applies initializations that differ from the model's generic N(0, init_std) for linear
+  // layers (e.g. Mamba's step-size bias), after the model has run its generic pass.
+  virtual void reset_special_parameters() {}
+
   // Stability tracking (Wortsman et al. 2023): while track_logits is set, softmax-attention
   // mixers keep the largest attention logit of their last forward in max_logit.
   bool track_logits = false;

@@ -22,6 +22,9 @@ class MoeImpl : public FfnImpl {
     router = register_module("router", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, c.n_experts).bias(false)));
     w_in = register_parameter("w_in", torch::empty({c.n_experts, 2 * c.d_ff, c.d_model}));   // [E, 2 d_ff, d]: [gate; up]
     w_out = register_parameter("w_out", torch::empty({c.n_experts, c.d_model, c.d_ff}));     // [E, d, d_ff]
+    torch::NoGradGuard no_grad;
+    w_in.normal_(0.0, c.init_std);  // the model re-initializes these with its own rule
+    w_out.normal_(0.0, c.init_std);
   }
 
   // x: [B, T, d_model] -> [B, T, d_model]

@@ -31,9 +31,16 @@ class MambaImpl : public MixerImpl {
     A_log = register_parameter("A_log", torch::log(torch::arange(1, d_state_ + 1, torch::kFloat)).repeat({d_inner_, 1}));
     D = register_parameter("D", torch::ones({d_inner_}));
     out_proj = register_module("out_proj", Linear(LinearOptions(d_inner_, c.d_model).bias(false)));
+    reset_special_parameters();
+  }
+
+  void reset_special_parameters() override {
     torch::NoGradGuard no_grad;
     const double bound = 1.0 / std::sqrt(static_cast<double>(d_conv_));
     conv_weight.uniform_(-bound, bound);
+    conv_bias.zero_();
+    A_log.copy_(torch::log(torch::arange(1, d_state_ + 1, torch::kFloat)).repeat({d_inner_, 1}));
+    D.fill_(1.0);
     auto dt = torch::exp(torch::rand({d_inner_}) * (std::log(0.1) - std::log(1e-3)) + std::log(1e-3));
     dt_proj->bias.copy_(dt + torch::log(-torch::expm1(-dt)));  // inverse of softplus
   }
