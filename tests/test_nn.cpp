@@ -339,7 +339,7 @@ TEST(Block, NormPlacementsFollowTheirEquations) {
   auto position = blocks().positions.get("none", "test")(c);
   const MixerContext ctx{position.get(), 0, nullptr};
   auto x = torch::randn({2, 5, c.d_model});
-  for (const std::string placement : {"pre", "post", "sandwich"}) {
+  for (const std::string placement : {"pre", "post", "sandwich", "normformer"}) {
     SCOPED_TRACE(placement);
     c.norm_placement = placement;
     TransformerBlock block(c, 0);
@@ -347,6 +347,7 @@ TEST(Block, NormPlacementsFollowTheirEquations) {
     auto& b = *block;
     auto f = [&](const torch::Tensor& t) { return b.mixer->forward(t, ctx); };
     auto g = [&](const torch::Tensor& t) { return b.ffn->forward(t); };
+    const auto actual = block->forward(x, ctx);
     torch::Tensor expected;
     if (placement == "pre") {
       auto h = x + f(b.norm1->forward(x));
@@ -354,11 +355,24 @@ TEST(Block, NormPlacementsFollowTheirEquations) {
     } else if (placement == "post") {
       auto h = b.norm1->forward(x + f(x));
       expected = b.norm2->forward(h + g(h));
-    } else {
+    } else if (placement == "sandwich") {
       auto h = x + b.norm1_out->forward(f(b.norm1->forward(x)));
       expected = h + b.norm2_out->forward(g(b.norm2->forward(h)));
+    } else {
+      auto h = x + b.norm1_out->forward(f(b.norm1->forward(x)));
+      expected = h + g(b.norm2->forward(h));
+      // The FFN normalizes its hidden layer: w_out(norm(gelu(w_in x))).
+      auto mid = torch::gelu(torch::nn::functional::linear(h, param(*b.ffn, "w_in.weight"), param(*b.ffn, "w_in.bias")));
+      auto normed = torch::layer_norm(mid, {c.d_ff}, param(*b.ffn, "mid_norm.weight"), param(*b.ffn, "mid_norm.bias"), c.norm_eps);
+      EXPECT_TRUE(torch::allclose(g(h), torch::nn::functional::linear(normed, param(*b.ffn, "w_out.weight"), param(*b.ffn, "w_out.bias")), 1e-5, 1e-6));
+      // Head scales multiply each head's output: all zero leaves only the output bias.
+      {
+        torch::NoGradGuard no_grad;
+        param(*b.mixer, "head_scale").zero_();
+      }
+      EXPECT_TRUE(torch::allclose(f(x), param(*b.mixer, "wo.bias").expand_as(x), 1e-6, 1e-7));
     }
-    EXPECT_TRUE(torch::allclose(block->forward(x, ctx), expected, 1e-5, 1e-6));
+    EXPECT_TRUE(torch::allclose(actual, expected, 1e-5, 1e-6));
   }
   c.norm_placement = "middle";
   EXPECT_THROW(c.validate("test"), loom::Error);

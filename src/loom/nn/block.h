@@ -2,13 +2,15 @@
 //   pre:      x = x + mixer(norm1(x));             x = x + ffn(norm2(x))
 //   post:     x = norm1(x + mixer(x));             x = norm2(x + ffn(x))
 //   sandwich: x = x + norm1_out(mixer(norm1(x)));  x = x + norm2_out(ffn(norm2(x)))
+//   normformer: x = x + norm1_out(mixer(norm1(x)));  x = x + ffn(norm2(x)), where attention also
+//             scales each head's output and the FFN normalizes its hidden layer (Shleifer et al. 2021)
 #pragma once
 #include "loom/nn/blocks.h"
 
 namespace loom {
 
-enum class NormPlacement { kPre, kPost, kSandwich };
-// "pre", "post" or "sandwich"; anything else is an error naming `where`.
+enum class NormPlacement { kPre, kPost, kSandwich, kNormFormer };
+// "pre", "post", "sandwich" or "normformer"; anything else is an error naming `where`.
 NormPlacement parse_norm_placement(const std::string& name, const std::string& where);
 
 class TransformerBlockImpl : public torch::nn::Module {
@@ -18,7 +20,7 @@ class TransformerBlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const MixerContext& context);
 
   std::shared_ptr<NormImpl> norm1, norm2;
-  std::shared_ptr<NormImpl> norm1_out, norm2_out;  // sandwich placement only
+  std::shared_ptr<NormImpl> norm1_out, norm2_out;  // sandwich (both), normformer (norm1_out)
   std::shared_ptr<MixerImpl> mixer;
   std::shared_ptr<FfnImpl> ffn;
 

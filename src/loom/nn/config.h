@@ -50,7 +50,7 @@ struct ModelConfig {
     v("layers", layers, "per-layer token mixers, overriding `mixer`; empty = n_layers x mixer");
     v("position", position, "position scheme (see `loom blocks`)");
     v("norm", norm, "normalization (see `loom blocks`)");
-    v("norm_placement", norm_placement, "where norms sit in a layer: pre, post or sandwich");
+    v("norm_placement", norm_placement, "where norms sit in a layer: pre, post, sandwich or normformer");
     v("ffn", ffn, "feed-forward block (see `loom blocks`)");
     v("window", window, "sliding-window size of local_attention (the query's own position included)");
     v("qk_norm", qk_norm, "QK-norm: normalize each head's queries and keys with model.norm");

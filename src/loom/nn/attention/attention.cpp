@@ -26,6 +26,8 @@ class AttentionImpl : public MixerImpl {
     const int64_t qkv_dim = (n_heads_ + 2 * n_kv_heads_) * head_dim_;
     wqkv = register_module("wqkv", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, qkv_dim).bias(c.bias)));
     wo = register_module("wo", torch::nn::Linear(torch::nn::LinearOptions(n_heads_ * head_dim_, c.d_model).bias(c.bias)));
+    // NormFormer scales each head's output before the output projection (init 1).
+    if (c.norm_placement == "normformer") head_scale = register_parameter("head_scale", torch::ones({n_heads_}));
     if (c.qk_norm) {
       const auto& norm = blocks().norms.get(c.norm, "model.qk_norm");
       q_norm = register_module("q_norm", norm(c, head_dim_));
@@ -71,6 +73,7 @@ class AttentionImpl : public MixerImpl {
                    .view({b, k_heads, g, t, d})
                    .permute({0, 3, 1, 2, 4})                      // [B, T, K, G, D]
                    .reshape({b, t, h * d});
+    if (head_scale.defined()) out = (out.view({b, t, h, d}) * head_scale.view({h, 1}).to(out.scalar_type())).view({b, t, h * d});
     return wo(out);
   }
 
@@ -81,6 +84,7 @@ class AttentionImpl : public MixerImpl {
 
   torch::nn::Linear wqkv{nullptr}, wo{nullptr};
   std::shared_ptr<NormImpl> q_norm, k_norm;  // [head_dim], with model.qk_norm only
+  torch::Tensor head_scale;                  // [H], NormFormer only
 
  private:
   // 0 where query i (absolute position offset + i) may see key j, -inf where j is later; rows
