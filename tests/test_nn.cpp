@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "loom/core/compat.h"
+#include "loom/io/safetensors.h"
 #include "loom/models/decoder_lm.h"
 #include "loom/nn/blocks.h"
 
@@ -223,6 +224,19 @@ TEST(Registry, EveryBlockBuildsRunsAndTrains) {
     for (auto& item : model->named_parameters()) {
       ASSERT_TRUE(item.value().grad().defined()) << item.key();
       EXPECT_TRUE(torch::isfinite(item.value().grad()).all().item<bool>()) << item.key();
+    }
+    // Saved to safetensors and loaded into a fresh model (another seed): the same outputs.
+    const std::string path = testing::TempDir() + "/loom-registry-" + info.name + ".safetensors";
+    save_safetensors(path, module_state(*model));
+    torch::manual_seed(99);
+    DecoderLM reloaded(c);
+    load_module_state(*reloaded, load_safetensors(path), path);
+    std::remove(path.c_str());
+    {
+      torch::NoGradGuard no_grad;
+      model->eval();
+      reloaded->eval();
+      EXPECT_TRUE(torch::equal(reloaded->forward(tokens), model->forward(tokens)));
     }
     // The same under bf16 autocast, as training runs by default, with QK-norm on.
     c.qk_norm = true;
