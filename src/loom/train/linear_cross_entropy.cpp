@@ -35,11 +35,13 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
         const int64_t sub = std::min(kSoftmaxRows, rows - s0);
         auto target = targets.narrow(0, r0 + s0, sub).unsqueeze(1);                       // [sub, 1]
         auto block = logits.narrow(0, s0, sub).to(torch::kFloat);                          // [sub, V]
-        auto lse = torch::logsumexp(block, 1, /*keepdim=*/true);                            // log Z: [sub, 1]
-        auto log_probs = block - lse;
+        auto log_probs = torch::log_softmax(block, 1);                                      // [sub, V]
+        auto target_log_prob = log_probs.gather(1, target);                                 // [sub, 1]
+        // log Z = logit - log p at any token; the target's is at hand (no extra pass over V).
+        auto lse = block.gather(1, target) - target_log_prob;                               // [sub, 1]
         log_z.narrow(0, r0 + s0, sub).copy_(lse.squeeze(1));
         auto block_losses = losses.narrow(0, r0 + s0, sub);
-        torch::neg_out(block_losses, log_probs.gather(1, target).squeeze(1));
+        torch::neg_out(block_losses, target_log_prob.squeeze(1));
         if (!needs_grad) continue;
         // d loss / d logits = (softmax * (1 + 2 z log Z) - onehot(target)) / N
         auto probs = log_probs.exp_();
