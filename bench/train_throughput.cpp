@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
     auto recipe = loom::load_recipe(path, {"train.precision=" + precision});
     const int used_threads = loom::configure_threads(threads);
     torch::manual_seed(0);
-    loom::DecoderLM model(recipe.model);
+    loom::Model model(recipe.model);
     loom::TrainStep trainer(model, recipe.train);
     const auto& c = recipe.model;
     auto batch = [&](int64_t) {

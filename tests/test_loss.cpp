@@ -64,7 +64,7 @@ TEST(TrainStep, MoeLoadBalancingLossReachesTheRouter) {
     c.top_k = 1;
     c.moe_aux_weight = aux_weight;
     torch::manual_seed(13);
-    DecoderLM model(c);
+    Model model(c);
     TrainConfig t;
     t.precision = "fp32";
     t.steps = 1;

@@ -2,7 +2,7 @@
 // gradients; and the Mamba mixer's invariants (causal, recurrent decoding = parallel pass).
 #include <gtest/gtest.h>
 
-#include "loom/models/decoder_lm.h"
+#include "loom/models/model.h"
 #include "loom/nn/mixer/selective_scan.h"
 
 using namespace loom;
@@ -82,7 +82,7 @@ TEST(Mamba, HybridModelIsCausalAndDecodesRecurrently) {
   c.layers = {"mamba", "attention", "mamba"};
   c.validate("test");
   torch::manual_seed(12);
-  DecoderLM model(c);
+  Model model(c);
   model->eval();
   torch::NoGradGuard no_grad;
   auto tokens = torch::randint(c.vocab_size, {2, 11});
@@ -110,7 +110,7 @@ TEST(Mamba, ModelKeepsTheReferenceInitialization) {
   c.d_state = 4;
   c.mixer = "mamba";
   c.position = "none";
-  DecoderLM model(c);
+  Model model(c);
   auto params = model->named_parameters();
   auto a_log = params["layers.1.mixer.A_log"];
   EXPECT_TRUE(torch::allclose(a_log[0], torch::log(torch::arange(1, 5, torch::kFloat))));

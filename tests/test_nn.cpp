@@ -4,7 +4,7 @@
 
 #include "loom/core/compat.h"
 #include "loom/io/safetensors.h"
-#include "loom/models/decoder_lm.h"
+#include "loom/models/model.h"
 #include "loom/nn/blocks.h"
 
 using namespace loom;
@@ -97,7 +97,7 @@ TEST_P(DecoderInvariants, CausalAndCacheEqualsRecompute) {
   c.ffn = kv_heads == 2 ? "swiglu" : "gelu";
   c.tie_embeddings = kv_heads != 2;
   c.bias = kv_heads != 2;
-  DecoderLM model(c);
+  Model model(c);
   model->eval();
   torch::NoGradGuard no_grad;
   const int64_t t = 12;
@@ -125,18 +125,18 @@ INSTANTIATE_TEST_SUITE_P(Positions, DecoderInvariants,
                          testing::Combine(testing::Values("learned", "sinusoidal", "rope", "alibi", "none"),
                                           testing::Values(int64_t{0}, int64_t{2})));
 
-TEST(DecoderLM, ContextOverflowIsAnError) {
+TEST(Model, ContextOverflowIsAnError) {
   auto c = tiny_config();
-  DecoderLM model(c);
+  Model model(c);
   torch::NoGradGuard no_grad;
   EXPECT_THROW(model->forward(torch::zeros({1, c.max_seq_len + 1}, torch::kLong)), loom::Error);
 }
 
-TEST(DecoderLM, ParameterNamesArePinned) {
+TEST(Model, ParameterNamesArePinned) {
   // Parameter names are a file format (STYLE.md 10): renaming one breaks every checkpoint.
   auto c = tiny_config();
   c.tie_embeddings = false;
-  DecoderLM model(c);
+  Model model(c);
   std::vector<std::string> names;
   for (auto& item : model->named_parameters()) names.push_back(item.key());
   const std::vector<std::string> expected_prefix = {
@@ -203,53 +203,75 @@ TEST(Registry, UnknownNameListsValidOnes) {
   }
 }
 
+// Decoder: logits [B, T, V]; encoder: class logits [B, C] with the last two tokens of the second
+// sequence as padding.
+torch::Tensor model_output(Model& model, const torch::Tensor& tokens) {
+  if (model->config().causal()) return model->forward(tokens);
+  auto padding = torch::zeros(tokens.sizes(), torch::kBool);
+  padding[1].narrow(0, tokens.size(1) - 2, 2).fill_(true);
+  return model->classify(tokens, padding);
+}
+
+// Every block, in every form it has (decoder and/or encoder): built, run forward and backward in
+// fp32 and under bf16 autocast, saved and loaded.
 TEST(Registry, EveryBlockBuildsRunsAndTrains) {
   blocks();
+  int64_t encoder_runs = 0, decoder_runs = 0;
   for (const auto& info : block_catalogue()) {
-    SCOPED_TRACE(info.family + "/" + info.name);
     EXPECT_FALSE(info.description.empty());
     EXPECT_FALSE(info.paper.empty());
-    auto c = tiny_config();
-    if (info.family == "mixer") c.mixer = info.name;
-    if (info.family == "position") c.position = info.name;
-    if (info.family == "norm") c.norm = info.name;
-    if (info.family == "ffn") c.ffn = info.name;
-    c.validate("test");
-    torch::manual_seed(4);
-    DecoderLM model(c);
-    auto tokens = torch::randint(c.vocab_size, {2, 6});
-    auto logits = model->forward(tokens);
-    ASSERT_EQ(logits.sizes(), (std::vector<int64_t>{2, 6, c.vocab_size}));
-    logits.pow(2).mean().backward();
-    for (auto& item : model->named_parameters()) {
-      ASSERT_TRUE(item.value().grad().defined()) << item.key();
-      EXPECT_TRUE(torch::isfinite(item.value().grad()).all().item<bool>()) << item.key();
+    for (const std::string arch : {"decoder", "encoder"}) {
+      if (info.family == "mixer" && !info.has(arch == "decoder" ? "causal" : "bidirectional")) continue;
+      SCOPED_TRACE(info.family + "/" + info.name + " in a " + arch);
+      auto c = tiny_config();
+      c.arch = arch;
+      if (arch == "encoder") c.n_classes = 3, c.pooling = info.family == "norm" ? "mean" : "cls";
+      if (info.family == "mixer") c.mixer = info.name;
+      if (info.family == "position") c.position = info.name;
+      if (info.family == "norm") c.norm = info.name;
+      if (info.family == "ffn") c.ffn = info.name;
+      c.validate("test");
+      ++(arch == "decoder" ? decoder_runs : encoder_runs);
+      torch::manual_seed(4);
+      Model model(c);
+      auto tokens = torch::randint(1, c.vocab_size, {2, 6});
+      auto out = model_output(model, tokens);
+      ASSERT_EQ(out.sizes(), arch == "decoder" ? (std::vector<int64_t>{2, 6, c.vocab_size}) : (std::vector<int64_t>{2, 3}));
+      out.pow(2).mean().backward();
+      for (auto& item : model->named_parameters()) {
+        ASSERT_TRUE(item.value().grad().defined()) << item.key();
+        EXPECT_TRUE(torch::isfinite(item.value().grad()).all().item<bool>()) << item.key();
+      }
+      // Saved to safetensors and loaded into a fresh model (another seed): the same outputs.
+      const std::string path = testing::TempDir() + "/loom-registry-" + info.name + ".safetensors";
+      save_safetensors(path, module_state(*model));
+      torch::manual_seed(99);
+      Model reloaded(c);
+      load_module_state(*reloaded, load_safetensors(path), path);
+      std::remove(path.c_str());
+      {
+        torch::NoGradGuard no_grad;
+        model->eval();
+        reloaded->eval();
+        EXPECT_TRUE(torch::equal(model_output(reloaded, tokens), model_output(model, tokens)));
+      }
+      // The same under bf16 autocast, as training runs by default, with QK-norm on.
+      c.qk_norm = true;
+      Model bf16_model(c);
+      torch::Tensor bf16_out;
+      {
+        compat::CpuAutocast autocast(true);
+        bf16_out = model_output(bf16_model, tokens);
+      }
+      bf16_out.to(torch::kFloat).pow(2).mean().backward();
+      for (auto& item : bf16_model->named_parameters()) {
+        ASSERT_TRUE(item.value().grad().defined()) << item.key();
+        EXPECT_TRUE(torch::isfinite(item.value().grad()).all().item<bool>()) << item.key();
+      }
     }
-    // Saved to safetensors and loaded into a fresh model (another seed): the same outputs.
-    const std::string path = testing::TempDir() + "/loom-registry-" + info.name + ".safetensors";
-    save_safetensors(path, module_state(*model));
-    torch::manual_seed(99);
-    DecoderLM reloaded(c);
-    load_module_state(*reloaded, load_safetensors(path), path);
-    std::remove(path.c_str());
-    {
-      torch::NoGradGuard no_grad;
-      model->eval();
-      reloaded->eval();
-      EXPECT_TRUE(torch::equal(reloaded->forward(tokens), model->forward(tokens)));
-    }
-    // The same under bf16 autocast, as training runs by default, with QK-norm on.
-    c.qk_norm = true;
-    DecoderLM bf16_model(c);
-    torch::Tensor bf16_logits;
-    {
-      compat::CpuAutocast autocast(true);
-      bf16_logits = bf16_model->forward(tokens);
-    }
-    bf16_logits.to(torch::kFloat).pow(2).mean().backward();
-    for (auto& item : bf16_model->named_parameters())
-      EXPECT_TRUE(item.value().grad().defined() && torch::isfinite(item.value().grad()).all().item<bool>()) << item.key();
   }
+  EXPECT_GT(encoder_runs, 10);
+  EXPECT_GT(decoder_runs, 10);
 }
 
 #include "loom/infer/generate.h"
@@ -260,7 +282,7 @@ TEST(Generate, GreedyWithCacheEqualsWithout) {
     auto c = tiny_config();
     c.position = position;
     torch::manual_seed(5);
-    DecoderLM model(c);
+    Model model(c);
     GenerateOptions options;
     options.max_new_tokens = 15;
     options.sampling.temperature = 0;
@@ -283,7 +305,7 @@ TEST(Generate, GreedyWithCacheEqualsWithout) {
 
 TEST(Generate, BadPromptsAreErrors) {
   auto c = tiny_config();
-  DecoderLM model(c);
+  Model model(c);
   GenerateOptions options;
   EXPECT_THROW(generate(model, {}, options), loom::Error);
   EXPECT_THROW(generate(model, std::vector<int64_t>(c.max_seq_len + 1, 1), options), loom::Error);
@@ -444,11 +466,11 @@ TEST(Moe, CapacityDropsOverflowAndBalancedRoutingHasUnitLoss) {
   EXPECT_TRUE(param(*moe, "w_in").grad().defined());
 }
 
-TEST(DecoderLM, WeightDecayOnlyOnProjectionMatrices) {
+TEST(Model, WeightDecayOnlyOnProjectionMatrices) {
   auto c = tiny_config();
   c.layers = {"attention", "mamba"};
   c.d_state = 4;
-  DecoderLM model(c);
+  Model model(c);
   std::set<std::string> decayed;
   for (auto& item : model->named_parameters())
     if (model->is_decayed(item.key(), item.value())) decayed.insert(item.key());
@@ -502,7 +524,7 @@ TEST(Attention, LocalAndQkNormModelsDecodeIncrementally) {
   c.position = "rope";
   c.validate("test");
   torch::manual_seed(15);
-  DecoderLM model(c);
+  Model model(c);
   model->eval();
   auto tokens = torch::randint(c.vocab_size, {2, 14});
   {
@@ -539,7 +561,7 @@ TEST(Attention, CausalLinearAttentionEqualsItsQuadraticMaskedForm) {
   // And recurrently, one token at a time through the running sums.
   c.layers = {"linear_attention", "linear_attention"};
   c.position = "rope";
-  DecoderLM model(c);
+  Model model(c);
   torch::NoGradGuard no_grad;
   auto tokens = torch::randint(c.vocab_size, {2, 10});
   auto full = model->forward(tokens);
@@ -577,7 +599,7 @@ TEST(Attention, TracksTheLargestLogit) {
   auto c = tiny_config();
   c.n_layers = 1;
   c.position = "none";
-  DecoderLM model(c);
+  Model model(c);
   torch::NoGradGuard no_grad;
   auto tokens = torch::randint(c.vocab_size, {2, 6});
   model->forward(tokens);

@@ -3,6 +3,8 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include "loom/train/train_step.h"
+
 namespace loom::cli {
 
 struct GlobalOptions {
@@ -14,5 +16,8 @@ void add_generate(CLI::App& app, const GlobalOptions& global);
 void add_eval(CLI::App& app, const GlobalOptions& global);
 void add_data(CLI::App& app, const GlobalOptions& global);
 void add_blocks(CLI::App& app, const GlobalOptions& global);
+
+// Prints a workbench task's held-out scores ("test exact match 97.3% (973 of 1000) ...").
+void print_task_score(const std::string& split, const TaskScore& score, bool classification, double majority);
 
 }  // namespace loom::cli

@@ -29,6 +29,7 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
   app.callback([args, &global] {
     configure_threads(global.threads);
     auto loaded = load_checkpoint(args->checkpoint);
+    require_tokenizer(loaded, "generate");
     const auto& tokenizer = loaded.tokenizer;
     // Training text is paragraphs each ended by eos, so eos first puts the model at the start
     // of a paragraph, and generation stops at the paragraph's end.

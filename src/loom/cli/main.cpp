@@ -19,7 +19,7 @@ struct Command {
 const Command kCommands[] = {
     {"train", "train a model from a recipe (default: the built-in recipe), or resume a run", loom::cli::add_train},
     {"generate", "continue a prompt with a trained model", loom::cli::add_generate},
-    {"eval", "loss and perplexity of a trained model on a held-out split", loom::cli::add_eval},
+    {"eval", "held-out loss and perplexity, or a workbench task's metric, of a trained model", loom::cli::add_eval},
     {"data", "fetch a corpus, train its tokenizer and encode its splits", loom::cli::add_data},
     {"blocks", "list every registered block with its family, description and paper", loom::cli::add_blocks},
 };

@@ -36,6 +36,11 @@ void add_train(CLI::App& app, const GlobalOptions& global) {
     configure_threads(global.threads);
     const TrainResult result = train(recipe, args->options);
     if (result.interrupted) return;
+    if (result.test) {
+      print_task_score("test", *result.test, recipe.model.arch == "encoder", result.majority_accuracy);
+      std::printf("checkpoint: %s\n", result.checkpoint.c_str());
+      return;
+    }
     std::printf("validation loss %.4f nats/token (perplexity %.2f); unigram entropy of the training tokens "
                 "%.4f nats/token\ncheckpoint: %s\n",
                 result.valid_loss, std::exp(result.valid_loss), result.unigram_entropy, result.checkpoint.c_str());

@@ -17,6 +17,18 @@ struct BlockInfo {
   std::string name;         // the name recipes use
   std::string description;  // one line
   std::string paper;        // the paper it comes from
+  // What the block offers or needs, checked when a recipe is loaded (nn/config.cpp):
+  //   mixers:    "causal" / "bidirectional" (the forms it has: decoders need the first, encoders
+  //              the second), "qk" (it calls the position scheme's rotate on queries and keys),
+  //              "scores" (it adds the scheme's attention_bias to softmax scores)
+  //   positions: "qk" or "scores" (acts only through that mixer hook; else on the embeddings)
+  std::vector<std::string> traits = {};
+
+  bool has(const std::string& trait) const {
+    for (const auto& t : traits)
+      if (t == trait) return true;
+    return false;
+  }
 };
 
 // Every registered block of every family, in registration order (for `loom blocks`).
@@ -45,15 +57,22 @@ class Registry {
     return it->second.factory;
   }
 
+  const BlockInfo& info(const std::string& name, const std::string& where) const {
+    get(name, where);
+    return entries_.at(name).info;
+  }
+
   std::string names_joined() const {
     std::string out;
     for (const auto& [name, entry] : entries_) out += (out.empty() ? "" : ", ") + name;
     return out;
   }
 
-  std::vector<std::string> names() const {
+  // Every name, or those whose block has `trait`.
+  std::vector<std::string> names(const std::string& trait = "") const {
     std::vector<std::string> out;
-    for (const auto& [name, entry] : entries_) out.push_back(name);
+    for (const auto& [name, entry] : entries_)
+      if (trait.empty() || entry.info.has(trait)) out.push_back(name);
     return out;
   }
 

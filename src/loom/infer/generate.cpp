@@ -4,7 +4,7 @@
 
 namespace loom {
 
-std::vector<int64_t> generate(DecoderLM& model, const std::vector<int64_t>& prompt,
+std::vector<int64_t> generate(Model& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options,
                               const std::function<void(int64_t)>& on_token) {
   const auto& config = model->config();

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "loom/infer/sampler.h"
-#include "loom/models/decoder_lm.h"
+#include "loom/models/model.h"
 
 namespace loom {
 
@@ -19,7 +19,7 @@ struct GenerateOptions {
 // Returns the new tokens (not the prompt). Stops at max_new_tokens, the stop token, or the
 // model's context. `on_token` sees each new token as it is chosen (for streaming).
 // An empty prompt or one longer than the context is an error.
-std::vector<int64_t> generate(DecoderLM& model, const std::vector<int64_t>& prompt,
+std::vector<int64_t> generate(Model& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options,
                               const std::function<void(int64_t)>& on_token = {});
 

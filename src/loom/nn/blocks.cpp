@@ -8,6 +8,7 @@ const BlockRegistries& blocks() {
     register_mixers(r.mixers);
     register_mamba(r.mixers);
     register_linear_attention(r.mixers);
+    register_fnet(r.mixers);
     register_positions(r.positions);
     register_norms(r.norms);
     register_ffns(r.ffns);

@@ -7,6 +7,19 @@
 #include "loom/nn/blocks.h"
 
 namespace loom {
+namespace {
+
+// Position schemes that act on the embeddings alone, and so suit any mixer.
+std::vector<std::string> positions_without_hooks() {
+  std::vector<std::string> out;
+  for (const auto& name : blocks().positions.names()) {
+    const auto& info = blocks().positions.info(name, "");
+    if (!info.has("qk") && !info.has("scores")) out.push_back(name);
+  }
+  return out;
+}
+
+}  // namespace
 
 std::vector<std::string> ModelConfig::layer_mixers() const {
   if (!layers.empty()) return layers;
@@ -44,27 +57,43 @@ void ModelConfig::validate(const std::string& source) const {
   if (!layers.empty() && static_cast<int64_t>(layers.size()) != n_layers)
     fail("{}: model.layers lists {} layers but model.n_layers is {}", source, layers.size(), n_layers);
 
+  if (arch != "decoder" && arch != "encoder")
+    fail("{}: model.arch must be decoder or encoder, got '{}'", source, arch);
+  if (arch == "encoder") {
+    if (n_classes < 2) fail("{}: model.n_classes must be at least 2 for an encoder, got {}", source, n_classes);
+    if (pooling != "cls" && pooling != "mean")
+      fail("{}: model.pooling must be cls or mean, got '{}'", source, pooling);
+  } else if (n_classes != 0) {
+    fail("{}: model.n_classes applies to model.arch encoder only (this model is a decoder)", source);
+  }
+
   const auto& r = blocks();
   const auto mixers = layer_mixers();
-  for (size_t i = 0; i < mixers.size(); ++i)
-    r.mixers.get(mixers[i], fmt::format("{}: layer {}", source, i));
-  r.positions.get(position, fmt::format("{}: model.position", source));
+  const auto& position_info = r.positions.info(position, fmt::format("{}: model.position", source));
   r.norms.get(norm, fmt::format("{}: model.norm", source));
   parse_norm_placement(norm_placement, fmt::format("{}: model.norm_placement", source));
   r.ffns.get(ffn, fmt::format("{}: model.ffn", source));
-  // Position schemes that act inside softmax attention need such a layer to act in.
-  const bool in_attention = position.rfind("rope", 0) == 0 || position == "alibi";
-  bool any_attention = false;
+  // Each layer's mixer must have the model's form (causal for decoders, bidirectional for
+  // encoders); a position scheme that acts through a mixer hook (rotating queries and keys,
+  // biasing softmax scores) needs a layer with that hook, and must not be silently dropped by a
+  // layer that has queries and keys but no softmax scores.
+  const std::string form = causal() ? "causal" : "bidirectional";
+  const std::string hook = position_info.has("scores") ? "scores" : position_info.has("qk") ? "qk" : "";
+  bool hooked = false;
   for (size_t i = 0; i < mixers.size(); ++i) {
-    const bool softmax = mixers[i] == "attention" || mixers[i] == "local_attention";
-    any_attention = any_attention || softmax || (mixers[i] == "linear_attention" && position != "alibi");
-    if (position == "alibi" && mixers[i] == "linear_attention")
-      fail("{}: layer {}: model.position 'alibi' biases softmax scores, which mixer '{}' does not have "
-           "(choose rope, learned, sinusoidal or none)", source, i, mixers[i]);
+    const auto& info = r.mixers.info(mixers[i], fmt::format("{}: layer {}", source, i));
+    if (!info.has(form))
+      fail("{}: layer {}: mixer '{}' has no {} form, which model.arch {} needs (mixers that have one: {})",
+           source, i, mixers[i], form, arch, fmt::join(r.mixers.names(form), ", "));
+    if (hook == "scores" && info.has("qk") && !info.has("scores"))
+      fail("{}: layer {}: model.position '{}' biases softmax scores, which mixer '{}' does not have "
+           "(choose one of: {})", source, i, position, mixers[i], fmt::join(positions_without_hooks(), ", "));
+    hooked = hooked || (!hook.empty() && info.has(hook));
   }
-  if (in_attention && !any_attention)
-    fail("{}: model.position '{}' acts inside attention, but no layer has attention (layers: {}); "
-         "choose learned, sinusoidal or none", source, position, fmt::format("{}", fmt::join(mixers, ", ")));
+  if (!hook.empty() && !hooked)
+    fail("{}: model.position '{}' acts inside attention, but no layer has {} (layers: {}); choose one of: {}",
+         source, position, hook == "scores" ? "softmax scores" : "queries and keys", fmt::join(mixers, ", "),
+         fmt::join(positions_without_hooks(), ", "));
   if (position.rfind("rope", 0) == 0 && head_dim() % 2 != 0)
     fail("{}: model.position '{}' needs an even head_dim, got {}", source, position, head_dim());
 }

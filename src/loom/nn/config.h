@@ -7,6 +7,7 @@
 namespace loom {
 
 struct ModelConfig {
+  std::string arch = "decoder";    // "decoder": causal LM; "encoder": bidirectional classifier
   int64_t vocab_size = 4096;
   int64_t d_model = 256;
   int64_t n_layers = 4;
@@ -36,9 +37,12 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   double dropout = 0.0;
   double init_std = 0.02;
+  std::string pooling = "cls";     // encoder only: "cls" (a CLS token's state) or "mean"
+  int64_t n_classes = 0;           // encoder only: classes of the classification head
 
   template <class V>
   void visit(V& v) {
+    v("arch", arch, "decoder (causal language model) or encoder (bidirectional, classification head)");
     v("vocab_size", vocab_size, "tokenizer vocabulary size (the tokenizer is trained to it)");
     v("d_model", d_model, "width of the residual stream");
     v("n_layers", n_layers, "number of layers");
@@ -68,11 +72,14 @@ struct ModelConfig {
     v("rope_theta", rope_theta, "RoPE base frequency");
     v("dropout", dropout, "dropout on each residual branch during training");
     v("init_std", init_std, "std of the normal init (residual projections: / sqrt(2 n_layers))");
+    v("pooling", pooling, "encoder: cls (the state of a leading CLS token) or mean (over non-padding tokens)");
+    v("n_classes", n_classes, "encoder: classes of the classification head (0 for decoders)");
   }
 
   // Checks ranges, divisibility and every block name; `source` names the recipe in errors.
   void validate(const std::string& source) const;
 
+  bool causal() const { return arch != "encoder"; }
   int64_t head_dim() const { return d_model / n_heads; }
   int64_t kv_heads() const { return n_kv_heads == 0 ? n_heads : n_kv_heads; }
   std::vector<std::string> layer_mixers() const;

@@ -1,5 +1,7 @@
-// Token mixers: the part of a layer that moves information between positions (attention now;
-// Mamba and others later). [B, T, d_model] -> [B, T, d_model].
+// Token mixers: the part of a layer that moves information between positions (attention, linear
+// attention, Mamba, Fourier mixing). [B, T, d_model] -> [B, T, d_model]. A mixer is causal in a
+// decoder and bidirectional in an encoder (ModelConfig::causal()); its registry traits say which
+// forms it has.
 #pragma once
 #include <functional>
 #include <memory>
@@ -27,6 +29,7 @@ struct MixerContext {
   PositionImpl* position = nullptr;
   int64_t offset = 0;            // absolute position of the first input token
   LayerCache* cache = nullptr;   // null: no incremental decoding
+  torch::Tensor padding = {};    // encoders: [B, T] bool, true at padding tokens (no one attends to them)
 };
 
 class MixerImpl : public torch::nn::Module {
@@ -49,5 +52,6 @@ using MixerFactory = std::function<std::shared_ptr<MixerImpl>(const ModelConfig&
 void register_mixers(Registry<MixerFactory>& registry);
 void register_mamba(Registry<MixerFactory>& registry);
 void register_linear_attention(Registry<MixerFactory>& registry);
+void register_fnet(Registry<MixerFactory>& registry);
 
 }  // namespace loom

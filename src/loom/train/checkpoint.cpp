@@ -33,8 +33,8 @@ TrainerState parse_state(const std::string& path) {
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, DecoderLM& model,
-                            const Tokenizer& tokenizer, const AdamW& optimizer,
+std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Model& model,
+                            const Tokenizer* tokenizer, const AdamW& optimizer,
                             const TrainerState& state, int64_t keep_last) {
   CheckpointWriter writer(run_dir, fmt::format("step-{:06d}", state.step));
   const std::map<std::string, std::string> metadata{{"format", "loom-" + std::to_string(kCheckpointFormat)},
@@ -42,7 +42,7 @@ std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, De
   save_safetensors(writer.path("model.safetensors"), module_state(*model), metadata);
   save_safetensors(writer.path("optimizer.safetensors"), optimizer.state(), metadata);
   writer.add("recipe.yaml", recipe_to_yaml(recipe));
-  writer.add("tokenizer.model", tokenizer.serialized());
+  if (tokenizer != nullptr) writer.add("tokenizer.model", tokenizer->serialized());
   nlohmann::json j{{"format", kCheckpointFormat},
                    {"step", state.step},
                    {"tokens_seen", state.tokens_seen},
@@ -60,15 +60,24 @@ LoadedModel load_checkpoint(const std::string& path) {
   const std::string recipe_path = (fs::path(loaded.dir) / "recipe.yaml").string();
   loaded.recipe = parse_recipe(read_file(recipe_path), recipe_path);
   loaded.state = parse_state((fs::path(loaded.dir) / "trainer.json").string());
-  loaded.tokenizer = Tokenizer::load((fs::path(loaded.dir) / "tokenizer.model").string());
-  if (loaded.tokenizer.vocab_size() != loaded.recipe.model.vocab_size)
-    fail("{}: the tokenizer has {} tokens but the model's vocab_size is {}", loaded.dir,
-         loaded.tokenizer.vocab_size(), loaded.recipe.model.vocab_size);
-  loaded.model = DecoderLM(loaded.recipe.model);
+  loaded.has_tokenizer = loaded.recipe.task.is_lm();
+  if (loaded.has_tokenizer) {
+    loaded.tokenizer = Tokenizer::load((fs::path(loaded.dir) / "tokenizer.model").string());
+    if (loaded.tokenizer.vocab_size() != loaded.recipe.model.vocab_size)
+      fail("{}: the tokenizer has {} tokens but the model's vocab_size is {}", loaded.dir,
+           loaded.tokenizer.vocab_size(), loaded.recipe.model.vocab_size);
+  }
+  loaded.model = Model(loaded.recipe.model);
   const std::string weights = (fs::path(loaded.dir) / "model.safetensors").string();
   load_module_state(*loaded.model, load_safetensors(weights), weights);
   loaded.model->eval();
   return loaded;
+}
+
+void require_tokenizer(const LoadedModel& loaded, const std::string& what) {
+  if (!loaded.has_tokenizer)
+    fail("{}: {} needs text, but this model learned the generated task '{}' (no tokenizer); score it with "
+         "`loom eval {}`", loaded.dir, what, loaded.recipe.task.name, loaded.dir);
 }
 
 void load_optimizer_state(const std::string& dir, AdamW& optimizer) {

@@ -2,14 +2,14 @@
 //   model.safetensors      the weights (parameter names are the file format)
 //   optimizer.safetensors  AdamW moments, named "<param>.exp_avg" / "<param>.exp_avg_sq"
 //   recipe.yaml            the resolved recipe the run used
-//   tokenizer.model        the SentencePiece model
+//   tokenizer.model        the SentencePiece model (task lm; generated tasks have fixed vocabularies)
 //   trainer.json           step, tokens seen, elapsed time, last validation loss, format
 #pragma once
 #include <optional>
 #include <string>
 
 #include "loom/data/tokenizer.h"
-#include "loom/models/decoder_lm.h"
+#include "loom/models/model.h"
 #include "loom/train/adamw.h"
 #include "loom/train/recipe.h"
 
@@ -25,8 +25,8 @@ struct TrainerState {
 };
 
 // Writes <run_dir>/step-NNNNNN atomically and keeps the newest keep_last. Returns its path.
-std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, DecoderLM& model,
-                            const Tokenizer& tokenizer, const AdamW& optimizer,
+std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Model& model,
+                            const Tokenizer* tokenizer, const AdamW& optimizer,
                             const TrainerState& state, int64_t keep_last);
 
 // A model ready for inference. `path` is a checkpoint directory or a run directory (its newest
@@ -34,11 +34,14 @@ std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, De
 struct LoadedModel {
   std::string dir;
   Recipe recipe;
-  DecoderLM model{nullptr};
-  Tokenizer tokenizer;
+  Model model{nullptr};
+  Tokenizer tokenizer;  // empty for generated tasks (has_tokenizer false)
+  bool has_tokenizer = false;
   TrainerState state;
 };
 LoadedModel load_checkpoint(const std::string& path);
+// Fails, naming the checkpoint and its task, unless it has a text tokenizer (`what` says who needs it).
+void require_tokenizer(const LoadedModel& loaded, const std::string& what);
 
 // Restores the optimizer's moments and step from a checkpoint directory.
 void load_optimizer_state(const std::string& dir, AdamW& optimizer);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "loom/core/config.h"
+#include "loom/data/tasks.h"
 #include "loom/nn/config.h"
 
 namespace loom {
@@ -47,7 +48,7 @@ struct TrainConfig {
   template <class V>
   void visit(V& v) {
     v("steps", steps, "optimizer steps");
-    v("batch_size", batch_size, "sequences per micro-batch (each model.max_seq_len tokens)");
+    v("batch_size", batch_size, "sequences per micro-batch (task lm: each model.max_seq_len tokens)");
     v("grad_accum", grad_accum, "micro-batches accumulated per optimizer step");
     v("lr", lr, "peak learning rate");
     v("min_lr_ratio", min_lr_ratio, "final learning rate of the cosine decay, as a fraction of lr");
@@ -72,6 +73,7 @@ struct TrainConfig {
 struct Recipe {
   int64_t format = 1;
   ModelConfig model;
+  TaskConfig task;
   DataConfig data;
   TrainConfig train;
 
@@ -79,7 +81,8 @@ struct Recipe {
   void visit(V& v) {
     v("format", format, "recipe format version");
     v.section("model", model, "architecture");
-    v.section("data", data, "corpus and caches");
+    v.section("task", task, "what to learn: language modelling on data.corpus, or a generated workbench task");
+    v.section("data", data, "corpus and caches (task lm)");
     v.section("train", train, "optimization");
   }
   void validate(const std::string& source) const;

@@ -5,13 +5,16 @@
 #include <functional>
 #include <utility>
 
-#include "loom/models/decoder_lm.h"
+#include "loom/models/model.h"
 #include "loom/train/adamw.h"
+#include "loom/train/linear_cross_entropy.h"
 #include "loom/train/recipe.h"
 
 namespace loom {
 
-using Batch = std::pair<torch::Tensor, torch::Tensor>;  // inputs, targets: [B, T] int64
+// inputs [B, T] int64 and targets: [B, T] next tokens (-1 = not scored) for decoders, [B] class
+// labels for encoders (whose inputs use token 0 as padding).
+using Batch = std::pair<torch::Tensor, torch::Tensor>;
 
 struct StepResult {
   double loss = 0;       // mean over the step's micro-batches
@@ -26,20 +29,37 @@ torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets)
 
 class TrainStep {
  public:
-  TrainStep(DecoderLM model, TrainConfig config);
+  TrainStep(Model model, TrainConfig config);
   // Runs optimizer step `step` (0-based); `batch(micro)` supplies each micro-batch.
   // track_stats also records the largest attention logit (a small extra reduction per layer).
   StepResult run(int64_t step, const std::function<Batch(int64_t micro)>& batch, bool track_stats = false);
   AdamW& optimizer() { return optimizer_; }
 
  private:
-  DecoderLM model_;
+  Model model_;
   TrainConfig config_;
   std::vector<torch::Tensor> parameters_;
   AdamW optimizer_;
 };
 
-// Mean loss per token of `model` over `batches` (no gradients, eval mode restored after).
-double evaluate_loss(DecoderLM& model, const std::vector<Batch>& batches, bool bf16);
+// The training loss of one batch: mean cross-entropy over the scored targets (the fused output
+// projection for decoders, the classification head for encoders), plus z_loss * mean(log Z^2);
+// `stats` receives the cross-entropy and mean log Z.
+torch::Tensor batch_loss(Model& model, const Batch& batch, bool bf16, double z_loss = 0.0, LossStats* stats = nullptr);
+
+// Mean loss per scored target of `model` over `batches` (no gradients, eval mode restored after).
+double evaluate_loss(Model& model, const std::vector<Batch>& batches, bool bf16);
+
+// Held-out scores of a workbench task. Sequence tasks: token accuracy over scored targets and
+// exact match (an example counts when every one of its scored targets is the argmax; with
+// teacher forcing that equals greedy decoding). Classification: accuracy (= exact match).
+struct TaskScore {
+  double loss = 0;
+  double token_accuracy = 0;
+  double exact_match = 0;
+  int64_t examples = 0;
+  int64_t exact = 0;  // examples exactly right
+};
+TaskScore evaluate_task(Model& model, const std::vector<Batch>& batches, bool bf16);
 
 }  // namespace loom

@@ -4,12 +4,14 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "loom/core/progress.h"
 #include "loom/data/lm_data.h"
+#include "loom/data/tasks.h"
 #include "loom/io/checkpoint.h"
 #include "loom/io/fs.h"
 #include "loom/train/checkpoint.h"
@@ -57,6 +59,61 @@ class MetricsLog {
   std::ofstream out_;
 };
 
+// What a run trains and validates on: the corpus (task lm) or a generated workbench task.
+struct RunData {
+  std::function<Batch(int64_t step, int64_t micro)> sample;
+  std::vector<Batch> valid;
+  int64_t sequence_length = 0;  // tokens per training sequence (padding included)
+  std::string summary;          // for the start-up log line
+  // Task lm: the tokenizer, its token streams (the batchers point into them), unigram entropy.
+  std::optional<Tokenizer> tokenizer;
+  std::unique_ptr<TokenStream> train_tokens, valid_tokens;
+  std::unique_ptr<LMBatcher> batcher;
+  double unigram_entropy = std::nan("");
+  // Generated tasks.
+  std::unique_ptr<TaskData> task;
+};
+
+RunData prepare_data(const Recipe& recipe) {
+  const auto& tc = recipe.train;
+  const auto& mc = recipe.model;
+  RunData run;
+  const auto seed = static_cast<uint64_t>(tc.seed);
+  if (!recipe.task.is_lm()) {
+    run.task = std::make_unique<TaskData>(recipe.task);
+    const TaskData* task = run.task.get();
+    run.sample = [task, seed, batch = tc.batch_size](int64_t step, int64_t micro) {
+      return task->sample(seed, step, micro, batch);
+    };
+    run.valid = task->split_batches("valid", tc.batch_size);
+    if (tc.eval_batches > 0 && static_cast<int64_t>(run.valid.size()) > tc.eval_batches) run.valid.resize(tc.eval_batches);
+    run.sequence_length = task->task().max_length();
+    run.summary = fmt::format("task {}: {} training examples, {} validation, {} test; sequences of {} tokens",
+                              recipe.task.name,
+                              recipe.task.train_examples > 0 ? std::to_string(recipe.task.train_examples) : "unlimited",
+                              recipe.task.valid_examples, recipe.task.test_examples, run.sequence_length);
+    return run;
+  }
+  const LMData data = prepare_lm_data(recipe.data.corpus, static_cast<int>(mc.vocab_size), recipe.data.dir);
+  run.tokenizer = Tokenizer::load(data.tokenizer_model);
+  if (run.tokenizer->vocab_size() != mc.vocab_size)
+    fail("the tokenizer {} has {} tokens but model.vocab_size is {}", data.tokenizer_model,
+         run.tokenizer->vocab_size(), mc.vocab_size);
+  run.train_tokens = std::make_unique<TokenStream>(data.train_tokens);
+  run.valid_tokens = std::make_unique<TokenStream>(data.valid_tokens);
+  run.batcher = std::make_unique<LMBatcher>(*run.train_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len));
+  const LMBatcher* batcher = run.batcher.get();
+  run.sample = [batcher, seed](int64_t step, int64_t micro) { return batcher->sample(seed, step, static_cast<int>(micro)); };
+  run.valid = LMBatcher(*run.valid_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len))
+                  .eval_batches(static_cast<int>(tc.eval_batches));
+  run.unigram_entropy = unigram_entropy(*run.train_tokens);
+  run.sequence_length = mc.max_seq_len;
+  run.summary = fmt::format("data: {} train tokens, {} validation tokens", run.train_tokens->size(), run.valid_tokens->size());
+  return run;
+}
+
+std::string percent(double fraction) { return fmt::format("{:.1f}%", 100 * fraction); }
+
 std::string human_rate(double tokens_per_second) {
   return tokens_per_second >= 1000 ? fmt::format("{:.1f}k tok/s", tokens_per_second / 1000)
                                    : fmt::format("{:.0f} tok/s", tokens_per_second);
@@ -85,27 +142,20 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   const auto& mc = recipe.model;
   fs::create_directories(result.run_dir);
 
-  const LMData data = prepare_lm_data(recipe.data.corpus, static_cast<int>(mc.vocab_size), recipe.data.dir);
-  const Tokenizer tokenizer = Tokenizer::load(data.tokenizer_model);
-  const TokenStream train_tokens(data.train_tokens), valid_tokens(data.valid_tokens);
-  if (tokenizer.vocab_size() != mc.vocab_size)
-    fail("the tokenizer {} has {} tokens but model.vocab_size is {}", data.tokenizer_model,
-         tokenizer.vocab_size(), mc.vocab_size);
-  const LMBatcher batcher(train_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len));
-  const LMBatcher valid_batcher(valid_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len));
-  const auto valid_batches = valid_batcher.eval_batches(static_cast<int>(tc.eval_batches));
-  result.unigram_entropy = unigram_entropy(train_tokens);
+  const RunData data = prepare_data(recipe);
+  const Tokenizer* tokenizer = data.tokenizer ? &*data.tokenizer : nullptr;
+  result.unigram_entropy = data.unigram_entropy;
 
-  DecoderLM model{nullptr};
+  Model model{nullptr};
   TrainerState state;
   if (resume_dir.empty()) {
     torch::manual_seed(static_cast<uint64_t>(tc.seed));
-    model = DecoderLM(mc);
+    model = Model(mc);
   } else {
     auto loaded = load_checkpoint(resume_dir);
-    if (loaded.tokenizer.serialized() != tokenizer.serialized())
-      fail("{}: its tokenizer differs from {}: the data cache changed since the run started",
-           resume_dir, data.tokenizer_model);
+    if (tokenizer != nullptr && loaded.tokenizer.serialized() != tokenizer->serialized())
+      fail("{}: its tokenizer differs from the one in {}: the data cache changed since the run started",
+           resume_dir, recipe.data.dir);
     model = loaded.model;
     state = loaded.state;
   }
@@ -116,12 +166,11 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   }
   if (state.step >= tc.steps) fail("the run is already at step {} of {}: raise --steps to continue", state.step, tc.steps);
 
-  spdlog::info("model: {:.2f}M parameters, {} layers x d_model {}, context {}; data: {} train tokens, "
-               "{} validation tokens; run dir {}",
-               model->num_parameters() / 1e6, mc.n_layers, mc.d_model, mc.max_seq_len,
-               train_tokens.size(), valid_tokens.size(), result.run_dir);
+  spdlog::info("model: {:.2f}M parameters, {} {} layers x d_model {}, context {}; {}; run dir {}",
+               model->num_parameters() / 1e6, mc.n_layers, mc.arch, mc.d_model, mc.max_seq_len, data.summary,
+               result.run_dir);
   MetricsLog metrics((fs::path(result.run_dir) / "metrics.jsonl").string());
-  const int64_t tokens_per_step = tc.batch_size * tc.grad_accum * mc.max_seq_len;
+  const int64_t tokens_per_step = tc.batch_size * tc.grad_accum * data.sequence_length;
   Progress progress("train", state.step, tc.steps, tc.log_every);
   StopSignals stop;
   const double elapsed_before = state.elapsed_seconds;
@@ -134,8 +183,19 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     state.elapsed_seconds = elapsed_before + progress.elapsed_seconds();
     result.checkpoint = save_checkpoint(result.run_dir, recipe, model, tokenizer, step_runner.optimizer(), state, tc.keep_last);
   };
+  const bool bf16 = tc.precision == "bf16";
   auto validate = [&] {
-    state.valid_loss = evaluate_loss(model, valid_batches, tc.precision == "bf16");
+    if (data.task) {
+      const TaskScore score = evaluate_task(model, data.valid, bf16);
+      state.valid_loss = score.loss;
+      progress.finish();
+      spdlog::info("step {}: validation loss {:.4f}, exact match {}, token accuracy {}", state.step, score.loss,
+                   percent(score.exact_match), percent(score.token_accuracy));
+      metrics.write({{"step", state.step}, {"valid_loss", score.loss}, {"valid_exact_match", score.exact_match},
+                     {"valid_token_accuracy", score.token_accuracy}});
+      return;
+    }
+    state.valid_loss = evaluate_loss(model, data.valid, bf16);
     progress.finish();
     spdlog::info("step {}: validation loss {:.4f} (perplexity {:.2f}; unigram entropy {:.4f})", state.step,
                  state.valid_loss, std::exp(state.valid_loss), result.unigram_entropy);
@@ -147,9 +207,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     const int64_t step = state.step;
     // Dropout draws from the global generator: seed it per step so resume replays it exactly.
     torch::manual_seed(static_cast<uint64_t>(tc.seed) * 1000003ULL + static_cast<uint64_t>(step));
-    const StepResult r = step_runner.run(step, [&](int64_t micro) {
-      return batcher.sample(static_cast<uint64_t>(tc.seed), step, static_cast<int>(micro));
-    }, /*track_stats=*/(step + 1) % tc.log_every == 0);
+    const StepResult r = step_runner.run(step, [&](int64_t micro) { return data.sample(step, micro); },
+                                         /*track_stats=*/(step + 1) % tc.log_every == 0);
     if (!std::isfinite(r.loss))
       fail("the loss became {} at step {}; the last checkpoint is {} (try a lower train.lr)", r.loss, step,
            result.checkpoint.empty() ? "none" : result.checkpoint);
@@ -183,6 +242,12 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   progress.finish();
   result.steps = state.step;
   result.valid_loss = state.valid_loss;
+  if (data.task && !result.interrupted) {  // the task metric on the held-out test split
+    result.test = evaluate_task(model, data.task->split_batches("test", tc.batch_size), bf16);
+    result.majority_accuracy = data.task->task().n_classes() > 0 ? data.task->majority_baseline("test").second : std::nan("");
+    metrics.write({{"step", state.step}, {"test_loss", result.test->loss}, {"test_exact_match", result.test->exact_match},
+                   {"test_token_accuracy", result.test->token_accuracy}});
+  }
   return result;
 }
 

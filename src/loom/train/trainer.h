@@ -2,9 +2,11 @@
 // progress, checkpoints, exact resume, and a clean stop on SIGINT/SIGTERM (a checkpoint is
 // written first, so the run can be resumed).
 #pragma once
+#include <optional>
 #include <string>
 
 #include "loom/train/recipe.h"
+#include "loom/train/train_step.h"
 
 namespace loom {
 
@@ -20,8 +22,10 @@ struct TrainResult {
   std::string checkpoint;      // the last checkpoint written
   int64_t steps = 0;           // optimizer steps completed in total
   double valid_loss = 0;       // nats per token on the validation split, at the end
-  double unigram_entropy = 0;  // nats per token of the training tokens' unigram distribution
+  double unigram_entropy = 0;  // task lm: nats per token of the training tokens' unigram distribution
   bool interrupted = false;
+  std::optional<TaskScore> test;     // generated tasks: scores on the held-out test split
+  double majority_accuracy = 0;      // classification tasks: test accuracy of always the majority class
 };
 
 TrainResult train(Recipe recipe, const TrainOptions& options);

@@ -1,10 +1,11 @@
-// Causal linear attention (Katharopoulos et al. 2020, "Transformers are RNNs"): softmax(q k^T)
+// Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs"): softmax(q k^T)
 // replaced by the kernel phi(q) phi(k)^T with phi(x) = elu(x) + 1, so that
 //   out_i = phi(q_i)^T S_i / (phi(q_i)^T z_i),  S_i = sum_{j<=i} phi(k_j) v_j^T,  z_i = sum_{j<=i} phi(k_j)
 // computed by running sums (cumsum over time): O(T D^2) instead of O(T^2 D), and O(1) state
 // per token when decoding. Shapes: B batch, T time, H heads, D head_dim. Key/value heads are
 // shared across query groups as in attention.cpp (n_kv_heads). RoPE, if chosen, rotates q and k
-// before the feature map.
+// before the feature map. In encoders the sums run over every non-padding position:
+//   out_i = phi(q_i)^T S / (phi(q_i)^T z),  S = sum_j phi(k_j) v_j^T,  z = sum_j phi(k_j).
 #include "loom/nn/mixer.h"
 
 namespace loom {
@@ -13,7 +14,7 @@ namespace {
 class LinearAttentionImpl : public MixerImpl {
  public:
   explicit LinearAttentionImpl(const ModelConfig& c)
-      : n_heads_(c.n_heads), n_kv_heads_(c.kv_heads()), head_dim_(c.head_dim()) {
+      : n_heads_(c.n_heads), n_kv_heads_(c.kv_heads()), head_dim_(c.head_dim()), causal_(c.causal()) {
     const int64_t qkv_dim = (n_heads_ + 2 * n_kv_heads_) * head_dim_;
     wqkv = register_module("wqkv", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, qkv_dim).bias(c.bias)));
     wo = register_module("wo", torch::nn::Linear(torch::nn::LinearOptions(n_heads_ * head_dim_, c.d_model).bias(c.bias)));
@@ -30,6 +31,13 @@ class LinearAttentionImpl : public MixerImpl {
     auto fq = phi(q).transpose(1, 2);                                              // [B, H, T, D]
     auto fk = phi(k).repeat_interleave(g, 2).transpose(1, 2);                      // [B, H, T, D]
     auto vv = v.to(torch::kFloat).repeat_interleave(g, 2).transpose(1, 2);         // [B, H, T, D]
+    if (!causal_) {
+      if (ctx.padding.defined()) fk = fk.masked_fill(ctx.padding.view({b, 1, t, 1}), 0.0);
+      auto kv_all = fk.transpose(-2, -1).matmul(vv);                               // S: [B, H, D, D]
+      auto k_all = fk.sum(2, true);                                                // z: [B, H, 1, D]
+      auto out = (fq.matmul(kv_all) / (fq * k_all).sum(-1, true)).transpose(1, 2).reshape({b, t, h * d});
+      return wo(out.to(x.scalar_type()));
+    }
     auto kv = (fk.unsqueeze(-1) * vv.unsqueeze(-2)).cumsum(2);                     // S_i: [B, H, T, D, D]
     auto ksum = fk.cumsum(2);                                                      // z_i: [B, H, T, D]
     if (ctx.cache != nullptr) {
@@ -57,13 +65,15 @@ class LinearAttentionImpl : public MixerImpl {
 
  private:
   int64_t n_heads_, n_kv_heads_, head_dim_;
+  bool causal_;
 };
 
 }  // namespace
 
 void register_linear_attention(Registry<MixerFactory>& r) {
-  r.add({"", "linear_attention", "causal linear attention, elu+1 feature map, running sums (O(1) decoding state)",
-         "Katharopoulos et al. 2020, Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention"},
+  r.add({"", "linear_attention", "linear attention, elu+1 feature map; causal by running sums (O(1) decoding state)",
+         "Katharopoulos et al. 2020, Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention",
+         {"causal", "bidirectional", "qk"}},
         [](const ModelConfig& c, int64_t) { return std::make_shared<LinearAttentionImpl>(c); });
 }
 

@@ -88,7 +88,7 @@ class MambaImpl : public MixerImpl {
 
 void register_mamba(Registry<MixerFactory>& r) {
   r.add({"", "mamba", "selective state-space mixer (no attention), fused CPU scan, O(1) decoding state",
-         "Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces"},
+         "Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces", {"causal"}},
         [](const ModelConfig& c, int64_t) { return std::make_shared<MambaImpl>(c); });
 }
 

@@ -101,11 +101,12 @@ class RotaryPositionImpl : public PositionImpl {
 // (the paper's rule, with its interpolation for head counts that are not powers of two).
 class AlibiPositionImpl : public PositionImpl {
  public:
-  explicit AlibiPositionImpl(const ModelConfig& c) : slopes_(slopes(c.n_heads)) {}
+  explicit AlibiPositionImpl(const ModelConfig& c) : slopes_(slopes(c.n_heads)), causal_(c.causal()) {}
   torch::Tensor attention_bias(int64_t n_heads, int64_t t, int64_t s, int64_t offset) override {
     auto i = torch::arange(offset, offset + t, torch::kFloat).unsqueeze(1);  // [T, 1]
     auto j = torch::arange(s, torch::kFloat).unsqueeze(0);                   // [1, S]
-    auto distance = (i - j).clamp_min(0);                                    // [T, S]
+    // Causal: later keys are masked anyway; bidirectional: both directions are penalized.
+    auto distance = causal_ ? (i - j).clamp_min(0) : (i - j).abs();          // [T, S]
     return -slopes_.view({n_heads, 1, 1}) * distance;                        // [H, T, S]
   }
   static torch::Tensor slopes(int64_t n_heads) {
@@ -126,6 +127,7 @@ class AlibiPositionImpl : public PositionImpl {
 
  private:
   torch::Tensor slopes_;  // [H]
+  bool causal_;
 };
 
 class NoPositionImpl : public PositionImpl {
@@ -148,15 +150,15 @@ void register_positions(Registry<PositionFactory>& r) {
          "Vaswani et al. 2017, Attention Is All You Need"},
         make<SinusoidalPositionImpl>());
   r.add({"", "rope", "rotary embeddings on queries and keys, rotate-half pairing (LLaMA/HF)",
-         "Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding"},
+         "Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding", {"qk"}},
         [](const ModelConfig& c) { return std::make_shared<RotaryPositionImpl>(c, RopePairing::kHalf); });
   r.add({"", "rope_adjacent", "rotary embeddings on queries and keys, adjacent-pair pairing (RoFormer, llama.cpp)",
-         "Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding"},
+         "Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding", {"qk"}},
         [](const ModelConfig& c) { return std::make_shared<RotaryPositionImpl>(c, RopePairing::kAdjacent); });
-  r.add({"", "alibi", "linear distance penalties on attention scores, per-head slopes",
-         "Press et al. 2022, Train Short, Test Long (ALiBi)"},
+  r.add({"", "alibi", "linear distance penalties on attention scores, per-head slopes (encoders: |i - j|)",
+         "Press et al. 2022, Train Short, Test Long (ALiBi)", {"scores"}},
         make<AlibiPositionImpl>());
-  r.add({"", "none", "no position information (causal masking alone)",
+  r.add({"", "none", "no position information (decoders still infer order from causal masking)",
          "Haviv et al. 2022, Transformer Language Models without Positional Encodings Still Learn "
          "Positional Information"},
         make<NoPositionImpl>());

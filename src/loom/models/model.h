@@ -1,6 +1,11 @@
-// Decoder-only language model: token embedding, position scheme, n_layers residual blocks, final
-// norm, output projection (tied to the embedding or not). GPT-2 and LLaMA are two recipes of it.
-// Shapes: B batch, T tokens, V vocab_size.
+// The model every recipe builds: token embedding, position scheme, n_layers residual blocks,
+// final norm, then a head chosen by model.arch:
+//   decoder: a causal language model; output projection to the vocabulary (tied to the
+//            embedding or not). GPT-2, LLaMA and the hybrids are recipes of it.
+//   encoder: bidirectional layers and a classification head on a pooled state: a learned CLS
+//            vector prepended to the sequence (pooling: cls, as BERT and ViT), or the mean over
+//            non-padding tokens (pooling: mean).
+// Shapes: B batch, T tokens, V vocab_size, C n_classes.
 #pragma once
 #include <vector>
 
@@ -14,9 +19,9 @@ struct KVCache {
   int64_t capacity = 0;
 };
 
-class DecoderLMImpl : public torch::nn::Module {
+class ModelImpl : public torch::nn::Module {
  public:
-  explicit DecoderLMImpl(ModelConfig config);
+  explicit ModelImpl(ModelConfig config);
 
   // tokens: [B, T] int64 at positions offset..offset+T-1 -> logits [B, T, V]. With a cache,
   // keys/values of these positions are stored and earlier ones reused.
@@ -24,6 +29,8 @@ class DecoderLMImpl : public torch::nn::Module {
   // The hidden states before the output projection: [B, T, d_model].
   torch::Tensor hidden(const torch::Tensor& tokens, int64_t offset = 0, KVCache* cache = nullptr);
   torch::Tensor logits(const torch::Tensor& hidden);
+  // Encoders: tokens [B, T], padding [B, T] bool (true at padding; may be undefined) -> [B, C].
+  torch::Tensor classify(const torch::Tensor& tokens, const torch::Tensor& padding);
   // The output projection [V, d_model]: lm_head's weight, or tok_emb's when tied.
   torch::Tensor output_weight() { return lm_head ? lm_head->weight : tok_emb->weight; }
 
@@ -48,11 +55,16 @@ class DecoderLMImpl : public torch::nn::Module {
   std::shared_ptr<PositionImpl> pos;
   torch::nn::ModuleList layers;
   std::shared_ptr<NormImpl> norm_f;
-  torch::nn::Linear lm_head{nullptr};  // [V, d_model]; null when tied to tok_emb
+  torch::nn::Linear lm_head{nullptr};  // [V, d_model]; decoders, null when tied to tok_emb
+  torch::Tensor cls;                   // [d_model]; encoders with pooling cls
+  torch::nn::Linear head{nullptr};     // [C, d_model] + bias; encoders
 
  private:
+  // Embeds, runs the layers and the final norm: [B, T, d_model].
+  torch::Tensor trunk(const torch::Tensor& x, int64_t offset, KVCache* cache, const torch::Tensor& padding);
+
   ModelConfig config_;
 };
-TORCH_MODULE(DecoderLM);
+TORCH_MODULE(Model);
 
 }  // namespace loom
