@@ -151,8 +151,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       return batcher.sample(static_cast<uint64_t>(tc.seed), step, static_cast<int>(micro));
     }, /*track_stats=*/(step + 1) % tc.log_every == 0);
     if (!std::isfinite(r.loss))
-      fail("the loss became {} at step {}; the last checkpoint is {} (try a lower train.lr)", r.loss, step,
-           result.checkpoint.empty() ? "none" : result.checkpoint);
+      throw TrainingDiverged(fmt::format("the loss became {} at step {}; the last checkpoint is {} (try a lower train.lr)",
+                                         r.loss, step, result.checkpoint.empty() ? "none" : result.checkpoint));
     state.step = step + 1;
     state.tokens_seen += tokens_per_step;
     window_loss += r.loss;

@@ -4,6 +4,7 @@
 #pragma once
 #include <string>
 
+#include "loom/core/error.h"
 #include "loom/train/recipe.h"
 
 namespace loom {
@@ -22,6 +23,13 @@ struct TrainResult {
   double valid_loss = 0;       // nats per token on the validation split, at the end
   double unigram_entropy = 0;  // nats per token of the training tokens' unigram distribution
   bool interrupted = false;
+};
+
+// Thrown by train() when the training loss becomes NaN or infinite: the run diverged (a result for
+// an LR sweep, not a bug). Other failures are plain loom::Error.
+class TrainingDiverged : public Error {
+ public:
+  using Error::Error;
 };
 
 TrainResult train(Recipe recipe, const TrainOptions& options);
