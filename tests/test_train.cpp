@@ -13,43 +13,12 @@
 #include "loom/io/safetensors.h"
 #include "loom/train/checkpoint.h"
 #include "loom/train/trainer.h"
+#include "tiny_run.h"
 
 using namespace loom;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A throwaway directory with a small generated corpus, "tiny", and a tiny model's recipe.
-class TinyRun {
- public:
-  TinyRun() {
-    char pattern[] = "/tmp/loom-train-test-XXXXXX";
-    root = mkdtemp(pattern);
-    const fs::path corpus = root / "data" / "tiny";
-    fs::create_directories(corpus);
-    std::mt19937 rng(7);
-    const std::array<const char*, 12> words{"the", "cat", "sat", "on", "a", "mat", "and", "dog",
-                                            "ran", "to", "hall", "quickly"};
-    for (const auto& [name, lines] : {std::pair{"train.txt", 400}, std::pair{"valid.txt", 40}, std::pair{"test.txt", 40}}) {
-      std::ofstream out(corpus / name);
-      for (int i = 0; i < lines; ++i) {
-        for (int w = 0; w < 12; ++w) out << (w ? " " : "") << words[rng() % words.size()];
-        out << " " << i % 97 << ".\n";
-      }
-    }
-  }
-  ~TinyRun() { fs::remove_all(root); }
-
-  std::string recipe_yaml(const std::string& extra = "") const {
-    return "format: 1\n"
-           "model: {vocab_size: 300, d_model: 32, n_layers: 2, n_heads: 4, d_ff: 64, max_seq_len: 32, dropout: 0.1}\n"
-           "data: {corpus: tiny, dir: " + (root / "data").string() + "}\n"
-           "train: {steps: 12, batch_size: 4, warmup_steps: 2, eval_every: 6, eval_batches: 2, save_every: 4, "
-           "keep_last: 5, log_every: 3, lr: 0.003, precision: fp32" + extra + "}\n";
-  }
-
-  fs::path root;
-};
 
 Safetensors weights(const std::string& dir) { return load_safetensors(dir + "/model.safetensors"); }
 

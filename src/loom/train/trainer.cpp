@@ -210,8 +210,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     const StepResult r = step_runner.run(step, [&](int64_t micro) { return data.sample(step, micro); },
                                          /*track_stats=*/(step + 1) % tc.log_every == 0);
     if (!std::isfinite(r.loss))
-      fail("the loss became {} at step {}; the last checkpoint is {} (try a lower train.lr)", r.loss, step,
-           result.checkpoint.empty() ? "none" : result.checkpoint);
+      throw TrainingDiverged(fmt::format("the loss became {} at step {}; the last checkpoint is {} (try a lower train.lr)",
+                                         r.loss, step, result.checkpoint.empty() ? "none" : result.checkpoint));
     state.step = step + 1;
     state.tokens_seen += tokens_per_step;
     window_loss += r.loss;

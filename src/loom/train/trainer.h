@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 
+#include "loom/core/error.h"
 #include "loom/train/recipe.h"
 #include "loom/train/train_step.h"
 
@@ -26,6 +27,13 @@ struct TrainResult {
   bool interrupted = false;
   std::optional<TaskScore> test;     // generated tasks: scores on the held-out test split
   double majority_accuracy = 0;      // classification tasks: test accuracy of always the majority class
+};
+
+// Thrown by train() when the training loss becomes NaN or infinite: the run diverged (a result for
+// an LR sweep, not a bug). Other failures are plain loom::Error.
+class TrainingDiverged : public Error {
+ public:
+  using Error::Error;
 };
 
 TrainResult train(Recipe recipe, const TrainOptions& options);
