@@ -107,6 +107,8 @@ TEST(Recipe, ErrorsNameTheKeyAndTheFile) {
   EXPECT_TRUE(has(e, "key=value")) << e;
   e = error_of("format: 2");
   EXPECT_TRUE(has(e, "format 2")) << e;
+  e = error_of("train: {steps: 12, batch_size: 4, steps: 4}");  // yaml-cpp keeps the first silently
+  EXPECT_TRUE(has(e, "key 'train.steps' appears twice")) << e;
 }
 
 TEST(Train, ResumeEqualsUninterruptedRun) {
@@ -148,7 +150,7 @@ TEST(Train, ResumeEqualsUninterruptedRun) {
 
 TEST(Train, RefusesToOverwriteARunAndKeepsItIntact) {
   TinyRun tiny;
-  Recipe recipe = parse_recipe(tiny.recipe_yaml(", steps: 4"), "tiny");
+  Recipe recipe = parse_recipe(tiny.recipe_yaml(), "tiny", {"train.steps=4"});
   TrainOptions options;
   options.out_dir = (tiny.root / "run").string();
   const auto first = train(recipe, options);
@@ -167,7 +169,7 @@ class Cli : public testing::Test {
     tiny_ = new TinyRun;
     TrainOptions options;
     options.out_dir = (tiny_->root / "run").string();
-    checkpoint_ = train(parse_recipe(tiny_->recipe_yaml(", steps: 4"), "tiny"), options).checkpoint;
+    checkpoint_ = train(parse_recipe(tiny_->recipe_yaml(), "tiny", {"train.steps=4"}), options).checkpoint;
   }
   static void TearDownTestSuite() { delete tiny_; }
   static TinyRun* tiny_;

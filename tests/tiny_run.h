@@ -32,13 +32,12 @@ class TinyRun {
   TinyRun(const TinyRun&) = delete;
   TinyRun& operator=(const TinyRun&) = delete;
 
-  // `extra` is appended inside the train section, e.g. ", steps: 4".
-  std::string recipe_yaml(const std::string& extra = "") const {
+  std::string recipe_yaml() const {
     return "format: 1\n"
            "model: {vocab_size: 300, d_model: 32, n_layers: 2, n_heads: 4, d_ff: 64, max_seq_len: 32, dropout: 0.1}\n"
            "data: {corpus: tiny, dir: " + (root / "data").string() + "}\n"
            "train: {steps: 12, batch_size: 4, warmup_steps: 2, eval_every: 6, eval_batches: 2, save_every: 4, "
-           "keep_last: 5, log_every: 3, lr: 0.003, precision: fp32" + extra + "}\n";
+           "keep_last: 5, log_every: 3, lr: 0.003, precision: fp32}\n";
   }
 
   std::filesystem::path root;

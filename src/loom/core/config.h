@@ -45,11 +45,14 @@ class YamlReader {
     sub.check_unknown();
   }
 
-  // Fails on the first key the visited struct did not declare.
+  // Fails on the first key the visited struct did not declare, or that appears twice (yaml-cpp
+  // would silently keep the first value).
   void check_unknown() const {
     if (!node_ || node_.IsNull()) return;
+    std::set<std::string> seen;
     for (const auto& kv : node_) {
       const std::string key = kv.first.as<std::string>();
+      if (!seen.insert(key).second) fail("{}: key '{}{}' appears twice", source_, prefix_, key);
       if (!used_.count(key)) {
         std::string known;
         for (const auto& k : used_) known += (known.empty() ? "" : ", ") + k;
