@@ -278,7 +278,8 @@ void TaskConfig::validate(const std::string& source) const {
     fail("{}: unknown task.name '{}' (valid: {})", source, name, valid);
   }
   Flatten mine, defaults;
-  const_cast<TaskConfig*>(this)->visit(mine);
+  TaskConfig copy = *this;
+  copy.visit(mine);
   TaskConfig().visit(defaults);
   const std::vector<std::string> common{"name", "train_examples", "valid_examples", "test_examples", "seed"};
   for (const auto& [key, value] : mine.values) {

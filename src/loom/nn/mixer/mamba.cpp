@@ -3,8 +3,12 @@
 //   [x, z] = in_proj(u);  x = silu(causal_depthwise_conv(x));
 //   [dt, B, C] = x_proj(x);  delta = softplus(dt_proj(dt));  A = -exp(A_log)
 //   y = selective_scan(x, delta, A, B, C, D);  out = out_proj(y * silu(z))
-// Init as the reference: A_log = log(1..d_state) per channel, D = 1, dt_proj's bias such that
-// softplus(bias) is log-uniform in [1e-3, 0.1]. Shapes: B batch, T time, Di = expand * d_model,
+// Init as the reference (mamba_simple.py, and mixer_seq_simple.py's _init_weights): A_log =
+// log(1..d_state) per channel, D = 1, dt_proj's bias such that softplus(bias) is log-uniform in
+// [1e-3, 0.1] and its weight U(+-dt_rank^-0.5); in_proj and x_proj keep PyTorch's default
+// U(+-1/sqrt(fan_in)), and out_proj gets it divided by sqrt(2 n_layers) (two residual branches
+// per layer here: the mixer and the FFN). The model's generic N(0, 0.02) would make dt_proj's
+// weight 14x smaller at dt_rank 4, so the step size would start nearly input-independent. Shapes: B batch, T time, Di = expand * d_model,
 // N = d_state, R = dt_rank, K = d_conv.
 // Incremental decoding keeps the last K-1 conv inputs and the scan state: O(1) per token.
 #include <cmath>
@@ -21,7 +25,8 @@ class MambaImpl : public MixerImpl {
       : d_inner_(c.expand * c.d_model),
         d_state_(c.d_state),
         d_conv_(c.d_conv),
-        dt_rank_(c.dt_rank > 0 ? c.dt_rank : (c.d_model + 15) / 16) {
+        dt_rank_(c.dt_rank > 0 ? c.dt_rank : (c.d_model + 15) / 16),
+        n_layers_(c.n_layers) {
     using torch::nn::Linear, torch::nn::LinearOptions;
     in_proj = register_module("in_proj", Linear(LinearOptions(c.d_model, 2 * d_inner_).bias(false)));
     conv_weight = register_parameter("conv_weight", torch::empty({d_inner_, 1, d_conv_}));  // depthwise
@@ -36,6 +41,14 @@ class MambaImpl : public MixerImpl {
 
   void reset_special_parameters() override {
     torch::NoGradGuard no_grad;
+    auto fan_in_uniform = [](torch::nn::Linear& linear, double scale) {
+      const double limit = scale / std::sqrt(static_cast<double>(linear->weight.size(1)));
+      linear->weight.uniform_(-limit, limit);
+    };
+    fan_in_uniform(in_proj, 1.0);
+    fan_in_uniform(x_proj, 1.0);
+    fan_in_uniform(dt_proj, 1.0);  // fan_in = dt_rank: U(+-dt_rank^-0.5)
+    fan_in_uniform(out_proj, 1.0 / std::sqrt(2.0 * static_cast<double>(n_layers_)));
     const double bound = 1.0 / std::sqrt(static_cast<double>(d_conv_));
     conv_weight.uniform_(-bound, bound);
     conv_bias.zero_();
@@ -81,7 +94,7 @@ class MambaImpl : public MixerImpl {
   torch::Tensor conv_weight, conv_bias, A_log, D;
 
  private:
-  int64_t d_inner_, d_state_, d_conv_, dt_rank_;
+  int64_t d_inner_, d_state_, d_conv_, dt_rank_, n_layers_;
 };
 
 }  // namespace
