@@ -7,6 +7,7 @@
 
 #include "loom/models/model.h"
 #include "loom/nn/blocks.h"
+#include "test_util.h"
 
 using namespace loom;
 
@@ -25,12 +26,6 @@ ModelConfig encoder_config() {
   return c;
 }
 
-torch::Tensor param(torch::nn::Module& m, const std::string& name) {
-  for (auto& item : m.named_parameters())
-    if (item.key() == name) return item.value();
-  ADD_FAILURE() << "no parameter " << name;
-  return {};
-}
 
 // padding [B, T]: the last `pads` positions of sequence 1 are padding.
 torch::Tensor padding_mask(int64_t b, int64_t t, int64_t pads) {

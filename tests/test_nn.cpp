@@ -6,6 +6,7 @@
 #include "loom/io/safetensors.h"
 #include "loom/models/model.h"
 #include "loom/nn/blocks.h"
+#include "test_util.h"
 
 using namespace loom;
 
@@ -22,12 +23,6 @@ ModelConfig tiny_config() {
   return c;
 }
 
-torch::Tensor param(torch::nn::Module& m, const std::string& name) {
-  for (auto& item : m.named_parameters())
-    if (item.key() == name) return item.value();
-  ADD_FAILURE() << "no parameter " << name;
-  return {};
-}
 
 }  // namespace
 

@@ -13,6 +13,7 @@
 #include "loom/io/safetensors.h"
 #include "loom/train/checkpoint.h"
 #include "loom/train/trainer.h"
+#include "test_util.h"
 #include "tiny_run.h"
 
 using namespace loom;
@@ -28,29 +29,6 @@ void expect_same_tensors(const Safetensors& a, const Safetensors& b) {
     EXPECT_EQ(a.tensors[i].first, b.tensors[i].first);
     EXPECT_TRUE(torch::equal(a.tensors[i].second, b.tensors[i].second)) << a.tensors[i].first;
   }
-}
-
-struct CommandResult {
-  int status;
-  std::string output;  // stdout and stderr together
-};
-
-CommandResult run_loom(const std::string& args) {
-  const std::string command = std::string(LOOM_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  std::string output;
-  std::array<char, 4096> buffer{};
-  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
-}
-
-// A bad-input answer: non-zero exit and exactly one line, "loom: error: ...", naming `what`.
-void expect_one_line_error(const CommandResult& r, const std::string& what) {
-  EXPECT_NE(r.status, 0) << r.output;
-  EXPECT_EQ(r.output.rfind("loom: error: ", 0), 0u) << r.output;
-  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
-  EXPECT_NE(r.output.find(what), std::string::npos) << "expected '" << what << "' in: " << r.output;
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "loom/data/tasks.h"
 #include "loom/train/checkpoint.h"
 #include "loom/train/trainer.h"
+#include "test_util.h"
 
 using namespace loom;
 namespace fs = std::filesystem;
@@ -65,20 +66,6 @@ int64_t evaluate_listops(const std::string& text, int64_t* max_depth) {
     else stack.back().second.push_back(value);
   }
   return result;
-}
-
-struct CommandResult {
-  int status;
-  std::string output;
-};
-
-CommandResult run_loom(const std::string& args) {
-  FILE* pipe = popen((std::string(LOOM_BINARY) + " " + args + " 2>&1").c_str(), "r");
-  std::string output;
-  std::array<char, 4096> buffer{};
-  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
 }
 
 }  // namespace

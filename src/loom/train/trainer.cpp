@@ -189,8 +189,11 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       const TaskScore score = evaluate_task(model, data.valid, bf16);
       state.valid_loss = score.loss;
       progress.finish();
-      spdlog::info("step {}: validation loss {:.4f}, exact match {}, token accuracy {}", state.step, score.loss,
-                   percent(score.exact_match), percent(score.token_accuracy));
+      if (data.task->task().n_classes() > 0)
+        spdlog::info("step {}: validation loss {:.4f}, accuracy {}", state.step, score.loss, percent(score.exact_match));
+      else
+        spdlog::info("step {}: validation loss {:.4f}, exact match {}, token accuracy {}", state.step, score.loss,
+                     percent(score.exact_match), percent(score.token_accuracy));
       metrics.write({{"step", state.step}, {"valid_loss", score.loss}, {"valid_exact_match", score.exact_match},
                      {"valid_token_accuracy", score.token_accuracy}});
       return;

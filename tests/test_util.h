@@ -1,0 +1,43 @@
+// Helpers shared by the test files: running the loom binary, reading a module's parameter by name.
+#pragma once
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <string>
+
+#include <torch/torch.h>
+
+struct CommandResult {
+  int status;
+  std::string output;  // stdout and stderr together
+};
+
+// Runs the loom binary under test (LOOM_BINARY) with `args`.
+inline CommandResult run_loom(const std::string& args) {
+  const std::string command = std::string(LOOM_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string output;
+  std::array<char, 4096> buffer{};
+  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) output.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+// A bad-input answer: non-zero exit and exactly one line, "loom: error: ...", naming `what`.
+inline void expect_one_line_error(const CommandResult& r, const std::string& what) {
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("loom: error: ", 0), 0u) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_NE(r.output.find(what), std::string::npos) << "expected '" << what << "' in: " << r.output;
+}
+
+// A module's parameter by its dotted name (a test failure if there is none).
+inline torch::Tensor param(torch::nn::Module& m, const std::string& name) {
+  for (auto& item : m.named_parameters())
+    if (item.key() == name) return item.value();
+  ADD_FAILURE() << "no parameter " << name;
+  return {};
+}
