@@ -595,18 +595,35 @@ TEST(Attention, TracksTheLargestLogit) {
   c.n_layers = 1;
   c.position = "none";
   Model model(c);
+  auto& block = *model->layers[0]->as<TransformerBlockImpl>();
   torch::NoGradGuard no_grad;
+  param(*block.mixer, "wqkv.weight").mul_(25.0);  // logits of order 1, so their maximum is distinct
   auto tokens = torch::randint(c.vocab_size, {2, 6});
   model->forward(tokens);
   EXPECT_TRUE(std::isnan(model->max_attention_logit()));
   model->track_attention_logits(true);
   model->forward(tokens);
   // Reference: q k^T / sqrt(D) over the allowed (causal) pairs of the one layer.
-  auto& block = *model->layers[0]->as<TransformerBlockImpl>();
   auto x = block.norm1->forward(model->tok_emb(tokens));
   auto qkv = torch::nn::functional::linear(x, param(*block.mixer, "wqkv.weight"), param(*block.mixer, "wqkv.bias"))
                  .view({2, 6, 3, c.n_heads, c.head_dim()}).permute({2, 0, 3, 1, 4});
   auto scores = qkv[0].matmul(qkv[1].transpose(-2, -1)) / std::sqrt(static_cast<double>(c.head_dim()));
   auto allowed = scores.masked_fill(torch::ones({6, 6}, torch::kBool).triu(1), -1e30);
-  EXPECT_NEAR(model->max_attention_logit(), allowed.max().item<double>(), 1e-4);
+  const double first = allowed.max().item<double>();
+  EXPECT_NEAR(model->max_attention_logit(), first, 1e-4);
+  // A new step starts a new maximum; its later micro-batches raise it and never lower it.
+  // One token alone (no positions): its logit is its own q.k, the diagonal; take the token whose
+  // largest one over the heads is smallest.
+  auto self = scores.diagonal(0, -2, -1).amax(1);  // [B, T]
+  const int64_t at = self.argmin().item<int64_t>();
+  const double own = self.flatten()[at].item<double>();
+  auto alone = tokens.flatten()[at].view({1, 1});
+  ASSERT_LT(own, first - 1e-3);
+  model->track_attention_logits(true);
+  model->forward(alone);
+  EXPECT_NEAR(model->max_attention_logit(), own, 1e-4);
+  model->forward(tokens);
+  EXPECT_NEAR(model->max_attention_logit(), first, 1e-4);
+  model->forward(alone);
+  EXPECT_NEAR(model->max_attention_logit(), first, 1e-4);
 }

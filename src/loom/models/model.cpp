@@ -98,7 +98,7 @@ void ModelImpl::track_attention_logits(bool on) {
   for (auto& layer : *layers) {
     auto& mixer = *layer->as<TransformerBlockImpl>()->mixer;
     mixer.track_logits = on;
-    if (!on) mixer.max_logit = torch::Tensor();
+    mixer.max_logit = torch::Tensor();  // a fresh maximum either way
   }
 }
 

@@ -43,7 +43,8 @@ class MixerImpl : public torch::nn::Module {
   virtual void reset_special_parameters() {}
 
   // Stability tracking (Wortsman et al. 2023): while track_logits is set, softmax-attention
-  // mixers keep the largest attention logit of their last forward in max_logit.
+  // mixers keep the largest attention logit of every forward since tracking began in max_logit
+  // (all micro-batches of a step).
   bool track_logits = false;
   torch::Tensor max_logit;
 };

@@ -21,7 +21,7 @@ struct StepResult {
   double grad_norm = 0;  // before clipping
   double lr = 0;
   double log_z = 0;      // mean log-partition of the output softmax (z-loss watches it)
-  double max_attention_logit = std::nan("");  // with track_stats: the last micro-batch's
+  double max_attention_logit = std::nan("");  // with track_stats: over all the step's micro-batches
 };
 
 // Mean next-token cross-entropy: logits [B, T, V] (any float dtype), targets [B, T].

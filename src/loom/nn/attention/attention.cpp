@@ -69,7 +69,10 @@ class AttentionImpl : public MixerImpl {
                      .masked_fill(ctx.padding.view({b, 1, 1, s}), -std::numeric_limits<float>::infinity());
       scores = (scores.view({b, k_heads, g * t, s}) + pad).view({b * k_heads, g * t, s});
     }
-    if (track_logits) max_logit = scores.detach().max().to(torch::kFloat);  // masked entries are -inf
+    if (track_logits) {  // masked entries are -inf; the maximum runs over every forward while tracking
+      auto m = scores.detach().max().to(torch::kFloat);
+      max_logit = max_logit.defined() ? torch::maximum(max_logit, m) : m;
+    }
     auto bias = ctx.position->attention_bias(h, t, s, ctx.offset);  // [H, T, S] or undefined
     if (bias.defined())
       scores = (scores.view({b, h, t, s}) + bias.to(scores.scalar_type())).view({b * k_heads, g * t, s});
