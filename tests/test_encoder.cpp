@@ -159,14 +159,7 @@ TEST(Encoder, PaddingChangesNothingAndEveryTokenCounts) {
 }
 
 TEST(Encoder, RecipeErrorsNameTheLayerAndTheChoices) {
-  auto error_of = [](ModelConfig c) {
-    try {
-      c.validate("r.yaml");
-    } catch (const loom::Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  auto error_of = [](const ModelConfig& c) { return error_message([&] { c.validate("r.yaml"); }); };
   auto c = encoder_config();
   c.layers = {"attention", "mamba"};
   auto e = error_of(c);

@@ -53,12 +53,7 @@ TEST(Recipe, OverridesApplyAndCreateSections) {
 
 TEST(Recipe, ErrorsNameTheKeyAndTheFile) {
   auto error_of = [](const std::string& yaml, std::vector<std::string> overrides = {}) {
-    try {
-      parse_recipe(yaml, "my.yaml", overrides);
-    } catch (const loom::Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
+    return error_message([&] { parse_recipe(yaml, "my.yaml", overrides); });
   };
   auto has = [](const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; };
   std::string e = error_of("model: {d_modle: 3}");

@@ -10,6 +10,8 @@
 
 #include <torch/torch.h>
 
+#include "loom/core/error.h"
+
 struct CommandResult {
   int status;
   std::string output;  // stdout and stderr together
@@ -40,4 +42,15 @@ inline torch::Tensor param(torch::nn::Module& m, const std::string& name) {
     if (item.key() == name) return item.value();
   ADD_FAILURE() << "no parameter " << name;
   return {};
+}
+
+// The message of the loom::Error that f() throws, or "no error".
+template <class F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const loom::Error& e) {
+    return e.what();
+  }
+  return "no error";
 }

@@ -201,14 +201,7 @@ TEST(Workbench, SplitsAreDeterministicDisjointAndBatchesReplay) {
 }
 
 TEST(Workbench, RecipeErrorsNameTheKey) {
-  auto error_of = [](const std::string& yaml) {
-    try {
-      parse_recipe(yaml, "w.yaml");
-    } catch (const loom::Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  auto error_of = [](const std::string& yaml) { return error_message([&] { parse_recipe(yaml, "w.yaml"); }); };
   const std::string model = "model: {vocab_size: 15, d_model: 16, n_heads: 2, n_layers: 1, d_ff: 32, max_seq_len: 16}\n";
   EXPECT_EQ(error_of(model + "task: {name: addition}"), "no error");
   EXPECT_NE(error_of(model + "task: {name: additon}").find("unknown task.name 'additon' (valid: addition,"), std::string::npos);
