@@ -48,14 +48,7 @@ TEST(Encoder, BidirectionalAttentionMatchesLibtorchWithKeyPadding) {
   auto position = blocks().positions.get("none", "test")(c);
   auto attention = blocks().mixers.get("attention", "test")(c, 0);
   torch::nn::MultiheadAttention reference(torch::nn::MultiheadAttentionOptions(c.d_model, c.n_heads));
-  {
-    torch::NoGradGuard no_grad;
-    param(*attention, "wqkv.weight").copy_(reference->in_proj_weight);
-    param(*attention, "wqkv.bias").copy_(torch::randn({3 * c.d_model}));
-    reference->in_proj_bias.copy_(param(*attention, "wqkv.bias"));
-    param(*attention, "wo.weight").copy_(reference->out_proj->weight);
-    param(*attention, "wo.bias").copy_(reference->out_proj->bias);
-  }
+  share_weights_with(*attention, reference);
   const int64_t b = 2, t = 7;
   auto x = torch::randn({b, t, c.d_model});
   auto padding = padding_mask(b, t, 3);

@@ -54,3 +54,16 @@ std::string error_message(F&& f) {
   }
   return "no error";
 }
+
+// Gives loom's attention mixer (fused wqkv, wo) the weights of libtorch's MultiheadAttention, with
+// random biases shared by both, so the two can be compared on the same input.
+inline void share_weights_with(torch::nn::Module& attention, torch::nn::MultiheadAttention& reference) {
+  torch::NoGradGuard no_grad;
+  const int64_t d_model = reference->out_proj->weight.size(0);
+  param(attention, "wqkv.weight").copy_(reference->in_proj_weight);
+  param(attention, "wqkv.bias").copy_(torch::randn({3 * d_model}));
+  reference->in_proj_bias.copy_(param(attention, "wqkv.bias"));
+  param(attention, "wo.weight").copy_(reference->out_proj->weight);
+  param(attention, "wo.bias").copy_(torch::randn({d_model}));
+  reference->out_proj->bias.copy_(param(attention, "wo.bias"));
+}
