@@ -11,7 +11,18 @@ ModelImpl::ModelImpl(ModelConfig c) : config_(std::move(c)) {
   tok_emb = register_module("tok_emb", torch::nn::Embedding(config_.vocab_size, config_.d_model));
   pos = register_module("pos", r.positions.get(config_.position, "model.position")(config_));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < config_.n_layers; ++i) layers->push_back(TransformerBlock(config_, i));
+  if (config_.encoder_decoder()) {
+    const ModelConfig enc = config_.encoder_part(), dec = config_.decoder_part();
+    for (int64_t i = 0; i < dec.n_layers; ++i) layers->push_back(TransformerBlock(dec, i, /*cross_attention=*/true));
+    enc_layers = register_module("enc_layers", torch::nn::ModuleList());
+    for (int64_t i = 0; i < enc.n_layers; ++i) enc_layers->push_back(TransformerBlock(enc, i));
+    norm_enc = register_module("norm_enc", r.norms.get(config_.norm, "model.norm")(config_, config_.d_model));
+    enc_pos = register_module("enc_pos", r.positions.get(config_.position, "model.position")(enc));
+    if (!config_.share_embeddings)
+      src_emb = register_module("src_emb", torch::nn::Embedding(config_.vocab_size, config_.d_model));
+  } else {
+    for (int64_t i = 0; i < config_.n_layers; ++i) layers->push_back(TransformerBlock(config_, i));
+  }
   norm_f = register_module("norm_f", r.norms.get(config_.norm, "model.norm")(config_, config_.d_model));
   if (!config_.causal()) {
     if (config_.pooling == "cls") cls = register_parameter("cls", torch::zeros({config_.d_model}));
@@ -22,16 +33,52 @@ ModelImpl::ModelImpl(ModelConfig c) : config_(std::move(c)) {
   reset_parameters();
 }
 
-torch::Tensor ModelImpl::hidden(const torch::Tensor& tokens, int64_t offset, KVCache* cache) {
-  TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, T]");
-  const int64_t t = tokens.size(1);
+void ModelImpl::check_length(int64_t offset, int64_t t, const KVCache* cache) const {
   if (offset + t > config_.max_seq_len)
     fail("sequence of {} tokens exceeds the model's context of {} tokens", offset + t,
          config_.max_seq_len);
   if (cache != nullptr && offset + t > cache->capacity)
     fail("sequence of {} tokens exceeds the KV cache capacity of {}", offset + t, cache->capacity);
+}
+
+torch::Tensor ModelImpl::embed(torch::nn::Embedding& table, const torch::Tensor& tokens) {
+  auto x = table(tokens);
+  return config_.embed_scale ? x * std::sqrt(static_cast<double>(config_.d_model)) : x;
+}
+
+torch::Tensor ModelImpl::hidden(const torch::Tensor& tokens, int64_t offset, KVCache* cache) {
+  TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, T]");
+  check_length(offset, tokens.size(1), cache);
   if (!config_.causal()) fail("an encoder (model.arch encoder) classifies whole sequences; it has no next-token hidden states");
-  return trunk(tok_emb(tokens), offset, cache, {});
+  if (config_.encoder_decoder()) fail("an encoder-decoder decodes from a source: use encode and decode_hidden");
+  return trunk(embed(tok_emb, tokens), offset, cache, {});
+}
+
+torch::Tensor ModelImpl::encode(const torch::Tensor& source) {
+  TORCH_CHECK(source.dim() == 2, "source must be [B, S]");
+  if (!config_.encoder_decoder()) fail("encode needs model.arch encoder_decoder");
+  check_length(0, source.size(1), nullptr);
+  auto padding = source.lt(0);
+  auto x = enc_pos->embed(embed(src_emb ? src_emb : tok_emb, source.clamp_min(0)), 0);
+  const bool padded = padding.any().item<bool>();
+  for (auto& layer : *enc_layers) {
+    MixerContext ctx{enc_pos.get(), 0, nullptr, padded ? padding : torch::Tensor()};
+    x = layer->as<TransformerBlockImpl>()->forward(x, ctx);
+  }
+  return norm_enc->forward(x);
+}
+
+torch::Tensor ModelImpl::decode_hidden(const torch::Tensor& target, const torch::Tensor& memory,
+                                       const torch::Tensor& memory_padding, int64_t offset, KVCache* cache) {
+  TORCH_CHECK(target.dim() == 2, "target must be [B, T]");
+  if (!config_.encoder_decoder()) fail("decode_hidden needs model.arch encoder_decoder");
+  check_length(offset, target.size(1), cache);
+  auto x = pos->embed(embed(tok_emb, target.clamp_min(0)), offset);
+  for (size_t i = 0; i < layers->size(); ++i) {
+    MixerContext ctx{pos.get(), offset, cache ? &cache->layers[i] : nullptr, {}, memory, memory_padding};
+    x = layers[i]->as<TransformerBlockImpl>()->forward(x, ctx);
+  }
+  return norm_f->forward(x);
 }
 
 torch::Tensor ModelImpl::trunk(const torch::Tensor& embedded, int64_t offset, KVCache* cache,
@@ -51,7 +98,7 @@ torch::Tensor ModelImpl::classify(const torch::Tensor& tokens, const torch::Tens
   if (t > config_.max_seq_len)
     fail("sequence of {} tokens{} exceeds the model's context of {} tokens", t, cls.defined() ? " (CLS included)" : "",
          config_.max_seq_len);
-  auto x = tok_emb(tokens);
+  auto x = embed(tok_emb, tokens);
   auto pad = padding.defined() ? padding : torch::zeros({b, tokens.size(1)}, torch::kBool);
   if (cls.defined()) {  // the CLS vector leads every sequence and is never padding
     x = torch::cat({cls.to(x.scalar_type()).view({1, 1, -1}).expand({b, 1, -1}), x}, 1);
@@ -85,28 +132,47 @@ KVCache ModelImpl::make_cache(int64_t batch, int64_t capacity) {
   return cache;
 }
 
+void select_cache_rows(KVCache& cache, const torch::Tensor& index) {
+  for (auto& layer : cache.layers)
+    for (auto* t : {&layer.k, &layer.v, &layer.cross_k, &layer.cross_v, &layer.conv, &layer.ssm, &layer.kv_sum, &layer.k_sum})
+      if (t->defined()) *t = t->index_select(0, index);
+}
+
+std::vector<TransformerBlockImpl*> ModelImpl::all_layers() {
+  std::vector<TransformerBlockImpl*> out;
+  if (enc_layers)
+    for (auto& layer : *enc_layers) out.push_back(layer->as<TransformerBlockImpl>());
+  for (auto& layer : *layers) out.push_back(layer->as<TransformerBlockImpl>());
+  return out;
+}
+
 torch::Tensor ModelImpl::aux_loss() {
   torch::Tensor total;
-  for (auto& layer : *layers) {
-    auto aux = layer->as<TransformerBlockImpl>()->ffn->aux_loss();
+  for (auto* layer : all_layers()) {
+    auto aux = layer->ffn->aux_loss();
     if (aux.defined()) total = total.defined() ? total + aux : aux;
   }
   return total;
 }
 
 void ModelImpl::track_attention_logits(bool on) {
-  for (auto& layer : *layers) {
-    auto& mixer = *layer->as<TransformerBlockImpl>()->mixer;
-    mixer.track_logits = on;
-    mixer.max_logit = torch::Tensor();  // a fresh maximum either way
+  for (auto* layer : all_layers()) {
+    for (auto* mixer : {layer->mixer.get(), layer->cross.get()}) {
+      if (mixer == nullptr) continue;
+      mixer->track_logits = on;
+      mixer->max_logit = torch::Tensor();  // a fresh maximum either way
+    }
   }
 }
 
 double ModelImpl::max_attention_logit() {
   double out = std::nan("");
-  for (auto& layer : *layers) {
-    const auto& m = layer->as<TransformerBlockImpl>()->mixer->max_logit;
-    if (m.defined()) out = std::isnan(out) ? m.item<double>() : std::max(out, m.item<double>());
+  for (auto* layer : all_layers()) {
+    for (auto* mixer : {layer->mixer.get(), layer->cross.get()}) {
+      if (mixer == nullptr || !mixer->max_logit.defined()) continue;
+      const double m = mixer->max_logit.item<double>();
+      out = std::isnan(out) ? m : std::max(out, m);
+    }
   }
   return out;
 }
@@ -128,22 +194,24 @@ void ModelImpl::reset_parameters() {
       linear->weight.normal_(0.0, is_residual(item.key()) ? residual_std : std);
       if (linear->bias.defined()) linear->bias.zero_();
     } else if (auto* embedding = item.value()->as<torch::nn::EmbeddingImpl>()) {
-      embedding->weight.normal_(0.0, std);
+      // Scaled embeddings start at unit variance after the sqrt(d_model) factor (fairseq).
+      embedding->weight.normal_(0.0, config_.embed_scale ? 1.0 / std::sqrt(static_cast<double>(config_.d_model)) : std);
     } else {
       // Learned positions and stacked MoE expert matrices are plain parameters of their module.
       for (auto& p : item.value()->named_parameters(/*recurse=*/false)) {
-        if (item.key() == "pos" && p.key() == "weight") p.value().normal_(0.0, std);
+        if ((item.key() == "pos" || item.key() == "enc_pos") && p.key() == "weight") p.value().normal_(0.0, std);
         if (p.value().dim() == 3 && (p.key() == "w_in" || p.key() == "w_out"))
           p.value().normal_(0.0, p.key() == "w_out" ? residual_std : std);
       }
     }
   }
   if (cls.defined()) cls.normal_(0.0, std);
-  for (auto& layer : *layers) layer->as<TransformerBlockImpl>()->mixer->reset_special_parameters();
+  for (auto* layer : all_layers()) layer->mixer->reset_special_parameters();
 }
 
 bool ModelImpl::is_decayed(const std::string& name, const torch::Tensor& p) const {
-  const bool embedding = name.rfind("tok_emb.", 0) == 0 || name.rfind("pos.", 0) == 0;
+  const bool embedding = name.rfind("tok_emb.", 0) == 0 || name.rfind("pos.", 0) == 0 ||
+                         name.rfind("src_emb.", 0) == 0 || name.rfind("enc_pos.", 0) == 0;
   // Mamba's A_log is a matrix of state decay rates, not a projection (no decay, as the reference).
   const bool ssm_rates = name.size() >= 6 && name.compare(name.size() - 6, 6, ".A_log") == 0;
   return p.dim() >= 2 && !embedding && !ssm_rates;

@@ -5,6 +5,11 @@
 //   encoder: bidirectional layers and a classification head on a pooled state: a learned CLS
 //            vector prepended to the sequence (pooling: cls, as BERT and ViT), or the mean over
 //            non-padding tokens (pooling: mean).
+//   encoder_decoder: n_layers bidirectional layers encode the source (enc_layers, norm_enc, its
+//            own position module enc_pos); dec_layers causal layers with cross-attention decode the
+//            target (layers, norm_f), output projection as a decoder's. One joint vocabulary;
+//            the source embedding is tok_emb (share_embeddings) or src_emb. Sequence padding is
+//            -1 in encode/decode inputs.
 // Shapes: B batch, T tokens, V vocab_size, C n_classes.
 #pragma once
 #include <vector>
@@ -31,6 +36,14 @@ class ModelImpl : public torch::nn::Module {
   torch::Tensor logits(const torch::Tensor& hidden);
   // Encoders: tokens [B, T], padding [B, T] bool (true at padding; may be undefined) -> [B, C].
   torch::Tensor classify(const torch::Tensor& tokens, const torch::Tensor& padding);
+  // Encoder-decoders. encode: source [B, S] (-1 = padding) -> memory [B, S, d_model].
+  // decode_hidden: target tokens [B, T] at positions offset.. (-1 = padding, embedded as 0:
+  // their outputs are meaningless and must not be scored), the memory and its padding [B, S] bool
+  // -> decoder hidden states [B, T, d_model]. With a cache, the memory's cross-attention keys and
+  // values are computed on the first call and reused (later calls may pass an undefined memory).
+  torch::Tensor encode(const torch::Tensor& source);
+  torch::Tensor decode_hidden(const torch::Tensor& target, const torch::Tensor& memory,
+                              const torch::Tensor& memory_padding, int64_t offset = 0, KVCache* cache = nullptr);
   // The output projection [V, d_model]: lm_head's weight, or tok_emb's when tied.
   torch::Tensor output_weight() { return lm_head ? lm_head->weight : tok_emb->weight; }
 
@@ -58,13 +71,25 @@ class ModelImpl : public torch::nn::Module {
   torch::nn::Linear lm_head{nullptr};  // [V, d_model]; decoders, null when tied to tok_emb
   torch::Tensor cls;                   // [d_model]; encoders with pooling cls
   torch::nn::Linear head{nullptr};     // [C, d_model] + bias; encoders
+  torch::nn::ModuleList enc_layers{nullptr};  // encoder_decoder: the source encoder
+  std::shared_ptr<NormImpl> norm_enc;
+  std::shared_ptr<PositionImpl> enc_pos;
+  torch::nn::Embedding src_emb{nullptr};      // encoder_decoder without share_embeddings
 
  private:
   // Embeds, runs the layers and the final norm: [B, T, d_model].
   torch::Tensor trunk(const torch::Tensor& x, int64_t offset, KVCache* cache, const torch::Tensor& padding);
+  // Token embeddings, times sqrt(d_model) with model.embed_scale.
+  torch::Tensor embed(torch::nn::Embedding& table, const torch::Tensor& tokens);
+  void check_length(int64_t offset, int64_t t, const KVCache* cache) const;
+  // Every residual layer: the encoder's, then the decoder's.
+  std::vector<TransformerBlockImpl*> all_layers();
 
   ModelConfig config_;
 };
 TORCH_MODULE(Model);
+
+// Beam search and finished hypotheses: keeps (and reorders) the cache rows at `index` [B'] int64.
+void select_cache_rows(KVCache& cache, const torch::Tensor& index);
 
 }  // namespace loom

@@ -6,12 +6,16 @@
 
 namespace loom {
 
-TransformerBlockImpl::TransformerBlockImpl(const ModelConfig& c, int64_t layer)
+TransformerBlockImpl::TransformerBlockImpl(const ModelConfig& c, int64_t layer, bool cross_attention)
     : dropout_(c.dropout) {
   const auto& r = blocks();
   const std::string where = fmt::format("layer {}", layer);
   norm1 = register_module("norm1", r.norms.get(c.norm, where)(c, c.d_model));
   mixer = register_module("mixer", r.mixers.get(c.layer_mixers().at(layer), where)(c, layer));
+  if (cross_attention) {
+    norm_cross = register_module("norm_cross", r.norms.get(c.norm, where)(c, c.d_model));
+    cross = register_module("cross", make_cross_attention(c));
+  }
   norm2 = register_module("norm2", r.norms.get(c.norm, where)(c, c.d_model));
   ffn = register_module("ffn", r.ffns.get(c.ffn, where)(c, layer));
   placement_ = parse_norm_placement(c.norm_placement, where);
@@ -31,22 +35,28 @@ NormPlacement parse_norm_placement(const std::string& name, const std::string& w
 
 torch::Tensor TransformerBlockImpl::forward(const torch::Tensor& x, const MixerContext& context) {
   auto drop = [&](const torch::Tensor& t) { return torch::dropout(t, dropout_, is_training()); };
+  // The cross-attention sublayer (identity without one): post-norm in post-norm layers, else pre-norm.
+  auto attend_memory = [&](const torch::Tensor& h) {
+    if (!cross) return h;
+    if (placement_ == NormPlacement::kPost) return norm_cross->forward(h + drop(cross->forward(h, context)));
+    return h + drop(cross->forward(norm_cross->forward(h), context));
+  };
   switch (placement_) {
     case NormPlacement::kPre: {  // x + f(norm(x)): GPT-2, LLaMA
-      auto h = x + drop(mixer->forward(norm1->forward(x), context));
+      auto h = attend_memory(x + drop(mixer->forward(norm1->forward(x), context)));
       return h + drop(ffn->forward(norm2->forward(h)));
     }
     case NormPlacement::kPost: {  // norm(x + f(x)): the original Transformer
-      auto h = norm1->forward(x + drop(mixer->forward(x, context)));
+      auto h = attend_memory(norm1->forward(x + drop(mixer->forward(x, context))));
       return norm2->forward(h + drop(ffn->forward(h)));
     }
     case NormPlacement::kNormFormer: {  // pre-norm + a norm on the attention output (NormFormer);
       // its head scales and FFN-internal norm live in the mixer and the FFN.
-      auto h = x + drop(norm1_out->forward(mixer->forward(norm1->forward(x), context)));
+      auto h = attend_memory(x + drop(norm1_out->forward(mixer->forward(norm1->forward(x), context))));
       return h + drop(ffn->forward(norm2->forward(h)));
     }
     case NormPlacement::kSandwich: {  // x + norm_out(f(norm(x))): CogView, Gemma 2
-      auto h = x + drop(norm1_out->forward(mixer->forward(norm1->forward(x), context)));
+      auto h = attend_memory(x + drop(norm1_out->forward(mixer->forward(norm1->forward(x), context))));
       return h + drop(norm2_out->forward(ffn->forward(norm2->forward(h))));
     }
   }

@@ -1,4 +1,6 @@
-// One residual layer: a token mixer and a feed-forward block, each wrapped with norms placed
+// One residual layer: a token mixer, in encoder-decoder decoders a cross-attention sublayer
+// (norm_cross; placed like the mixer's norm, pre or post), and a feed-forward block, each wrapped
+// with norms placed
 //   pre:      x = x + mixer(norm1(x));             x = x + ffn(norm2(x))
 //   post:     x = norm1(x + mixer(x));             x = norm2(x + ffn(x))
 //   sandwich: x = x + norm1_out(mixer(norm1(x)));  x = x + norm2_out(ffn(norm2(x)))
@@ -15,13 +17,15 @@ NormPlacement parse_norm_placement(const std::string& name, const std::string& w
 
 class TransformerBlockImpl : public torch::nn::Module {
  public:
-  TransformerBlockImpl(const ModelConfig& config, int64_t layer);
+  TransformerBlockImpl(const ModelConfig& config, int64_t layer, bool cross_attention = false);
   // x: [B, T, d_model] -> [B, T, d_model]
   torch::Tensor forward(const torch::Tensor& x, const MixerContext& context);
 
   std::shared_ptr<NormImpl> norm1, norm2;
   std::shared_ptr<NormImpl> norm1_out, norm2_out;  // sandwich (both), normformer (norm1_out)
   std::shared_ptr<MixerImpl> mixer;
+  std::shared_ptr<NormImpl> norm_cross;  // with cross-attention only
+  std::shared_ptr<MixerImpl> cross;
   std::shared_ptr<FfnImpl> ffn;
 
  private:

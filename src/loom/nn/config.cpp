@@ -21,6 +21,19 @@ std::vector<std::string> positions_without_hooks() {
 
 }  // namespace
 
+ModelConfig ModelConfig::encoder_part() const {
+  ModelConfig c = *this;
+  c.arch = "encoder";
+  return c;
+}
+
+ModelConfig ModelConfig::decoder_part() const {
+  ModelConfig c = *this;
+  c.arch = "decoder";
+  c.n_layers = decoder_layers();
+  return c;
+}
+
 std::vector<std::string> ModelConfig::layer_mixers() const {
   if (!layers.empty()) return layers;
   return std::vector<std::string>(static_cast<size_t>(n_layers), mixer);
@@ -57,8 +70,21 @@ void ModelConfig::validate(const std::string& source) const {
   if (!layers.empty() && static_cast<int64_t>(layers.size()) != n_layers)
     fail("{}: model.layers lists {} layers but model.n_layers is {}", source, layers.size(), n_layers);
 
-  if (arch != "decoder" && arch != "encoder")
-    fail("{}: model.arch must be decoder or encoder, got '{}'", source, arch);
+  if (arch != "decoder" && arch != "encoder" && arch != "encoder_decoder")
+    fail("{}: model.arch must be decoder, encoder or encoder_decoder, got '{}'", source, arch);
+  if (dec_layers < 0) fail("{}: model.dec_layers must be >= 0, got {}", source, dec_layers);
+  if (dec_layers > 0 && !encoder_decoder())
+    fail("{}: model.dec_layers applies to model.arch encoder_decoder only", source);
+  if (encoder_decoder()) {
+    if (!layers.empty())
+      fail("{}: model.layers (per-layer mixers) is not supported with model.arch encoder_decoder: use model.mixer",
+           source);
+    if (n_classes != 0) fail("{}: model.n_classes applies to model.arch encoder only", source);
+    // Both halves must hold: a bidirectional form for the encoder, a causal one for the decoder.
+    encoder_part().check_blocks(source);
+    decoder_part().check_blocks(source);
+    return;
+  }
   if (arch == "encoder") {
     if (n_classes < 2) fail("{}: model.n_classes must be at least 2 for an encoder, got {}", source, n_classes);
     if (pooling != "cls" && pooling != "mean")
@@ -66,7 +92,10 @@ void ModelConfig::validate(const std::string& source) const {
   } else if (n_classes != 0) {
     fail("{}: model.n_classes applies to model.arch encoder only (this model is a decoder)", source);
   }
+  check_blocks(source);
+}
 
+void ModelConfig::check_blocks(const std::string& source) const {
   const auto& r = blocks();
   const auto mixers = layer_mixers();
   const auto& position_info = r.positions.info(position, fmt::format("{}: model.position", source));

@@ -7,10 +7,13 @@
 namespace loom {
 
 struct ModelConfig {
-  std::string arch = "decoder";    // "decoder": causal LM; "encoder": bidirectional classifier
+  // "decoder": causal LM; "encoder": bidirectional classifier; "encoder_decoder": a bidirectional
+  // encoder of the source and a causal decoder with cross-attention (translation).
+  std::string arch = "decoder";
   int64_t vocab_size = 4096;
   int64_t d_model = 256;
   int64_t n_layers = 4;
+  int64_t dec_layers = 0;  // encoder_decoder: decoder layers (0 = n_layers)
   int64_t n_heads = 4;
   int64_t n_kv_heads = 0;  // 0 = n_heads (multi-head); 1 = multi-query; else grouped-query
   int64_t d_ff = 1024;
@@ -33,6 +36,8 @@ struct ModelConfig {
   int64_t dt_rank = 0;           // mamba only; 0 = ceil(d_model / 16)
   bool bias = true;
   bool tie_embeddings = true;
+  bool share_embeddings = true;  // encoder_decoder: the source shares the target's embedding
+  bool embed_scale = false;      // multiply token embeddings by sqrt(d_model) (Vaswani et al.)
   double norm_eps = 1e-5;
   double rope_theta = 10000.0;
   double dropout = 0.0;
@@ -42,10 +47,12 @@ struct ModelConfig {
 
   template <class V>
   void visit(V& v) {
-    v("arch", arch, "decoder (causal language model) or encoder (bidirectional, classification head)");
+    v("arch", arch, "decoder (causal language model), encoder (bidirectional, classification head) or "
+                    "encoder_decoder (source encoder, target decoder with cross-attention)");
     v("vocab_size", vocab_size, "tokenizer vocabulary size (the tokenizer is trained to it)");
     v("d_model", d_model, "width of the residual stream");
-    v("n_layers", n_layers, "number of layers");
+    v("n_layers", n_layers, "number of layers (encoder_decoder: encoder layers)");
+    v("dec_layers", dec_layers, "encoder_decoder: decoder layers (0 = n_layers)");
     v("n_heads", n_heads, "attention heads (query heads)");
     v("n_kv_heads", n_kv_heads, "key/value heads: 0 = n_heads (MHA), 1 = MQA, else GQA");
     v("d_ff", d_ff, "hidden width of the feed-forward block");
@@ -68,6 +75,8 @@ struct ModelConfig {
     v("dt_rank", dt_rank, "Mamba rank of the step-size projection; 0 = ceil(d_model / 16)");
     v("bias", bias, "biases in linear layers and norms");
     v("tie_embeddings", tie_embeddings, "output projection shares the token embedding");
+    v("share_embeddings", share_embeddings, "encoder_decoder: source and target share one embedding (joint vocabulary)");
+    v("embed_scale", embed_scale, "multiply token embeddings by sqrt(d_model), init N(0, d_model^-1/2) (Vaswani et al. 2017)");
     v("norm_eps", norm_eps, "epsilon of the norms");
     v("rope_theta", rope_theta, "RoPE base frequency");
     v("dropout", dropout, "dropout on each residual branch during training");
@@ -78,8 +87,16 @@ struct ModelConfig {
 
   // Checks ranges, divisibility and every block name; `source` names the recipe in errors.
   void validate(const std::string& source) const;
+  // The block names and their compatibility with this config's form (causal or bidirectional).
+  void check_blocks(const std::string& source) const;
 
   bool causal() const { return arch != "encoder"; }
+  bool encoder_decoder() const { return arch == "encoder_decoder"; }
+  int64_t decoder_layers() const { return dec_layers > 0 ? dec_layers : n_layers; }
+  // encoder_decoder: the configs its encoder (arch encoder) and decoder (arch decoder) layers are
+  // built from.
+  ModelConfig encoder_part() const;
+  ModelConfig decoder_part() const;
   int64_t head_dim() const { return d_model / n_heads; }
   int64_t kv_heads() const { return n_kv_heads == 0 ? n_heads : n_kv_heads; }
   std::vector<std::string> layer_mixers() const;

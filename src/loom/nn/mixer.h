@@ -19,8 +19,11 @@ namespace loom {
 // Mamba keeps a fixed-size state: conv [B, d_conv - 1, d_inner] (the last inputs of its causal
 // convolution) and ssm [B, d_inner, d_state].
 // Linear attention keeps running sums: kv_sum [B, H, head_dim, head_dim], k_sum [B, H, head_dim].
+// Decoder layers of an encoder-decoder also keep the cross-attention keys and values of the
+// encoder output, computed once: cross_k, cross_v [B, n_kv_heads, S, head_dim].
 struct LayerCache {
   torch::Tensor k, v;
+  torch::Tensor cross_k, cross_v;
   torch::Tensor conv, ssm;
   torch::Tensor kv_sum, k_sum;
 };
@@ -30,6 +33,10 @@ struct MixerContext {
   int64_t offset = 0;            // absolute position of the first input token
   LayerCache* cache = nullptr;   // null: no incremental decoding
   torch::Tensor padding = {};    // encoders: [B, T] bool, true at padding tokens (no one attends to them)
+  // Encoder-decoder decoders: the encoder output [B, S, d_model] that cross-attention reads, and
+  // its padding [B, S] bool (true at padding). With a cache, the memory is projected once.
+  torch::Tensor memory = {};
+  torch::Tensor memory_padding = {};
 };
 
 class MixerImpl : public torch::nn::Module {
@@ -48,6 +55,10 @@ class MixerImpl : public torch::nn::Module {
   bool track_logits = false;
   torch::Tensor max_logit;
 };
+
+// Cross-attention of an encoder-decoder's decoder layer (Vaswani et al. 2017): queries from the
+// decoder, keys and values from context.memory; n_kv_heads as self-attention. No positions.
+std::shared_ptr<MixerImpl> make_cross_attention(const ModelConfig& config);
 
 using MixerFactory = std::function<std::shared_ptr<MixerImpl>(const ModelConfig&, int64_t layer)>;
 void register_mixers(Registry<MixerFactory>& registry);

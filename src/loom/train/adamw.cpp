@@ -87,4 +87,9 @@ double cosine_lr(int64_t step, int64_t steps, int64_t warmup_steps, double lr, d
   return lr * (min_lr_ratio + (1.0 - min_lr_ratio) * cosine);
 }
 
+double inverse_sqrt_lr(int64_t step, int64_t warmup_steps, double lr) {
+  const double s = static_cast<double>(step + 1), w = static_cast<double>(std::max<int64_t>(1, warmup_steps));
+  return lr * std::min(s / w, std::sqrt(w / s));
+}
+
 }  // namespace loom

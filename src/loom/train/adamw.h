@@ -48,5 +48,8 @@ class AdamW {
 
 // Linear warm-up to `lr` over warmup_steps, then cosine decay to lr * min_lr_ratio at `steps`.
 double cosine_lr(int64_t step, int64_t steps, int64_t warmup_steps, double lr, double min_lr_ratio);
+// fairseq's inverse_sqrt: linear warm-up to `lr` over warmup_steps, then lr * sqrt(warmup_steps / s)
+// at update s = step + 1 (Vaswani et al. 2017's schedule with the peak given directly).
+double inverse_sqrt_lr(int64_t step, int64_t warmup_steps, double lr);
 
 }  // namespace loom

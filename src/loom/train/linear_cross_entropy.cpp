@@ -22,9 +22,11 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
   // gradient. needs_grad: whether a backward will follow (the context cannot tell in no-grad mode).
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
                                                 const torch::Tensor& weight, const torch::Tensor& targets,
-                                                bool needs_grad, double z_loss) {
+                                                bool needs_grad, double z_loss, double smoothing) {
     const int64_t n = hidden.size(0), v = weight.size(0);
     auto losses = torch::empty({n}, hidden.options().dtype(torch::kFloat));
+    auto smoothed = smoothing > 0 ? torch::empty({n}, hidden.options().dtype(torch::kFloat)) : torch::Tensor();
+    const double e = smoothing / static_cast<double>(v - 1), on_target = 1.0 - smoothing - e;
     auto log_z = torch::empty({n}, hidden.options().dtype(torch::kFloat));
     torch::Tensor grad_logits = needs_grad ? torch::empty({n, v}, hidden.options()) : torch::Tensor();
     const auto weight_t = weight.t();
@@ -42,11 +44,15 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
         log_z.narrow(0, r0 + s0, sub).copy_(lse.squeeze(1));
         auto block_losses = losses.narrow(0, r0 + s0, sub);
         torch::neg_out(block_losses, target_log_prob.squeeze(1));
+        if (smoothing > 0)  // (1 - eps - e) nll + e sum_v -log p_v
+          smoothed.narrow(0, r0 + s0, sub).copy_(block_losses * on_target - log_probs.sum(1) * e);
         if (!needs_grad) continue;
         // d loss / d logits = (softmax * (1 + 2 z log Z) - onehot(target)) / N
         auto probs = log_probs.exp_();
         if (z_loss != 0) probs.mul_(lse * (2 * z_loss) + 1);
-        probs.scatter_add_(1, target, torch::full({sub, 1}, -1.0f, probs.options()));
+        // Smoothed: softmax - q, q = (1 - eps - e) at the target + e everywhere (sums to 1).
+        if (smoothing > 0) probs.sub_(e);
+        probs.scatter_add_(1, target, torch::full({sub, 1}, static_cast<float>(smoothing > 0 ? -on_target : -1.0), probs.options()));
         auto block_grad = grad_logits.narrow(0, r0 + s0, sub);
         torch::mul_out(block_grad, probs, 1.0 / static_cast<double>(n));
       }
@@ -54,7 +60,8 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
     ctx->save_for_backward({hidden, weight, grad_logits});
     auto cross_entropy = losses.mean();
     auto mean_log_z = log_z.mean();
-    auto objective = z_loss != 0 ? cross_entropy + z_loss * log_z.pow(2).mean() : cross_entropy.clone();
+    auto objective = smoothing > 0 ? smoothed.mean() : cross_entropy.clone();
+    if (z_loss != 0) objective = objective + z_loss * log_z.pow(2).mean();
     ctx->mark_non_differentiable({cross_entropy, mean_log_z});
     return {objective, cross_entropy, mean_log_z};
   }
@@ -70,7 +77,7 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
     torch::Tensor grad_hidden, grad_weight;
     if (ctx->needs_input_grad(0)) grad_hidden = torch::mm(grad_logits, weight);        // [N, C]
     if (ctx->needs_input_grad(1)) grad_weight = torch::mm(grad_logits.t(), hidden);    // [V, C]
-    return {grad_hidden, grad_weight, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {grad_hidden, grad_weight, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -78,7 +85,7 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
 
 torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& weight,
                                    const torch::Tensor& targets, at::ScalarType compute_dtype, double z_loss,
-                                   LossStats* stats) {
+                                   LossStats* stats, double label_smoothing) {
   TORCH_CHECK(hidden.size(-1) == weight.size(1), "hidden and weight disagree on d_model");
   auto flat_targets = targets.reshape({-1});
   TORCH_CHECK(flat_targets.numel() == hidden.numel() / hidden.size(-1), "one target per row");
@@ -87,7 +94,7 @@ torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Ten
               "targets must be token ids in [0, vocab_size)");
   const bool needs_grad = torch::GradMode::is_enabled() && (hidden.requires_grad() || weight.requires_grad());
   auto out = LinearCrossEntropy::apply(hidden.reshape({-1, hidden.size(-1)}).to(compute_dtype),
-                                       weight.to(compute_dtype), flat_targets, needs_grad, z_loss);
+                                       weight.to(compute_dtype), flat_targets, needs_grad, z_loss, label_smoothing);
   if (stats != nullptr) {
     stats->cross_entropy = out[1].item<double>();
     stats->log_z = out[2].item<double>();

@@ -28,6 +28,11 @@ void TrainConfig::validate(const std::string& source) const {
   non_negative("weight_decay", weight_decay);
   non_negative("grad_clip", grad_clip);
   non_negative("z_loss", z_loss);
+  non_negative("max_tokens", max_tokens);
+  if (label_smoothing < 0 || label_smoothing >= 1)
+    fail("{}: train.label_smoothing must be in [0, 1), got {}", source, label_smoothing);
+  if (schedule != "cosine" && schedule != "inverse_sqrt")
+    fail("{}: train.schedule must be cosine or inverse_sqrt, got '{}'", source, schedule);
   non_negative("eval_every", eval_every);
   non_negative("eval_batches", eval_batches);
   non_negative("save_every", save_every);

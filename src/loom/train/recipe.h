@@ -37,6 +37,9 @@ struct TrainConfig {
   double eps = 1e-8;
   double grad_clip = 1.0;
   double z_loss = 0.0;
+  std::string schedule = "cosine";
+  double label_smoothing = 0.0;
+  int64_t max_tokens = 0;
   std::string precision = "bf16";
   int64_t eval_every = 200;
   int64_t eval_batches = 0;
@@ -59,6 +62,9 @@ struct TrainConfig {
     v("eps", eps, "AdamW epsilon");
     v("grad_clip", grad_clip, "clip the global gradient norm to this (0 = off)");
     v("z_loss", z_loss, "weight of the z-loss, z_loss * log(Z)^2 of the output softmax (1e-4 in Wortsman et al. 2023)");
+    v("schedule", schedule, "learning-rate schedule after warm-up: cosine (to min_lr_ratio at steps) or inverse_sqrt (fairseq)");
+    v("label_smoothing", label_smoothing, "label-smoothed cross-entropy epsilon (0.1 in fairseq's transformer recipes)");
+    v("max_tokens", max_tokens, "task translation: micro-batches of similar-length pairs up to this many tokens, padding counted (0 = batch_size pairs)");
     v("precision", precision, "fp32 or bf16 (bf16 autocast for matmuls, fp32 weights)");
     v("eval_every", eval_every, "validate every N steps (0 = only at the end)");
     v("eval_batches", eval_batches, "validation batches per evaluation (0 = the whole split)");

@@ -33,7 +33,9 @@ StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)
   model_->train();
   model_->track_attention_logits(track_stats);
   StepResult result;
-  result.lr = cosine_lr(step, config_.steps, config_.warmup_steps, config_.lr, config_.min_lr_ratio);
+  result.lr = config_.schedule == "inverse_sqrt"
+                  ? inverse_sqrt_lr(step, config_.warmup_steps, config_.lr)
+                  : cosine_lr(step, config_.steps, config_.warmup_steps, config_.lr, config_.min_lr_ratio);
   compat::zero_grad_to_none(parameters_);
   for (int64_t micro = 0; micro < config_.grad_accum; ++micro) {
     LossStats stats;
