@@ -64,7 +64,7 @@ void add_eval(CLI::App& app, const GlobalOptions& global) {
     LMBatcher batcher(tokens, args->batch_size, static_cast<int>(recipe.model.max_seq_len));
     const auto batches = batcher.eval_batches(args->max_batches);
     int64_t evaluated = 0;
-    for (const auto& batch : batches) evaluated += batch.second.numel();
+    for (const auto& batch : batches) evaluated += batch.targets.numel();
     const double loss = evaluate_loss(loaded.model, batches, /*bf16=*/false);
     std::printf("checkpoint %s (step %lld)\n%s split: %lld tokens evaluated\nloss %.4f nats/token, perplexity %.2f\n"
                 "unigram entropy of the split's own tokens %.4f nats/token\n",

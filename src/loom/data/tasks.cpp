@@ -250,6 +250,7 @@ class ListOps : public Task {
 const std::map<std::string, std::vector<std::string>>& task_keys() {
   static const std::map<std::string, std::vector<std::string>> keys{
       {"lm", {}},
+      {"translation", {"src", "tgt"}},
       {"selective_copying", {"seq_len", "n_tokens", "vocab"}},
       {"mqar", {"seq_len", "n_tokens", "vocab"}},
       {"induction_heads", {"seq_len", "vocab"}},
@@ -284,12 +285,17 @@ void TaskConfig::validate(const std::string& source) const {
   const std::vector<std::string> common{"name", "train_examples", "valid_examples", "test_examples", "seed"};
   for (const auto& [key, value] : mine.values) {
     const bool used = std::count(it->second.begin(), it->second.end(), key) ||
-                      (name != "lm" && std::count(common.begin(), common.end(), key)) || key == "name";
+                      (is_generated() && std::count(common.begin(), common.end(), key)) || key == "name";
     if (!used && value != defaults.values.at(key))
       fail("{}: task.{} does not apply to task '{}'{}", source, key, name,
            it->second.empty() ? std::string() : fmt::format(" (its keys: {})", fmt::join(it->second, ", ")));
   }
-  if (is_lm()) return;
+  if (is_translation()) {
+    for (const auto& [key, lang] : {std::pair{"src", src}, std::pair{"tgt", tgt}})
+      if (lang != "en" && lang != "de") fail("{}: task.{} must be en or de, got '{}'", source, key, lang);
+    if (src == tgt) fail("{}: task.src and task.tgt are both '{}'", source, src);
+  }
+  if (!is_generated()) return;
   auto at_least = [&](const char* key, int64_t value, int64_t min) {
     if (value < min) fail("{}: task.{} must be at least {}, got {}", source, key, min, value);
   };

@@ -60,7 +60,7 @@ LoadedModel load_checkpoint(const std::string& path) {
   const std::string recipe_path = (fs::path(loaded.dir) / "recipe.yaml").string();
   loaded.recipe = parse_recipe(read_file(recipe_path), recipe_path);
   loaded.state = parse_state((fs::path(loaded.dir) / "trainer.json").string());
-  loaded.has_tokenizer = loaded.recipe.task.is_lm();
+  loaded.has_tokenizer = !loaded.recipe.task.is_generated();
   if (loaded.has_tokenizer) {
     loaded.tokenizer = Tokenizer::load((fs::path(loaded.dir) / "tokenizer.model").string());
     if (loaded.tokenizer.vocab_size() != loaded.recipe.model.vocab_size)

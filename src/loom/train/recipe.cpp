@@ -50,6 +50,13 @@ void Recipe::validate(const std::string& source) const {
   task.validate(source);
   data.validate(source);
   train.validate(source);
+  if (task.is_translation()) {
+    if (!model.encoder_decoder())
+      fail("{}: task translation trains an encoder-decoder: set model.arch: encoder_decoder (it is {})", source, model.arch);
+    return;
+  }
+  if (model.encoder_decoder())
+    fail("{}: model.arch encoder_decoder needs a source and a target: set task.name: translation", source);
   if (task.is_lm()) {
     if (!model.causal()) fail("{}: task lm trains a decoder; model.arch is encoder (encoders classify: task listops)", source);
     return;

@@ -13,8 +13,16 @@
 namespace loom {
 
 // inputs [B, T] int64 and targets: [B, T] next tokens (-1 = not scored) for decoders, [B] class
-// labels for encoders (whose inputs use token 0 as padding).
-using Batch = std::pair<torch::Tensor, torch::Tensor>;
+// labels for encoders (whose inputs use token 0 as padding). Encoder-decoders also take the source
+// [B, S] (-1 = padding); their inputs are the target prefixes (-1 = padding).
+struct Batch {
+  Batch() = default;
+  Batch(torch::Tensor inputs_, torch::Tensor targets_, torch::Tensor source_ = {})
+      : inputs(std::move(inputs_)), targets(std::move(targets_)), source(std::move(source_)) {}
+  Batch(std::pair<torch::Tensor, torch::Tensor> pair)  // NOLINT: LM and task batchers return pairs
+      : inputs(std::move(pair.first)), targets(std::move(pair.second)) {}
+  torch::Tensor inputs, targets, source;
+};
 
 struct StepResult {
   double loss = 0;       // mean over the step's micro-batches
@@ -45,7 +53,9 @@ class TrainStep {
 // The training loss of one batch: mean cross-entropy over the scored targets (the fused output
 // projection for decoders, the classification head for encoders), plus z_loss * mean(log Z^2);
 // `stats` receives the cross-entropy and mean log Z.
-torch::Tensor batch_loss(Model& model, const Batch& batch, bool bf16, double z_loss = 0.0, LossStats* stats = nullptr);
+// label_smoothing: see linear_cross_entropy (decoders and encoder-decoders).
+torch::Tensor batch_loss(Model& model, const Batch& batch, bool bf16, double z_loss = 0.0, LossStats* stats = nullptr,
+                         double label_smoothing = 0.0);
 
 // Mean loss per scored target of `model` over `batches` (no gradients, eval mode restored after).
 double evaluate_loss(Model& model, const std::vector<Batch>& batches, bool bf16);

@@ -12,6 +12,7 @@
 #include "loom/core/progress.h"
 #include "loom/data/lm_data.h"
 #include "loom/data/tasks.h"
+#include "loom/data/translation_data.h"
 #include "loom/io/checkpoint.h"
 #include "loom/io/fs.h"
 #include "loom/train/checkpoint.h"
@@ -72,13 +73,39 @@ struct RunData {
   double unigram_entropy = std::nan("");
   // Generated tasks.
   std::unique_ptr<TaskData> task;
+  // Translation: pairs of the parallel corpus; micro-batches vary in size, so the tokens of a step
+  // are counted (target tokens, as fairseq's wps).
+  std::unique_ptr<TranslationData> translation;
 };
+
+Batch to_batch(TranslationBatch b) { return Batch{std::move(b.inputs), std::move(b.targets), std::move(b.source)}; }
 
 RunData prepare_data(const Recipe& recipe) {
   const auto& tc = recipe.train;
   const auto& mc = recipe.model;
   RunData run;
   const auto seed = static_cast<uint64_t>(tc.seed);
+  if (recipe.task.is_translation()) {
+    run.translation = std::make_unique<TranslationData>(recipe.data.corpus, recipe.data.dir, recipe.task.src,
+                                                        recipe.task.tgt, static_cast<int>(mc.vocab_size), mc.max_seq_len);
+    TranslationData* t = run.translation.get();
+    run.tokenizer = t->tokenizer();
+    if (run.tokenizer->vocab_size() != mc.vocab_size)
+      fail("the tokenizer {} has {} tokens but model.vocab_size is {}", t->tokenizer_path(), run.tokenizer->vocab_size(),
+           mc.vocab_size);
+    const int64_t sentences = tc.max_tokens > 0 ? 0 : tc.batch_size;
+    t->make_training_batches(tc.max_tokens, sentences);
+    run.sample = [t, seed, accum = tc.grad_accum](int64_t step, int64_t micro) {
+      return to_batch(t->sample(seed, step, micro, accum));
+    };
+    for (auto& b : t->split_batches("valid", tc.max_tokens, sentences)) run.valid.push_back(to_batch(std::move(b)));
+    if (tc.eval_batches > 0 && static_cast<int64_t>(run.valid.size()) > tc.eval_batches) run.valid.resize(tc.eval_batches);
+    run.sequence_length = mc.max_seq_len;
+    run.summary = fmt::format("{} {}->{}: {} training pairs in {} batches per epoch, {} validation pairs",
+                              recipe.data.corpus, recipe.task.src, recipe.task.tgt, t->split("train").pairs.size(),
+                              t->batches_per_epoch(), t->split("valid").pairs.size());
+    return run;
+  }
   if (!recipe.task.is_lm()) {
     run.task = std::make_unique<TaskData>(recipe.task);
     const TaskData* task = run.task.get();
@@ -170,12 +197,13 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
                model->num_parameters() / 1e6, mc.n_layers, mc.arch, mc.d_model, mc.max_seq_len, data.summary,
                result.run_dir);
   MetricsLog metrics((fs::path(result.run_dir) / "metrics.jsonl").string());
-  const int64_t tokens_per_step = tc.batch_size * tc.grad_accum * data.sequence_length;
+  const int64_t tokens_per_batch_step = tc.batch_size * tc.grad_accum * data.sequence_length;
   Progress progress("train", state.step, tc.steps, tc.log_every);
   StopSignals stop;
   const double elapsed_before = state.elapsed_seconds;
   double window_loss = 0;
   int64_t window_steps = 0;
+  int64_t window_tokens = 0;
   auto window_start = std::chrono::steady_clock::now();
   double rate = 0;
 
@@ -200,8 +228,12 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     }
     state.valid_loss = evaluate_loss(model, data.valid, bf16);
     progress.finish();
-    spdlog::info("step {}: validation loss {:.4f} (perplexity {:.2f}; unigram entropy {:.4f})", state.step,
-                 state.valid_loss, std::exp(state.valid_loss), result.unigram_entropy);
+    if (data.translation)
+      spdlog::info("step {}: validation loss {:.4f} nats/target token (perplexity {:.2f})", state.step, state.valid_loss,
+                   std::exp(state.valid_loss));
+    else
+      spdlog::info("step {}: validation loss {:.4f} (perplexity {:.2f}; unigram entropy {:.4f})", state.step,
+                   state.valid_loss, std::exp(state.valid_loss), result.unigram_entropy);
     metrics.write({{"step", state.step}, {"valid_loss", state.valid_loss}, {"valid_ppl", std::exp(state.valid_loss)}});
   };
 
@@ -210,24 +242,32 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     const int64_t step = state.step;
     // Dropout draws from the global generator: seed it per step so resume replays it exactly.
     torch::manual_seed(static_cast<uint64_t>(tc.seed) * 1000003ULL + static_cast<uint64_t>(step));
-    const StepResult r = step_runner.run(step, [&](int64_t micro) { return data.sample(step, micro); },
+    int64_t step_tokens = data.translation ? 0 : tokens_per_batch_step;
+    const StepResult r = step_runner.run(step,
+                                         [&](int64_t micro) {
+                                           Batch b = data.sample(step, micro);
+                                           if (data.translation) step_tokens += b.targets.ge(0).sum().item<int64_t>();
+                                           return b;
+                                         },
                                          /*track_stats=*/(step + 1) % tc.log_every == 0);
     if (!std::isfinite(r.loss))
       throw TrainingDiverged(fmt::format("the loss became {} at step {}; the last checkpoint is {} (try a lower train.lr)",
                                          r.loss, step, result.checkpoint.empty() ? "none" : result.checkpoint));
     state.step = step + 1;
-    state.tokens_seen += tokens_per_step;
+    state.tokens_seen += step_tokens;
+    window_tokens += step_tokens;
     window_loss += r.loss;
     ++window_steps;
     if (state.step % tc.log_every == 0 || state.step == tc.steps) {
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
-      rate = static_cast<double>(window_steps * tokens_per_step) / seconds;
+      rate = static_cast<double>(window_tokens) / seconds;
       metrics.write({{"step", state.step}, {"loss", window_loss / window_steps}, {"lr", r.lr},
                      {"grad_norm", r.grad_norm}, {"log_z", r.log_z},
                      {"max_attention_logit", std::isnan(r.max_attention_logit) ? nlohmann::json() : nlohmann::json(r.max_attention_logit)},
                      {"tokens_per_s", rate}, {"tokens", state.tokens_seen}});
       window_loss = 0;
       window_steps = 0;
+      window_tokens = 0;
       window_start = std::chrono::steady_clock::now();
     }
     progress.update(state.step, fmt::format("loss {:.3f} | lr {:.2e} | {}", r.loss, r.lr, human_rate(rate)));
