@@ -331,6 +331,8 @@ TEST(ParallelSplit, ByDocumentAndEvaluationSidesNeverInTrain) {
 
 TEST(ParallelCorpus, NamesLanguagesAndCache) {
   EXPECT_EQ(known_parallel_corpora(), (std::vector<std::string>{"ende"}));
+  EXPECT_EQ(parallel_corpus_languages("ende"), (std::pair<std::string, std::string>{"en", "de"}));
+  EXPECT_NE(error_message([] { parallel_corpus_languages("xx"); }).find("ende"), std::string::npos);
   TempDir dir;
   const std::string d = dir.path.string();
   std::string msg = error_message([&] { fetch_parallel_corpus("enfr", d, "en", "fr"); });

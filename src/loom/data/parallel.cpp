@@ -749,6 +749,12 @@ std::vector<std::string> known_parallel_corpora() {
   return names;
 }
 
+std::pair<std::string, std::string> parallel_corpus_languages(const std::string& name) {
+  for (const auto& c : parallel::kCorpora)
+    if (name == c.name) return {c.languages[0], c.languages[1]};
+  fail("unknown parallel corpus '{}' (known: {})", name, fmt::join(known_parallel_corpora(), ", "));
+}
+
 ParallelFiles fetch_parallel_corpus(const std::string& name, const std::string& data_dir,
                                     const std::string& src_lang, const std::string& tgt_lang) {
   for (const auto& corpus : parallel::kCorpora) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace loom {
@@ -22,6 +23,9 @@ ParallelFiles fetch_parallel_corpus(const std::string& name, const std::string& 
                                     const std::string& src_lang, const std::string& tgt_lang);
 
 std::vector<std::string> known_parallel_corpora();
+
+// The two languages of a built-in parallel corpus, e.g. {"en", "de"} for "ende".
+std::pair<std::string, std::string> parallel_corpus_languages(const std::string& name);
 
 // The pieces of the conversion, exposed for tests.
 namespace parallel {
