@@ -44,7 +44,7 @@ void add_eval(CLI::App& app, const GlobalOptions& global) {
     const auto& recipe = loaded.recipe;
     if (!recipe.task.is_lm()) {  // regenerate the held-out split from the recipe's task.seed
       const TaskData data(recipe.task);
-      auto batches = data.split_batches(args->split, args->batch_size);
+      auto batches = to_batches(data.split_batches(args->split, args->batch_size));
       if (args->max_batches > 0 && static_cast<int>(batches.size()) > args->max_batches) batches.resize(args->max_batches);
       std::printf("checkpoint %s (step %lld), task %s\n", loaded.dir.c_str(), static_cast<long long>(loaded.state.step),
                   recipe.task.name.c_str());
@@ -62,7 +62,7 @@ void add_eval(CLI::App& app, const GlobalOptions& global) {
     TokenStream tokens(tokens_path.string());
     std::filesystem::remove(tokens_path);  // the mapping stays valid
     LMBatcher batcher(tokens, args->batch_size, static_cast<int>(recipe.model.max_seq_len));
-    const auto batches = batcher.eval_batches(args->max_batches);
+    const auto batches = to_batches(batcher.eval_batches(args->max_batches));
     int64_t evaluated = 0;
     for (const auto& batch : batches) evaluated += batch.targets.numel();
     const double loss = evaluate_loss(loaded.model, batches, /*bf16=*/false);

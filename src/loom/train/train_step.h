@@ -23,6 +23,9 @@ struct Batch {
       : inputs(std::move(pair.first)), targets(std::move(pair.second)) {}
   torch::Tensor inputs, targets, source;
 };
+inline std::vector<Batch> to_batches(std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs) {
+  return {std::make_move_iterator(pairs.begin()), std::make_move_iterator(pairs.end())};
+}
 
 struct StepResult {
   double loss = 0;       // mean over the step's micro-batches

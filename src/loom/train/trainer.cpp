@@ -112,7 +112,7 @@ RunData prepare_data(const Recipe& recipe) {
     run.sample = [task, seed, batch = tc.batch_size](int64_t step, int64_t micro) {
       return task->sample(seed, step, micro, batch);
     };
-    run.valid = task->split_batches("valid", tc.batch_size);
+    run.valid = to_batches(task->split_batches("valid", tc.batch_size));
     if (tc.eval_batches > 0 && static_cast<int64_t>(run.valid.size()) > tc.eval_batches) run.valid.resize(tc.eval_batches);
     run.sequence_length = task->task().max_length();
     run.summary = fmt::format("task {}: {} training examples, {} validation, {} test; sequences of {} tokens",
@@ -131,8 +131,8 @@ RunData prepare_data(const Recipe& recipe) {
   run.batcher = std::make_unique<LMBatcher>(*run.train_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len));
   const LMBatcher* batcher = run.batcher.get();
   run.sample = [batcher, seed](int64_t step, int64_t micro) { return batcher->sample(seed, step, static_cast<int>(micro)); };
-  run.valid = LMBatcher(*run.valid_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len))
-                  .eval_batches(static_cast<int>(tc.eval_batches));
+  run.valid = to_batches(LMBatcher(*run.valid_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len))
+                             .eval_batches(static_cast<int>(tc.eval_batches)));
   run.unigram_entropy = unigram_entropy(*run.train_tokens);
   run.sequence_length = mc.max_seq_len;
   run.summary = fmt::format("data: {} train tokens, {} validation tokens", run.train_tokens->size(), run.valid_tokens->size());
@@ -286,7 +286,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   result.steps = state.step;
   result.valid_loss = state.valid_loss;
   if (data.task && !result.interrupted) {  // the task metric on the held-out test split
-    result.test = evaluate_task(model, data.task->split_batches("test", tc.batch_size), bf16);
+    result.test = evaluate_task(model, to_batches(data.task->split_batches("test", tc.batch_size)), bf16);
     result.majority_accuracy = data.task->task().n_classes() > 0 ? data.task->majority_baseline("test").second : std::nan("");
     metrics.write({{"step", state.step}, {"test_loss", result.test->loss}, {"test_exact_match", result.test->exact_match},
                    {"test_token_accuracy", result.test->token_accuracy}});

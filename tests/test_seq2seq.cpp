@@ -1,0 +1,176 @@
+// Translation training pieces: label-smoothed loss, inverse_sqrt, length batches, collation, the
+// encoder-decoder recipe checks, and a tiny end-to-end translation run.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+
+#include "loom/data/translation_data.h"
+#include "loom/train/adamw.h"
+#include "loom/train/linear_cross_entropy.h"
+#include "loom/train/recipe.h"
+#include "loom/train/train_step.h"
+#include "test_util.h"
+
+using namespace loom;
+
+namespace {
+
+// fairseq's label_smoothed_nll_loss, written plainly with autograd.
+torch::Tensor smoothed_reference(const torch::Tensor& hidden, const torch::Tensor& weight, const torch::Tensor& targets,
+                                 double eps) {
+  auto lprobs = torch::log_softmax(torch::nn::functional::linear(hidden, weight), -1);
+  auto nll = -lprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1);
+  auto smooth = -lprobs.sum(-1);
+  const double eps_i = eps / static_cast<double>(weight.size(0) - 1);
+  return ((1.0 - eps - eps_i) * nll + eps_i * smooth).mean();
+}
+
+}  // namespace
+
+TEST(LabelSmoothing, MatchesFairseqFormulaAndGradients) {
+  torch::manual_seed(5);
+  auto hidden = torch::randn({300, 16}, torch::requires_grad());
+  auto weight = torch::randn({50, 16}, torch::requires_grad());
+  auto targets = torch::randint(50, {300});
+  for (double z : {0.0, 1e-3}) {
+    LossStats stats;
+    auto loss = linear_cross_entropy(hidden, weight, targets, torch::kFloat, z, &stats, 0.1);
+    loss.backward();
+    auto gh = hidden.grad().clone(), gw = weight.grad().clone();
+    hidden.mutable_grad() = torch::Tensor();
+    weight.mutable_grad() = torch::Tensor();
+    auto logits = torch::nn::functional::linear(hidden, weight);
+    auto expected = smoothed_reference(hidden, weight, targets, 0.1) + z * torch::logsumexp(logits, -1).pow(2).mean();
+    expected.backward();
+    EXPECT_NEAR(loss.item<double>(), expected.item<double>(), 1e-5 * expected.item<double>());
+    EXPECT_TRUE(torch::allclose(gh, hidden.grad(), 1e-4, 1e-6));
+    EXPECT_TRUE(torch::allclose(gw, weight.grad(), 1e-4, 1e-6));
+    hidden.mutable_grad() = torch::Tensor();
+    weight.mutable_grad() = torch::Tensor();
+    // The reported cross-entropy stays the plain nll, which the smoothed loss exceeds here.
+    torch::NoGradGuard no_grad;
+    auto nll = torch::nn::functional::cross_entropy(torch::nn::functional::linear(hidden, weight), targets);
+    EXPECT_NEAR(stats.cross_entropy, nll.item<double>(), 1e-4);
+    EXPECT_GT(loss.item<double>(), stats.cross_entropy);
+  }
+}
+
+TEST(Schedule, InverseSqrt) {
+  EXPECT_NEAR(inverse_sqrt_lr(0, 4, 1.0), 0.25, 1e-12);    // warm-up: 1/4 at the first update
+  EXPECT_NEAR(inverse_sqrt_lr(3, 4, 1.0), 1.0, 1e-12);     // the peak at update 4
+  EXPECT_NEAR(inverse_sqrt_lr(15, 4, 1.0), 0.5, 1e-12);    // sqrt(4 / 16)
+  EXPECT_NEAR(inverse_sqrt_lr(399, 4, 2e-3), 2e-4, 1e-12); // sqrt(4 / 400) = 0.1
+}
+
+TEST(LengthBatches, BudgetPaddingCountedEveryPairOnce) {
+  std::mt19937 rng(3);
+  std::vector<TranslationPair> pairs(500);
+  for (auto& p : pairs) {
+    p.src.assign(1 + rng() % 40, 7);
+    p.tgt.assign(1 + rng() % 50, 8);
+  }
+  pairs[17].src.assign(300, 7);  // alone over the budget: a batch of its own
+  const auto batches = length_batches(pairs, 256, 0);
+  std::multiset<int64_t> seen;
+  for (const auto& batch : batches) {
+    size_t longest = 0;
+    for (int64_t i : batch) {
+      seen.insert(i);
+      longest = std::max({longest, pairs[i].src.size() + 1, pairs[i].tgt.size() + 1});
+    }
+    if (batch.size() > 1) EXPECT_LE(batch.size() * longest, 256u);
+    else EXPECT_TRUE(batch[0] == 17 || longest <= 256);
+  }
+  EXPECT_EQ(seen.size(), pairs.size());
+  EXPECT_EQ(std::set<int64_t>(seen.begin(), seen.end()).size(), pairs.size());
+  // Sorted by length, batches hold similar lengths: padding is a small share of the budget.
+  int64_t real = 0, padded = 0;
+  for (const auto& batch : batches) {
+    size_t longest = 0;
+    for (int64_t i : batch) longest = std::max(longest, pairs[i].src.size() + 1);
+    for (int64_t i : batch) real += static_cast<int64_t>(pairs[i].src.size()) + 1, padded += static_cast<int64_t>(longest);
+  }
+  EXPECT_GT(static_cast<double>(real) / static_cast<double>(padded), 0.9);
+  // A sentence cap alone.
+  for (const auto& batch : length_batches(pairs, 0, 32)) EXPECT_LE(batch.size(), 32u);
+}
+
+TEST(LengthBatches, CollateLayout) {
+  std::vector<TranslationPair> pairs(2);
+  pairs[0].src = {5, 6, 7};
+  pairs[0].tgt = {9};
+  pairs[1].src = {5};
+  pairs[1].tgt = {10, 11, 12};
+  const auto b = collate_pairs(pairs, {0, 1}, /*bos=*/1, /*eos=*/2);
+  EXPECT_TRUE(torch::equal(b.source, torch::tensor({5, 6, 7, 2, 5, 2, -1, -1}).view({2, 4})));
+  EXPECT_TRUE(torch::equal(b.inputs, torch::tensor({1, 9, -1, -1, 1, 10, 11, 12}).view({2, 4})));
+  EXPECT_TRUE(torch::equal(b.targets, torch::tensor({9, 2, -1, -1, 10, 11, 12, 2}).view({2, 4})));
+}
+
+TEST(Seq2SeqRecipe, ArchAndTaskMustAgree) {
+  const std::string model = "model: {arch: encoder_decoder, vocab_size: 100, d_model: 32, n_heads: 4, d_ff: 64}\n";
+  EXPECT_NE(error_message([&] { parse_recipe("format: 1\n" + model, "r.yaml").validate("r.yaml"); })
+                .find("set task.name: translation"),
+            std::string::npos);
+  EXPECT_NE(error_message([] {
+              parse_recipe("format: 1\ntask: {name: translation}\n", "r.yaml").validate("r.yaml");
+            }).find("set model.arch: encoder_decoder"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] {
+              parse_recipe("format: 1\n" + model + "task: {name: translation, src: en, tgt: en}\n", "r.yaml").validate("r.yaml");
+            }).find("both 'en'"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] {
+              parse_recipe("format: 1\nmodel: {arch: encoder_decoder, mixer: mamba}\ntask: {name: translation}\n", "r.yaml")
+                  .validate("r.yaml");
+            }).find("no bidirectional form"),
+            std::string::npos);
+  EXPECT_NE(error_message([] {
+              parse_recipe("format: 1\nmodel: {dec_layers: 2}\n", "r.yaml").validate("r.yaml");
+            }).find("dec_layers applies to model.arch encoder_decoder"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] {
+              parse_recipe("format: 1\n" + model + "task: {name: translation, seq_len: 9}\n", "r.yaml").validate("r.yaml");
+            }).find("task.seq_len does not apply"),
+            std::string::npos);
+  EXPECT_EQ(error_message([&] {
+              parse_recipe("format: 1\n" + model + "task: {name: translation, src: de, tgt: en}\n", "r.yaml").validate("r.yaml");
+            }),
+            "no error");
+}
+
+TEST(Seq2SeqModel, ParameterLayoutAndSharing) {
+  ModelConfig c;
+  c.arch = "encoder_decoder";
+  c.vocab_size = 50;
+  c.d_model = 16;
+  c.n_heads = 2;
+  c.d_ff = 32;
+  c.n_layers = 2;
+  c.dec_layers = 3;
+  c.validate("test");
+  Model shared(c);
+  EXPECT_EQ(shared->enc_layers->size(), 2u);
+  EXPECT_EQ(shared->layers->size(), 3u);
+  EXPECT_FALSE(shared->src_emb);
+  for (const char* name : {"layers.0.cross.wq.weight", "layers.2.cross.wkv.weight", "layers.1.norm_cross.weight",
+                           "enc_layers.1.mixer.wqkv.weight", "norm_enc.weight"})
+    EXPECT_TRUE(param(*shared, name).defined()) << name;
+  c.share_embeddings = false;
+  Model separate(c);
+  EXPECT_EQ(separate->num_parameters(), shared->num_parameters() + 50 * 16);
+  // An encoder-decoder has no decoder-only forward.
+  EXPECT_NE(error_message([&] { shared->hidden(torch::zeros({1, 3}, torch::kLong)); }).find("encode and decode_hidden"),
+            std::string::npos);
+  // Label smoothing and the source reach the loss: a step with a source gives finite gradients to
+  // the encoder.
+  Batch batch{torch::tensor({1, 5, 6, 1, 7, -1}).view({2, 3}), torch::tensor({5, 6, 2, 7, 2, -1}).view({2, 3}),
+              torch::tensor({9, 9, 2, 8, 2, -1}).view({2, 3})};
+  auto loss = batch_loss(shared, batch, /*bf16=*/false, 0.0, nullptr, 0.1);
+  loss.backward();
+  EXPECT_TRUE(std::isfinite(loss.item<double>()));
+  EXPECT_GT(param(*shared, "enc_layers.0.mixer.wqkv.weight").grad().abs().sum().item<double>(), 0);
+}
