@@ -3,6 +3,7 @@
 // hyphens at line ends, Unicode spaces, invalid UTF-8, empty lines) computed by loom and by the
 // sacrebleu package in .venv (scripts/venv.sh), compared digit for digit. No torch here.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -211,6 +212,21 @@ std::vector<Corpus> generated_corpora() {
   return corpora;
 }
 
+struct CommandResult {
+  int status;          // exit status, -1 if it did not exit
+  std::string output;  // stdout and stderr together
+};
+
+CommandResult run_command(const std::string& command) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return {-1, "cannot run " + command};
+  std::string output;
+  char buffer[4096];
+  for (size_t n; (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;) output.append(buffer, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
 // What sacrebleu says about one corpus: numbers as Python's repr (exact), strings as str(score).
 struct Reference {
   std::map<std::string, std::vector<std::string>> fields;  // "bleu" -> [score, counts..., totals..., lens]
@@ -226,8 +242,9 @@ import sacrebleu
 from sacrebleu.metrics import CHRF
 from sacrebleu.utils import sum_of_lists
 
-print("version", sacrebleu.__version__)
 data = open(sys.argv[1], "rb").read()
+sys.stdout = open(sys.argv[2], "w")  # sacrebleu's warnings stay on stderr
+print("version", sacrebleu.__version__)
 for i, block in enumerate(data.split(b"\x01")):
     hyp_bytes, ref_bytes = block.split(b"\x02")
     hyps = [s.decode("utf-8", "surrogateescape") for s in hyp_bytes.split(b"\x00")]
@@ -250,30 +267,33 @@ std::string run_sacrebleu(const std::vector<Corpus>& corpora, std::vector<Refere
   }
   const auto dir = std::filesystem::temp_directory_path() / fmt::format("loom-test-metrics-{}", getpid());
   std::filesystem::create_directories(dir);
-  const auto script = (dir / "score.py").string(), data = (dir / "corpora.bin").string();
+  const auto script = (dir / "score.py").string(), data = (dir / "corpora.bin").string(),
+             scores = (dir / "scores.txt").string();
   std::ofstream(script) << kScript;
   {
     std::ofstream out(data, std::ios::binary);
+    // Corpora separated by \x01, a corpus's hypotheses and references by \x02, lines by \0.
+    auto write_lines = [&](const std::vector<std::string>& lines) {
+      for (size_t i = 0; i < lines.size(); ++i) {
+        if (i) out.put('\0');
+        out << lines[i];
+      }
+    };
     for (size_t c = 0; c < corpora.size(); ++c) {
-      if (c) out << '\x01';
-      for (size_t i = 0; i < corpora[c].hyps.size(); ++i) (i ? out.put('\0') : out) << corpora[c].hyps[i];
-      out << '\x02';
-      for (size_t i = 0; i < corpora[c].refs.size(); ++i) (i ? out.put('\0') : out) << corpora[c].refs[i];
+      if (c) out.put('\x01');
+      write_lines(corpora[c].hyps);
+      out.put('\x02');
+      write_lines(corpora[c].refs);
     }
   }
-  std::string output;
-  if (FILE* pipe = popen(fmt::format("'{}' '{}' '{}' 2>&1", python, script, data).c_str(), "r")) {
-    char buffer[4096];
-    for (size_t n; (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;) output.append(buffer, n);
-    const int status = pclose(pipe);
-    std::filesystem::remove_all(dir);
-    if (status != 0) return "sacrebleu failed (run scripts/venv.sh to install it):\n" + output;
-  } else {
-    std::filesystem::remove_all(dir);
-    return "cannot run " + python;
-  }
-  std::istringstream lines(output);
-  std::string line, version;
+  const CommandResult result = run_command(fmt::format("'{}' '{}' '{}' '{}'", python, script, data, scores));
+  std::ifstream scores_file(scores);
+  std::stringstream scores_text;
+  scores_text << scores_file.rdbuf();
+  std::filesystem::remove_all(dir);
+  if (result.status != 0) return "sacrebleu failed (run scripts/venv.sh to install it):\n" + result.output;
+  std::istringstream lines(scores_text.str());
+  std::string line;
   std::getline(lines, line);
   if (line != std::string("version ") + loom::kSacrebleuVersion) {
     return "expected sacrebleu " + std::string(loom::kSacrebleuVersion) + " in .venv, got '" + line +
@@ -349,5 +369,35 @@ TEST(Metrics, BleuAndChrfEqualSacrebleu) {
   EXPECT_GT(mixed.score, 20.0);
   EXPECT_LT(mixed.score, 90.0);
 }
+
+#ifdef LOOM_BINARY  // defined when built with loom (CMake), not in a standalone build of this file
+TEST(Metrics, ScoreCommandPrintsTheLibrarysScores) {
+  const std::vector<std::string> hyps = {"The cat sat on the mat.", "Zwei Äpfel &amp; eine Birne", "", "東京は首都"};
+  const std::vector<std::string> refs = {"The cat sat on a mat.", "Zwei Äpfel & eine Birne, bitte.", "Nichts",
+                                         "東京は日本の首都"};
+  const auto dir = std::filesystem::temp_directory_path() / fmt::format("loom-test-score-{}", getpid());
+  std::filesystem::create_directories(dir);
+  const auto hyp_file = (dir / "hyp.txt").string(), ref_file = (dir / "ref.txt").string();
+  {
+    std::ofstream hyp(hyp_file), ref(ref_file);
+    for (size_t i = 0; i < hyps.size(); ++i) hyp << hyps[i] << "\n", ref << refs[i] << "\n";
+  }
+  const std::string loom = LOOM_BINARY;
+  const auto from_stdin = run_command(loom + " score --ref '" + ref_file + "' < '" + hyp_file + "'");
+  EXPECT_EQ(from_stdin.status, 0) << from_stdin.output;
+  EXPECT_EQ(from_stdin.output,
+            loom::corpus_bleu(hyps, refs).format() + "\n" + loom::corpus_chrf(hyps, refs).format() + "\n");
+  const auto signed_chrf = run_command(loom + " score --metric chrf --signature --ref '" + ref_file + "' --hyp '" +
+                                       hyp_file + "'");
+  EXPECT_EQ(signed_chrf.output, "chrF2|" + loom::chrf_signature() + " = " +
+                                    loom::corpus_chrf(hyps, refs).format().substr(8) + "\n");
+  const auto short_hyps = run_command("head -n 3 '" + hyp_file + "' | " + loom + " score --ref '" + ref_file + "'");
+  EXPECT_EQ(short_hyps.status, 1);
+  EXPECT_EQ(short_hyps.output,
+            "loom: error: 3 hypothesis lines (stdin) but 4 reference lines (" + ref_file +
+                "): there must be one hypothesis per reference\n");
+  std::filesystem::remove_all(dir);
+}
+#endif
 
 }  // namespace
