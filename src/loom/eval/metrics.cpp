@@ -4,6 +4,7 @@
 // with the same libm (log, exp) the scores agree to the last bit, not only to the printed digits.
 #include "loom/eval/metrics.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string_view>
 #include <unordered_map>
@@ -29,13 +30,13 @@ char32_t next_code_point(std::string_view s, size_t& i) {
     return lead;
   }
   int length = 0;
-  char32_t cp = 0, min = 0;
+  char32_t cp = 0, smallest = 0;  // smallest: below it the form is overlong
   if (lead >= 0xC2 && lead <= 0xDF) {
-    length = 2, cp = lead & 0x1F, min = 0x80;
+    length = 2, cp = lead & 0x1F, smallest = 0x80;
   } else if (lead >= 0xE0 && lead <= 0xEF) {
-    length = 3, cp = lead & 0x0F, min = 0x800;
+    length = 3, cp = lead & 0x0F, smallest = 0x800;
   } else if (lead >= 0xF0 && lead <= 0xF4) {
-    length = 4, cp = lead & 0x07, min = 0x10000;
+    length = 4, cp = lead & 0x07, smallest = 0x10000;
   }
   bool valid = length > 0 && i + length <= s.size();
   for (int k = 1; valid && k < length; ++k) {
@@ -43,7 +44,7 @@ char32_t next_code_point(std::string_view s, size_t& i) {
     valid = (next & 0xC0) == 0x80;
     cp = (cp << 6) | (next & 0x3F);
   }
-  valid = valid && cp >= min && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
+  valid = valid && cp >= smallest && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
   if (!valid) {
     ++i;
     return 0xDC00 + lead;
@@ -133,7 +134,7 @@ std::string tokenize_13a(std::string_view line) {
   a.reserve(s.size() * 2);
   for (const char c : s) {
     if (is_split_symbol(c)) {
-      a += ' ', a += c, a += ' ';
+      a.append({' ', c, ' '});
     } else {
       a += c;
     }
@@ -143,7 +144,7 @@ std::string tokenize_13a(std::string_view line) {
   b.reserve(a.size() * 2);
   for (size_t i = 0; i < a.size();) {
     if (i + 1 < a.size() && !is_digit(a[i]) && is_period_or_comma(a[i + 1])) {
-      b += a[i], b += ' ', b += a[i + 1], b += ' ';
+      b.append({a[i], ' ', a[i + 1], ' '});
       i += 2;
     } else {
       b += a[i++];
@@ -154,7 +155,7 @@ std::string tokenize_13a(std::string_view line) {
   c.reserve(b.size() * 2);
   for (size_t i = 0; i < b.size();) {
     if (i + 1 < b.size() && is_period_or_comma(b[i]) && !is_digit(b[i + 1])) {
-      c += ' ', c += b[i], c += ' ', c += b[i + 1];
+      c.append({' ', b[i], ' ', b[i + 1]});
       i += 2;
     } else {
       c += b[i++];
@@ -165,7 +166,7 @@ std::string tokenize_13a(std::string_view line) {
   d.reserve(c.size() * 2);
   for (size_t i = 0; i < c.size();) {
     if (i + 1 < c.size() && is_digit(c[i]) && c[i + 1] == '-') {
-      d += c[i], d += ' ', d += '-', d += ' ';
+      d.append({c[i], ' ', '-', ' '});
       i += 2;
     } else {
       d += c[i++];
