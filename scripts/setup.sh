@@ -11,6 +11,7 @@ packages=(
   libsentencepiece-dev    # tokenizer training and encoding
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev zlib1g-dev
   libgtest-dev            # tests
+  python3-venv            # tests: scripts/venv.sh's .venv of PyPI reference peers (sacrebleu)
   r-cran-janeaustenr      # the default corpus: Jane Austen's six novels
 )
 missing=()

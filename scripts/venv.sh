@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates ./.venv with the PyPI packages that tests use as reference implementations (today:
+# sacrebleu, the reference for loom's BLEU and chrF). Idempotent and fast when nothing changed:
+# pip runs only if a pinned package is missing or at another version.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pinned=(sacrebleu==2.6.0)
+
+# Debian's python (not a pyenv or conda one on PATH), so the venv is the same everywhere.
+python=/usr/bin/python3
+if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+  echo "venv: installing python3-venv"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+
+# Each pin as "name==version"; compare with what importlib.metadata reports.
+missing=()
+for pin in "${pinned[@]}"; do
+  name=${pin%%==*} version=${pin#*==}
+  installed=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)
+  [ "$installed" = "$version" ] || missing+=("$pin")
+done
+if ((${#missing[@]})); then
+  echo "venv: installing ${missing[*]}"
+  .venv/bin/python -m pip install -q --disable-pip-version-check "${missing[@]}"
+fi
