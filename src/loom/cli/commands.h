@@ -17,6 +17,7 @@ void add_generate(CLI::App& app, const GlobalOptions& global);
 void add_eval(CLI::App& app, const GlobalOptions& global);
 void add_score(CLI::App& app, const GlobalOptions& global);
 void add_data(CLI::App& app, const GlobalOptions& global);
+void add_average(CLI::App& app, const GlobalOptions& global);
 void add_blocks(CLI::App& app, const GlobalOptions& global);
 
 // Prints a workbench task's held-out scores ("test exact match 97.3% (973 of 1000) ...").

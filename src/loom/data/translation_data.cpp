@@ -6,6 +6,7 @@
 #include <numeric>
 #include <random>
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "loom/core/error.h"
@@ -59,6 +60,25 @@ uint64_t mix(uint64_t x) {
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
+}
+
+// A built-in corpus is fetched; any other name is the user's own: <data_dir>/<name>/ must hold
+// {train,valid,test}.{src,tgt}.
+ParallelFiles find_parallel_files(const std::string& corpus, const std::string& data_dir, const std::string& src,
+                                  const std::string& tgt) {
+  const auto known = known_parallel_corpora();
+  if (std::find(known.begin(), known.end(), corpus) != known.end())
+    return fetch_parallel_corpus(corpus, data_dir, src, tgt);
+  const fs::path dir = fs::path(data_dir) / corpus;
+  auto file = [&](const char* split, const std::string& lang) {
+    const std::string path = (dir / fmt::format("{}.{}", split, lang)).string();
+    if (!fs::exists(path))
+      fail("'{}' is not a built-in parallel corpus (known: {}) and {} does not exist: a corpus of your own needs "
+           "{{train,valid,test}}.{{{},{}}} in {}", corpus, fmt::join(known, ", "), path, src, tgt, dir.string());
+    return path;
+  };
+  return ParallelFiles{dir.string() + "/", file("train", src), file("train", tgt), file("valid", src),
+                       file("valid", tgt),  file("test", src),  file("test", tgt)};
 }
 
 }  // namespace
@@ -120,7 +140,7 @@ TranslationBatch collate_pairs(const std::vector<TranslationPair>& pairs, const 
 
 TranslationData::TranslationData(const std::string& corpus, const std::string& data_dir, const std::string& src,
                                  const std::string& tgt, int vocab_size, int64_t max_len) {
-  files_ = fetch_parallel_corpus(corpus, data_dir, src, tgt);
+  files_ = find_parallel_files(corpus, data_dir, src, tgt);
   // One vocabulary for both languages, the same for either direction: trained on the two
   // training sides in language-name order.
   tokenizer_path_ = (fs::path(files_.dir) / fmt::format("joint.sp{}.model", vocab_size)).string();

@@ -1,6 +1,7 @@
 #include "loom/train/checkpoint.h"
 
 #include <filesystem>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -78,6 +79,56 @@ void require_tokenizer(const LoadedModel& loaded, const std::string& what) {
   if (!loaded.has_tokenizer)
     fail("{}: {} needs text, but this model learned the generated task '{}' (no tokenizer); score it with "
          "`loom eval {}`", loaded.dir, what, loaded.recipe.task.name, loaded.dir);
+}
+
+std::string average_checkpoints(const std::vector<std::string>& checkpoints, const std::string& out_dir) {
+  if (checkpoints.empty()) fail("average: no checkpoints given");
+  NamedTensors sum;                    // fp64 running sums, in the first checkpoint's order
+  std::map<std::string, size_t> index;  // name -> position in sum
+  std::vector<at::ScalarType> dtypes;
+  std::string first_model_yaml, last_dir;
+  std::vector<std::string> dirs;
+  for (const auto& path : checkpoints) {
+    const std::string dir = resolve_checkpoint(path);
+    const std::string recipe_path = (fs::path(dir) / "recipe.yaml").string();
+    const std::string model_yaml = config_to_yaml(parse_recipe(read_file(recipe_path), recipe_path).model);
+    if (dirs.empty()) first_model_yaml = model_yaml;
+    else if (model_yaml != first_model_yaml)
+      fail("average: {} has a different model recipe than {}", dir, dirs.front());
+    const std::string weights = (fs::path(dir) / "model.safetensors").string();
+    auto file = load_safetensors(weights);
+    if (!dirs.empty() && file.tensors.size() != sum.size())
+      fail("average: {} holds {} tensors, {} holds {}", weights, file.tensors.size(), dirs.front(), sum.size());
+    for (auto& [name, tensor] : file.tensors) {
+      if (dirs.empty()) {
+        index[name] = sum.size();
+        sum.emplace_back(name, tensor.to(torch::kDouble));
+        dtypes.push_back(tensor.scalar_type());
+        continue;
+      }
+      auto it = index.find(name);
+      if (it == index.end() || !sum[it->second].second.sizes().equals(tensor.sizes()))
+        fail("average: tensor '{}' of {} is missing from or shaped differently in {}", name, weights, dirs.front());
+      sum[it->second].second.add_(tensor.to(torch::kDouble));
+    }
+    dirs.push_back(dir);
+    last_dir = dir;
+  }
+  for (size_t i = 0; i < sum.size(); ++i)
+    sum[i].second = sum[i].second.div_(static_cast<double>(dirs.size())).to(dtypes[i]);
+  const fs::path out(out_dir);
+  CheckpointWriter writer(out.has_parent_path() ? out.parent_path().string() : ".", out.filename().string());
+  const TrainerState state = parse_state((fs::path(last_dir) / "trainer.json").string());
+  save_safetensors(writer.path("model.safetensors"), sum,
+                   {{"format", "loom-" + std::to_string(kCheckpointFormat)}, {"step", std::to_string(state.step)},
+                    {"averaged", std::to_string(dirs.size())}});
+  writer.add("recipe.yaml", read_file((fs::path(last_dir) / "recipe.yaml").string()));
+  if (fs::exists(fs::path(last_dir) / "tokenizer.model"))
+    writer.add("tokenizer.model", read_file((fs::path(last_dir) / "tokenizer.model").string()));
+  nlohmann::json j{{"format", kCheckpointFormat}, {"step", state.step}, {"tokens_seen", state.tokens_seen},
+                   {"elapsed_seconds", state.elapsed_seconds}, {"valid_loss", nullptr}, {"averaged_from", dirs}};
+  writer.add("trainer.json", j.dump(2) + "\n");
+  return writer.commit();
 }
 
 void load_optimizer_state(const std::string& dir, AdamW& optimizer) {

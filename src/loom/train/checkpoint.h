@@ -43,6 +43,12 @@ LoadedModel load_checkpoint(const std::string& path);
 // Fails, naming the checkpoint and its task, unless it has a text tokenizer (`what` says who needs it).
 void require_tokenizer(const LoadedModel& loaded, const std::string& what);
 
+// Writes the element-wise mean of the checkpoints' weights (accumulated in fp64) as a checkpoint
+// directory `out_dir` (atomically), with the last one's recipe, tokenizer and trainer state and no
+// optimizer state (fairseq's scripts/average_checkpoints.py). The checkpoints must hold the same
+// tensors and the same model recipe. Returns out_dir.
+std::string average_checkpoints(const std::vector<std::string>& checkpoints, const std::string& out_dir);
+
 // Restores the optimizer's moments and step from a checkpoint directory.
 void load_optimizer_state(const std::string& dir, AdamW& optimizer);
 
