@@ -41,6 +41,11 @@ void add_train(CLI::App& app, const GlobalOptions& global) {
       std::printf("checkpoint: %s\n", result.checkpoint.c_str());
       return;
     }
+    if (recipe.model.encoder_decoder()) {
+      std::printf("validation loss %.4f nats/target token (perplexity %.2f)\ncheckpoint: %s\n", result.valid_loss,
+                  std::exp(result.valid_loss), result.checkpoint.c_str());
+      return;
+    }
     std::printf("validation loss %.4f nats/token (perplexity %.2f); unigram entropy of the training tokens "
                 "%.4f nats/token\ncheckpoint: %s\n",
                 result.valid_loss, std::exp(result.valid_loss), result.unigram_entropy, result.checkpoint.c_str());
