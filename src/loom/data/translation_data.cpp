@@ -32,6 +32,35 @@ int64_t pair_tokens(const TranslationPair& p) {
   return static_cast<int64_t>(std::max(p.src.size(), p.tgt.size())) + 1;
 }
 
+// A stable 64-bit mix (splitmix64) for per-epoch seeds.
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+// A built-in corpus is fetched; any other name is the user's own: <data_dir>/<name>/ must hold
+// {train,valid,test}.{src,tgt}.
+ParallelFiles find_parallel_files(const std::string& corpus, const std::string& data_dir, const std::string& src,
+                                  const std::string& tgt) {
+  const auto known = known_parallel_corpora();
+  if (std::find(known.begin(), known.end(), corpus) != known.end())
+    return fetch_parallel_corpus(corpus, data_dir, src, tgt);
+  const fs::path dir = fs::path(data_dir) / corpus;
+  auto file = [&](const char* split, const std::string& lang) {
+    const std::string path = (dir / fmt::format("{}.{}", split, lang)).string();
+    if (!fs::exists(path))
+      fail("'{}' is not a built-in parallel corpus (known: {}) and {} does not exist: a corpus of your own needs "
+           "{{train,valid,test}}.{{{},{}}} in {}", corpus, fmt::join(known, ", "), path, src, tgt, dir.string());
+    return path;
+  };
+  return ParallelFiles{dir.string() + "/", file("train", src), file("train", tgt), file("valid", src),
+                       file("valid", tgt),  file("test", src),  file("test", tgt)};
+}
+
 TranslationSplit encode_split(const Tokenizer& tokenizer, const std::string& src_path, const std::string& tgt_path,
                               int64_t max_len) {
   TranslationSplit split;
@@ -53,35 +82,6 @@ TranslationSplit encode_split(const Tokenizer& tokenizer, const std::string& src
   }
   return split;
 }
-
-// A stable 64-bit mix (splitmix64) for per-epoch seeds.
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-// A built-in corpus is fetched; any other name is the user's own: <data_dir>/<name>/ must hold
-// {train,valid,test}.{src,tgt}.
-ParallelFiles find_parallel_files(const std::string& corpus, const std::string& data_dir, const std::string& src,
-                                  const std::string& tgt) {
-  const auto known = known_parallel_corpora();
-  if (std::find(known.begin(), known.end(), corpus) != known.end())
-    return fetch_parallel_corpus(corpus, data_dir, src, tgt);
-  const fs::path dir = fs::path(data_dir) / corpus;
-  auto file = [&](const char* split, const std::string& lang) {
-    const std::string path = (dir / fmt::format("{}.{}", split, lang)).string();
-    if (!fs::exists(path))
-      fail("'{}' is not a built-in parallel corpus (known: {}) and {} does not exist: a corpus of your own needs "
-           "{{train,valid,test}}.{{{},{}}} in {}", corpus, fmt::join(known, ", "), path, src, tgt, dir.string());
-    return path;
-  };
-  return ParallelFiles{dir.string() + "/", file("train", src), file("train", tgt), file("valid", src),
-                       file("valid", tgt),  file("test", src),  file("test", tgt)};
-}
-
-}  // namespace
 
 std::vector<std::vector<int64_t>> length_batches(const std::vector<TranslationPair>& pairs, int64_t max_tokens,
                                                  int64_t max_sentences) {

@@ -31,6 +31,16 @@ struct TranslationBatch {
   torch::Tensor source, inputs, targets;
 };
 
+// A built-in parallel corpus (fetched if needed) or a user's own, <data_dir>/<corpus>/ holding
+// {train,valid,test}.{src,tgt}: the six files of direction src -> tgt.
+ParallelFiles find_parallel_files(const std::string& corpus, const std::string& data_dir, const std::string& src,
+                                  const std::string& tgt);
+
+// Reads a split's two files (same line count) and encodes every line; pairs whose source + eos or
+// bos + target exceed max_len are left out of `pairs` (counted in too_long).
+TranslationSplit encode_split(const Tokenizer& tokenizer, const std::string& src_path, const std::string& tgt_path,
+                              int64_t max_len);
+
 // Micro-batches of pair indices: pairs sorted by (source length, target length, index) and cut
 // greedily so that pairs x the longest sequence (source + eos or bos + target) <= max_tokens,
 // padding counted, as fairseq's --max-tokens; max_tokens 0 = max_sentences pairs per batch.
