@@ -162,6 +162,14 @@ class Cli : public testing::Test {
 TinyRun* Cli::tiny_ = nullptr;
 std::string Cli::checkpoint_;
 
+// A language model cannot translate: one clear line. (No translation checkpoint exists to test the
+// streaming path with; translate_batch itself is tested in test_translate.cpp.)
+TEST_F(Cli, TranslateNeedsAnEncoderDecoder) {
+  expect_one_line_error(run_loom("translate " + checkpoint_ + " < /dev/null"), "model.arch encoder_decoder");
+  expect_one_line_error(run_loom("translate " + checkpoint_ + " --beam 2 --nbest 3 < /dev/null"), "--nbest 3");
+  expect_one_line_error(run_loom("translate " + checkpoint_ + " --sample --beam 2 < /dev/null"), "--beam 1");
+}
+
 TEST_F(Cli, GenerateAndEvalWork) {
   auto r = run_loom("--threads 1 generate " + checkpoint_ + " --prompt 'the cat' --max-new-tokens 5 --temperature 0");
   EXPECT_EQ(r.status, 0) << r.output;
