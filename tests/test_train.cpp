@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 
 #include "loom/io/checkpoint.h"
 #include "loom/io/fs.h"
@@ -161,6 +162,38 @@ class Cli : public testing::Test {
 };
 TinyRun* Cli::tiny_ = nullptr;
 std::string Cli::checkpoint_;
+
+// A language model cannot translate: one clear line. (No translation checkpoint exists to test the
+// streaming path with; translate_batch itself is tested in test_translate.cpp.)
+TEST_F(Cli, TranslateNeedsAnEncoderDecoder) {
+  expect_one_line_error(run_loom("translate " + checkpoint_ + " < /dev/null"), "model.arch encoder_decoder");
+  expect_one_line_error(run_loom("translate " + checkpoint_ + " --beam 2 --nbest 3 < /dev/null"), "--nbest 3");
+  expect_one_line_error(run_loom("translate " + checkpoint_ + " --sample --beam 2 < /dev/null"), "--beam 1");
+}
+
+// A random encoder-decoder with the tiny run's tokenizer (no translation trainer exists yet): the
+// streaming CLI's output lines, one per input in order, blank lines answered without the model.
+TEST_F(Cli, TranslateWritesOneLinePerInputInOrder) {
+  auto loaded = load_checkpoint(checkpoint_);
+  loaded.recipe.model.arch = "encoder_decoder";
+  Model model(loaded.recipe.model);
+  AdamW optimizer({}, 0.9, 0.95, 1e-8);
+  const auto dir = save_checkpoint((tiny_->root / "translation").string(), loaded.recipe, model, &loaded.tokenizer,
+                                   optimizer, TrainerState{}, 1);
+  auto r = run_loom("--threads 1 translate " + dir + " --beam 2 --max-len-b 3 < " + write("source.txt", "the cat\n\n  \nsat on"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::vector<std::string> lines;
+  std::stringstream out(r.output);
+  for (std::string line; std::getline(out, line);) lines.push_back(line);
+  ASSERT_EQ(lines.size(), 4u) << r.output;
+  EXPECT_FALSE(lines[0].empty());
+  EXPECT_TRUE(lines[1].empty() && lines[2].empty()) << r.output;
+  r = run_loom("--threads 1 translate " + dir + " --beam 3 --nbest 2 --max-len-b 3 < " + write("two.txt", "a\nb\n"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("0\t", 0), 0u) << r.output;
+  EXPECT_NE(r.output.find("\n1\t"), std::string::npos) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 4) << r.output;
+}
 
 TEST_F(Cli, GenerateAndEvalWork) {
   auto r = run_loom("--threads 1 generate " + checkpoint_ + " --prompt 'the cat' --max-new-tokens 5 --temperature 0");

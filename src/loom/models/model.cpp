@@ -132,10 +132,14 @@ KVCache ModelImpl::make_cache(int64_t batch, int64_t capacity) {
   return cache;
 }
 
-void select_cache_rows(KVCache& cache, const torch::Tensor& index) {
-  for (auto& layer : cache.layers)
-    for (auto* t : {&layer.k, &layer.v, &layer.cross_k, &layer.cross_v, &layer.conv, &layer.ssm, &layer.kv_sum, &layer.k_sum})
+void select_cache_rows(KVCache& cache, const torch::Tensor& index, bool cross) {
+  for (auto& layer : cache.layers) {
+    for (auto* t : {&layer.k, &layer.v, &layer.conv, &layer.ssm, &layer.kv_sum, &layer.k_sum})
       if (t->defined()) *t = t->index_select(0, index);
+    if (!cross) continue;
+    for (auto* t : {&layer.cross_k, &layer.cross_v})
+      if (t->defined()) *t = t->index_select(0, index);
+  }
 }
 
 std::vector<TransformerBlockImpl*> ModelImpl::all_layers() {

@@ -90,6 +90,9 @@ class ModelImpl : public torch::nn::Module {
 TORCH_MODULE(Model);
 
 // Beam search and finished hypotheses: keeps (and reorders) the cache rows at `index` [B'] int64.
-void select_cache_rows(KVCache& cache, const torch::Tensor& index);
+// cross false leaves the cross-attention keys and values (cross_k, cross_v) as they are: right
+// when every row of `index` lies among the rows of the same source as the row it replaces (a
+// beam reordered within its sentence, whose rows share one memory), and saves copying them.
+void select_cache_rows(KVCache& cache, const torch::Tensor& index, bool cross = true);
 
 }  // namespace loom
