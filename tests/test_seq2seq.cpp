@@ -9,6 +9,7 @@
 
 #include "loom/data/translation_data.h"
 #include "loom/train/adamw.h"
+#include "loom/train/checkpoint.h"
 #include "loom/train/linear_cross_entropy.h"
 #include "loom/train/recipe.h"
 #include "loom/train/train_step.h"
@@ -173,4 +174,62 @@ TEST(Seq2SeqModel, ParameterLayoutAndSharing) {
   loss.backward();
   EXPECT_TRUE(std::isfinite(loss.item<double>()));
   EXPECT_GT(param(*shared, "enc_layers.0.mixer.wqkv.weight").grad().abs().sum().item<double>(), 0);
+}
+
+// End to end on a corpus of the user's own (a toy language that reverses English word order):
+// train, average, evaluate (loss, BLEU, chrF) and translate from the command line.
+TEST(Seq2SeqCli, TrainAverageEvalTranslate) {
+  char pattern[] = "/tmp/loom-seq2seq-XXXXXX";
+  const std::filesystem::path root = mkdtemp(pattern);
+  const auto corpus = root / "data" / "toy";
+  std::filesystem::create_directories(corpus);
+  std::mt19937 rng(11);
+  const std::vector<std::string> words{"red", "cat", "sat", "on", "a", "mat", "big", "dog", "ran", "to", "the", "hall"};
+  for (const auto& [split, n] : {std::pair{"train", 300}, std::pair{"valid", 20}, std::pair{"test", 20}}) {
+    std::ofstream en(corpus / (std::string(split) + ".en")), de(corpus / (std::string(split) + ".de"));
+    for (int i = 0; i < n; ++i) {
+      std::vector<std::string> sentence(3 + rng() % 4);
+      for (auto& w : sentence) w = words[rng() % words.size()];
+      for (size_t k = 0; k < sentence.size(); ++k) en << (k ? " " : "") << sentence[k];
+      for (size_t k = sentence.size(); k-- > 0;) de << sentence[k] << (k ? " " : "");
+      en << "\n";
+      de << "\n";
+    }
+  }
+  std::ofstream(root / "recipe.yaml")
+      << "format: 1\n"
+         "model: {arch: encoder_decoder, vocab_size: 280, d_model: 32, n_layers: 1, dec_layers: 1, n_heads: 2, d_ff: 64,\n"
+         "        max_seq_len: 32, position: sinusoidal, embed_scale: true}\n"
+         "task: {name: translation, src: en, tgt: de}\n"
+         "data: {corpus: toy, dir: " + (root / "data").string() + "}\n"
+         "train: {steps: 6, max_tokens: 256, schedule: inverse_sqrt, warmup_steps: 2, label_smoothing: 0.1, lr: 0.003,\n"
+         "        eval_every: 3, save_every: 2, keep_last: 3, log_every: 2, precision: fp32}\n";
+  const std::string run = (root / "run").string();
+  auto r = run_loom("--threads 1 train " + (root / "recipe.yaml").string() + " --out " + run);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("nats/target token"), std::string::npos) << r.output;
+  r = run_loom("average " + run + " --last 3 --out " + run + "/averaged");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("averaged 3 checkpoints"), std::string::npos) << r.output;
+  // The mean of the three checkpoints' weights, tensor by tensor.
+  {
+    auto averaged = load_checkpoint(run + "/averaged");
+    std::vector<LoadedModel> parts;
+    for (const char* step : {"step-000002", "step-000004", "step-000006"}) parts.push_back(load_checkpoint(run + "/" + step));
+    for (auto& item : averaged.model->named_parameters()) {
+      auto mean = (param(*parts[0].model, item.key()) + param(*parts[1].model, item.key()) + param(*parts[2].model, item.key())) / 3;
+      EXPECT_TRUE(torch::allclose(item.value(), mean, 1e-5, 1e-6)) << item.key();
+    }
+  }
+  r = run_loom("--threads 1 eval " + run + "/averaged --beam 2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("test split: 20 pairs"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("BLEU = "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("chrF2 = "), std::string::npos) << r.output;
+  r = run_loom("--threads 1 translate " + run + " < " + (corpus / "test.en").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 20) << r.output;
+  // Bad input: averaging checkpoints of different models, too few checkpoints.
+  expect_one_line_error(run_loom("average " + run + " --last 9 --out " + run + "/x"), "fewer than --last 9");
+  std::filesystem::remove_all(root);
 }

@@ -171,11 +171,12 @@ TEST_F(Cli, TranslateNeedsAnEncoderDecoder) {
   expect_one_line_error(run_loom("translate " + checkpoint_ + " --sample --beam 2 < /dev/null"), "--beam 1");
 }
 
-// A random encoder-decoder with the tiny run's tokenizer (no translation trainer exists yet): the
-// streaming CLI's output lines, one per input in order, blank lines answered without the model.
+// A random encoder-decoder with the tiny run's tokenizer: the streaming CLI's output lines, one
+// per input in order, blank lines answered without the model.
 TEST_F(Cli, TranslateWritesOneLinePerInputInOrder) {
   auto loaded = load_checkpoint(checkpoint_);
   loaded.recipe.model.arch = "encoder_decoder";
+  loaded.recipe.task.name = "translation";
   Model model(loaded.recipe.model);
   AdamW optimizer({}, 0.9, 0.95, 1e-8);
   const auto dir = save_checkpoint((tiny_->root / "translation").string(), loaded.recipe, model, &loaded.tokenizer,
