@@ -6,6 +6,7 @@
 #include <fstream>
 #include <random>
 #include <set>
+#include <sstream>
 
 #include "loom/data/translation_data.h"
 #include "loom/train/adamw.h"
@@ -229,6 +230,24 @@ TEST(Seq2SeqCli, TrainAverageEvalTranslate) {
   r = run_loom("--threads 1 translate " + run + " < " + (corpus / "test.en").string());
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 20) << r.output;
+  // Any bytes in, one line out per line in: emoji, CJK, a lone continuation byte, a line far over
+  // the context (truncated with a warning on stderr), blank lines.
+  std::ofstream(root / "odd.txt") << "red cat \xF0\x9F\x90\x88 \xE7\x8C\xAB\n\n\x80\xFF bad bytes\n"
+                                  << std::string(2000, 'a') << "\n   \nhall\n";
+  const std::string out_path = (root / "odd.out").string(), err_path = (root / "odd.err").string();
+  ASSERT_EQ(std::system((std::string(LOOM_BINARY) + " --threads 1 translate " + run + " < " + (root / "odd.txt").string() +
+                         " > " + out_path + " 2> " + err_path).c_str()),
+            0);
+  std::vector<std::string> lines;
+  std::ifstream out(out_path);
+  for (std::string line; std::getline(out, line);) lines.push_back(line);
+  ASSERT_EQ(lines.size(), 6u);
+  EXPECT_TRUE(lines[1].empty() && lines[4].empty());
+  EXPECT_FALSE(lines[0].empty() || lines[3].empty() || lines[5].empty());
+  std::stringstream err;
+  err << std::ifstream(err_path).rdbuf();
+  EXPECT_NE(err.str().find("line 4: "), std::string::npos) << err.str();
+  EXPECT_NE(err.str().find("exceed the model's context"), std::string::npos) << err.str();
   // Bad input: averaging checkpoints of different models, too few checkpoints.
   expect_one_line_error(run_loom("average " + run + " --last 9 --out " + run + "/x"), "fewer than --last 9");
   std::filesystem::remove_all(root);
