@@ -7,8 +7,8 @@ Subcommands (run with .venv/bin/python after `scripts/venv.sh --ct2`):
       encoder-decoder (the formulas of docs/translation.md) against CTranslate2's score_batch:
       checks the export without needing a loom binary.
   greedy CHECKPOINT CT2_DIR SRC [--n 20] [--loom build/loom] [--threads 2]
-      loom's and CTranslate2's greedy (beam 1) translations of the first N sources, compared
-      token for token (SentencePiece ids of each output).
+      loom's and CTranslate2's greedy (beam 1) translations of the first N sources, compared as
+      text (loom translate prints text only; both detokenize with the same SentencePiece model).
   bench CHECKPOINT CT2_DIR SRC REF [--threads 2] [--beam 4] [--batch-size 32] [--loom build/loom]
       translates SRC with loom (fp32) and CTranslate2 (fp32, and int8 as an extra row) under the
       same search settings, and prints a table: translation wall time, target tokens, tokens/s,
@@ -240,15 +240,16 @@ def cmd_greedy(a):
     tok = Tok(a.checkpoint)
     srcs = read_lines(a.src, a.n)
     translator = ctranslate2.Translator(a.ct2_dir, device="cpu", compute_type="float32", inter_threads=1, intra_threads=a.threads)
-    ct2_out, _, over = ct2_translate(translator, tok, srcs, 1, a.batch_size)
+    # One sentence per call, so each gets exactly loom's length budget.
+    ct2_out, _, over = ct2_translate(translator, tok, srcs, 1, 1)
     loom_out, _ = loom_translate(a.loom, a.checkpoint, srcs, 1, a.batch_size, a.threads)
     same = 0
     for i, (x, y) in enumerate(zip(loom_out, ct2_out)):
-        if tok.sp.encode(x) == tok.sp.encode(y):
+        if x == y:
             same += 1
         elif a.verbose:
             print(f"[{i}] loom: {x}\n[{i}] ct2 : {y}")
-    print(f"greedy: {same}/{len(srcs)} translations identical token for token (loom vs CTranslate2 fp32, beam 1); "
+    print(f"greedy: {same}/{len(srcs)} translations identical (loom vs CTranslate2 fp32, beam 1); "
           f"{over} CTranslate2 outputs over loom's length budget")
     return 0
 

@@ -43,7 +43,9 @@ def read_recipe_model(path):
             if not line.startswith((" ", "\t")):
                 inside = line.strip() == "model:"
                 continue
-            if inside and ":" in line:
+            if inside and line.strip().startswith("-"):  # an item of a block list: the last key is non-empty
+                model[key] = "[" + model[key] + line.strip() + "]"
+            elif inside and ":" in line:
                 key, value = line.strip().split(":", 1)
                 value = value.strip().strip("'\"")
                 model[key] = value
