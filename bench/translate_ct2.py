@@ -146,7 +146,7 @@ def _ln(x, w, b, eps):
 def _gelu(x):
     from math import erf
 
-    return 0.5 * x * (1.0 + np.vectorize(erf)(x / math.sqrt(2.0)))
+    return 0.5 * x * (1.0 + np.vectorize(erf, otypes=[np.float64])(x / math.sqrt(2.0)))
 
 
 def _attn(q, k, v, heads, causal):
@@ -165,6 +165,9 @@ def _attn(q, k, v, heads, causal):
     return out
 
 
+_weights = {}  # the checkpoint's weights in float64, loaded once
+
+
 def numpy_logprobs(checkpoint, src_ids, tgt_ids):
     """Log-prob of each target token (tgt_ids then eos), given the source ids (eos appended here)."""
     from safetensors.numpy import load_file
@@ -173,7 +176,10 @@ def numpy_logprobs(checkpoint, src_ids, tgt_ids):
     from translate_ct2_export import loom_sinusoidal_table
 
     m = recipe_model(checkpoint)
-    w = {k: v.astype(np.float64) for k, v in load_file(os.path.join(checkpoint, "model.safetensors")).items()}
+    if _weights.get("dir") != checkpoint:
+        _weights["dir"] = checkpoint
+        _weights["w"] = {k: v.astype(np.float64) for k, v in load_file(os.path.join(checkpoint, "model.safetensors")).items()}
+    w = _weights["w"]
     d, heads = int(m["d_model"]), int(m["n_heads"])
     eps = float(m.get("norm_eps", 1e-5))
     P = loom_sinusoidal_table(int(m["max_seq_len"]), d).astype(np.float64)
