@@ -266,9 +266,10 @@ def cmd_bench(a):
 
     tok = Tok(a.checkpoint)
     srcs, refs = read_lines(a.src, a.n), read_lines(a.ref, a.n)
-    rows = []
+    rows, outputs = [], {}
 
     def add(name, texts, seconds, note=""):
+        outputs[name] = texts
         tokens = sum(tok.count(t) for t in texts)
         bleu = sacrebleu.corpus_bleu(texts, [refs]).score
         chrf = sacrebleu.corpus_chrf(texts, [refs]).score
@@ -307,6 +308,15 @@ def cmd_bench(a):
     if "loom fp32" in by and "CTranslate2 fp32" in by:
         l, c = by["loom fp32"], by["CTranslate2 fp32"]
         print(f"\nloom / CTranslate2 fp32: speed (tokens/s) {l[3] / c[3]:.2f}x, BLEU {l[4] - c[4]:+.2f}, chrF {l[5] - c[5]:+.2f}")
+        budgets = [tok.max_len(len(tok.ids(line))) for line in srcs]
+        same = limit = 0
+        for x, y, budget in zip(outputs["loom fp32"], outputs["CTranslate2 fp32"], budgets):
+            if x == y:
+                same += 1
+            elif max(tok.count(x), tok.count(y)) >= budget:
+                limit += 1
+        print(f"identical translations, loom vs CTranslate2 fp32: {same}/{len(srcs)}; of the {len(srcs) - same} "
+              f"others, {limit} reach the length limit in one of them")
         if "CTranslate2 int8" in by:
             i8 = by["CTranslate2 int8"]
             print(f"loom / CTranslate2 int8: speed (tokens/s) {l[3] / i8[3]:.2f}x, BLEU {l[4] - i8[4]:+.2f}")
