@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Creates ./.venv with the PyPI packages that tests use as reference implementations (today:
-# sacrebleu, the reference for loom's BLEU and chrF). Idempotent and fast when nothing changed:
+# Creates ./.venv with the PyPI packages that tests use as reference implementations (sacrebleu,
+# the reference for loom's BLEU and chrF) and that bench/translate_ct2.sh uses (ctranslate2,
+# sentencepiece, safetensors, numpy: the CTranslate2 side of the loom vs CTranslate2 benchmark). Idempotent and fast when nothing changed:
 # pip runs only if a pinned package is missing or at another version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pinned=(sacrebleu==2.6.0)
+# bench/translate_ct2.sh only: `scripts/venv.sh --ct2` adds these.
+ct2_pinned=(ctranslate2==4.8.5 sentencepiece==0.2.3 safetensors==0.8.0 numpy==2.4.6)
+if [ "${1:-}" = "--ct2" ]; then pinned+=("${ct2_pinned[@]}"); fi
 
 # Debian's python (not a pyenv or conda one on PATH), so the venv is the same everywhere.
 python=/usr/bin/python3
