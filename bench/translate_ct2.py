@@ -116,9 +116,9 @@ def ct2_translate(translator, tok, lines, beam, batch_size, return_end_token=Tru
     return texts, seconds, over
 
 
-def loom_translate(loom, checkpoint, lines, beam, batch_size, threads):
+def loom_translate(loom, checkpoint, lines, beam, batch_size, threads, extra=()):
     """loom translate on all of `lines` at once; (texts, seconds of the run)."""
-    cmd = [loom, "--threads", str(threads), "translate", checkpoint, "--beam", str(beam), "--batch-size", str(batch_size)]
+    cmd = [loom, "--threads", str(threads), "translate", checkpoint, "--beam", str(beam), "--batch-size", str(batch_size), *extra]
     data = "".join(line + "\n" for line in lines).encode("utf-8")
     t0 = time.perf_counter()
     p = subprocess.run(cmd, input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -285,6 +285,9 @@ def cmd_bench(a):
         if a.save:
             with open(a.save + ".loom", "w", encoding="utf-8") as f:
                 f.writelines(t + "\n" for t in loom_out)
+        # The extra row: matmuls in bf16 (oneDNN's AVX-512 bf16 kernels), log-probs in fp32.
+        bf16_out, bf16_s = loom_translate(a.loom, a.checkpoint, srcs, a.beam, a.batch_size, a.threads, ["--bf16"])
+        add("loom bf16", bf16_out, bf16_s - load_s, f"(run {bf16_s:.2f} s - empty-input run {load_s:.2f} s)")
     for compute_type in ["float32"] + (["int8"] if a.int8 else []):
         print(f"CTranslate2 {compute_type}: translating ...", file=sys.stderr, flush=True)
         translator = ctranslate2.Translator(a.ct2_dir, device="cpu", compute_type=compute_type, inter_threads=1, intra_threads=a.threads)

@@ -88,11 +88,11 @@ void eval_translation(LoadedModel& loaded, const std::string& split, int batch_s
   const ChrfScore chrf = corpus_chrf(hyps, data.tgt_text);
   std::printf("checkpoint %s (step %lld), %s %s->%s\n%s split: %zu pairs (%lld usable for the loss)\n"
               "loss %.4f nats/target token, perplexity %.2f\n"
-              "beam %lld, lenpen %.2f, batch %d: %lld target tokens in %.1f s (%.1f tokens/s)\n%s\n%s\n",
+              "beam %lld, lenpen %.2f, batch %d%s: %lld target tokens in %.1f s (%.1f tokens/s)\n%s\n%s\n",
               loaded.dir.c_str(), static_cast<long long>(loaded.state.step), recipe.data.corpus.c_str(),
               recipe.task.src.c_str(), recipe.task.tgt.c_str(), split.c_str(), n,
               static_cast<long long>(data.pairs.size()), loss, std::exp(loss), static_cast<long long>(options.beam),
-              options.lenpen, batch_size, static_cast<long long>(target_tokens), seconds,
+              options.lenpen, batch_size, options.bf16 ? ", bf16" : "", static_cast<long long>(target_tokens), seconds,
               static_cast<double>(target_tokens) / seconds, bleu.format().c_str(), chrf.format().c_str());
 }
 
@@ -116,6 +116,7 @@ void add_eval(CLI::App& app, const GlobalOptions& global) {
       ->check(CLI::PositiveNumber);
   app.add_option("--beam", args->search.beam, "translation: beam size (1 = greedy)")->check(CLI::PositiveNumber);
   app.add_option("--lenpen", args->search.lenpen, "translation: length penalty (score / length^lenpen)");
+  app.add_flag("--bf16", args->search.bf16, "translation: matmuls in bf16 (autocast)");
   app.add_option("--output", args->output, "translation: write the translations here, one line per source");
   app.callback([args, &global, &app] {
     configure_threads(global.threads);

@@ -94,6 +94,7 @@ void add_translate(CLI::App& app, const GlobalOptions& global) {
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", args->options.sample.seed, "sampling seed");
   app.add_option("--batch-size", args->batch_size, "source lines translated together at most")->check(CLI::PositiveNumber);
+  app.add_flag("--bf16", args->options.bf16, "run the matmuls in bf16 (autocast; faster on CPUs with bf16 support)");
   app.callback([args, &global, beam] {
     configure_threads(global.threads);
     auto& options = args->options;

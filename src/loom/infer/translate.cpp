@@ -6,6 +6,7 @@
 #include <memory>
 #include <numeric>
 
+#include "loom/core/compat.h"
 #include "loom/core/error.h"
 
 namespace loom {
@@ -76,6 +77,7 @@ std::vector<std::vector<Hypothesis>> translate_batch(Model& model, const std::ve
   if (n == 0) return finalized;
 
   torch::NoGradGuard no_grad;
+  compat::CpuAutocast autocast(o.bf16);
   EvalMode eval_mode(model);
   const auto device = model->tok_emb->weight.device();
   const auto on_device = torch::TensorOptions().device(device);
@@ -212,7 +214,7 @@ std::vector<std::vector<Hypothesis>> translate_batch(Model& model, const std::ve
     if (o.use_cache) {
       // Beams reordered within their sentences keep their rows' cross-attention keys and values;
       // only when sentences leave do those rows move.
-      select_cache_rows(cache, index, /*cross=*/next_active.size() != active.size());
+      select_cache_rows(cache, index, /*cross=*/next_active.size() != active.size(), /*length=*/step + 1);
     } else {
       memory = memory.index_select(0, index);
     }

@@ -31,6 +31,7 @@ struct SearchOptions {
   bool sampling = false;        // draw each token with `sample` (temperature, top-k, top-p) instead of
   SamplingOptions sample;       // searching; needs beam 1. One generator serves the batch's rows in turn.
   bool use_cache = true;        // false: recompute the whole prefix every step (testing)
+  bool bf16 = false;            // matmuls under bf16 autocast (log-probs still fp32)
   int64_t bos = 1, eos = 2, unk = 0;
 };
 

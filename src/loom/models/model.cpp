@@ -132,9 +132,18 @@ KVCache ModelImpl::make_cache(int64_t batch, int64_t capacity) {
   return cache;
 }
 
-void select_cache_rows(KVCache& cache, const torch::Tensor& index, bool cross) {
+void select_cache_rows(KVCache& cache, const torch::Tensor& index, bool cross, int64_t length) {
   for (auto& layer : cache.layers) {
-    for (auto* t : {&layer.k, &layer.v, &layer.conv, &layer.ssm, &layer.kv_sum, &layer.k_sum})
+    for (auto* t : {&layer.k, &layer.v}) {
+      if (!t->defined()) continue;
+      if (length >= 0 && index.size(0) == t->size(0)) {  // same rows: move only the filled positions, in place
+        auto filled = t->narrow(2, 0, length);
+        filled.copy_(filled.index_select(0, index));
+      } else {
+        *t = t->index_select(0, index);
+      }
+    }
+    for (auto* t : {&layer.conv, &layer.ssm, &layer.kv_sum, &layer.k_sum})
       if (t->defined()) *t = t->index_select(0, index);
     if (!cross) continue;
     for (auto* t : {&layer.cross_k, &layer.cross_v})

@@ -93,6 +93,8 @@ TORCH_MODULE(Model);
 // cross false leaves the cross-attention keys and values (cross_k, cross_v) as they are: right
 // when every row of `index` lies among the rows of the same source as the row it replaces (a
 // beam reordered within its sentence, whose rows share one memory), and saves copying them.
-void select_cache_rows(KVCache& cache, const torch::Tensor& index, bool cross = true);
+// length >= 0: only the first `length` positions of the attention keys and values hold data (the
+// decoded prefix); when the row count stays, just those are moved, in place (beam search's step).
+void select_cache_rows(KVCache& cache, const torch::Tensor& index, bool cross = true, int64_t length = -1);
 
 }  // namespace loom
