@@ -1,7 +1,6 @@
 // Tests for src/loom/data: the R reader, corpus splitting, the tokenizer, token files and batching.
 #include <gtest/gtest.h>
 
-#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -15,24 +14,12 @@
 #include "loom/data/rdata.h"
 #include "loom/data/token_stream.h"
 #include "loom/data/tokenizer.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace loom;
 
 namespace {
-
-// A fresh directory under /tmp, removed when the test ends.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("loom_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 // Builds R XDR bytes by hand (big-endian 32-bit words, as R's serialize.c writes them).
 struct Xdr {

@@ -180,8 +180,8 @@ TEST(Seq2SeqModel, ParameterLayoutAndSharing) {
 // End to end on a corpus of the user's own (a toy language that reverses English word order):
 // train, average, evaluate (loss, BLEU, chrF) and translate from the command line.
 TEST(Seq2SeqCli, TrainAverageEvalTranslate) {
-  char pattern[] = "/tmp/loom-seq2seq-XXXXXX";
-  const std::filesystem::path root = mkdtemp(pattern);
+  const TempDir temp;
+  const std::filesystem::path& root = temp.path;
   const auto corpus = root / "data" / "toy";
   std::filesystem::create_directories(corpus);
   std::mt19937 rng(11);
@@ -250,5 +250,4 @@ TEST(Seq2SeqCli, TrainAverageEvalTranslate) {
   EXPECT_NE(err.str().find("exceed the model's context"), std::string::npos) << err.str();
   // Bad input: averaging checkpoints of different models, too few checkpoints.
   expect_one_line_error(run_loom("average " + run + " --last 9 --out " + run + "/x"), "fewer than --last 9");
-  std::filesystem::remove_all(root);
 }

@@ -9,23 +9,13 @@
 #include <random>
 
 #include "loom/core/error.h"
+#include "loom/core/hash.h"
 #include "loom/data/corpus.h"
 #include "loom/data/tokenizer.h"
 
 namespace fs = std::filesystem;
 
 namespace loom {
-namespace {
-
-// splitmix64 finalizer (Steele et al. 2014): a cheap, well-mixed hash of the batch coordinates.
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 void encode_text_file(const Tokenizer& tokenizer, const std::string& txt, const std::string& bin) {
   std::ifstream in(txt);
@@ -79,7 +69,7 @@ LMBatcher::LMBatcher(const TokenStream& stream, int batch_size, int seq_len)
 
 std::pair<torch::Tensor, torch::Tensor> LMBatcher::sample(uint64_t seed, int64_t step,
                                                           int micro_index) const {
-  std::mt19937_64 rng(mix(mix(mix(seed) ^ static_cast<uint64_t>(step)) ^
+  std::mt19937_64 rng(splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^
                           static_cast<uint64_t>(micro_index)));
   // Starts uniform in [0, size - seq_len - 1]. Modulo rather than std::uniform_int_distribution,
   // whose output differs between standard libraries; the bias is < range / 2^64.

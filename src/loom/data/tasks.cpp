@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 
 #include "loom/core/error.h"
+#include "loom/core/hash.h"
 
 namespace loom {
 namespace {
@@ -24,13 +25,6 @@ std::vector<int64_t> distinct_sorted(std::mt19937_64& rng, int64_t n, int64_t k)
   all.resize(static_cast<size_t>(k));
   std::sort(all.begin(), all.end());
   return all;
-}
-
-uint64_t mix(uint64_t x) {  // splitmix64's finalizer
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
 }
 
 std::string key_of(const Example& e) {
@@ -342,7 +336,7 @@ TaskData::TaskData(const TaskConfig& config) : config_(config), task_(make_task(
   std::unordered_set<std::string> seen;
   // Draws `count` distinct examples not seen before; gives up when the task has too few.
   auto draw = [&](int64_t count, uint64_t stream, std::vector<Example>& out) {
-    std::mt19937_64 rng(mix(static_cast<uint64_t>(config_.seed) * 16 + stream));
+    std::mt19937_64 rng(splitmix64(static_cast<uint64_t>(config_.seed) * 16 + stream));
     int64_t misses = 0;
     while (static_cast<int64_t>(out.size()) < count) {
       Example e = task_->sample(rng);
@@ -370,7 +364,7 @@ Example TaskData::draw_training(std::mt19937_64& rng) const {
 }
 
 TaskBatch TaskData::sample(uint64_t seed, int64_t step, int64_t micro, int64_t batch_size) const {
-  std::mt19937_64 rng(mix(mix(mix(seed) + static_cast<uint64_t>(step)) + static_cast<uint64_t>(micro)));
+  std::mt19937_64 rng(splitmix64(splitmix64(splitmix64(seed) + static_cast<uint64_t>(step)) + static_cast<uint64_t>(micro)));
   std::vector<Example> fresh;
   std::vector<const Example*> picked;
   for (int64_t i = 0; i < batch_size; ++i) {

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "loom/core/error.h"
+#include "loom/core/hash.h"
 
 namespace fs = std::filesystem;
 
@@ -32,13 +33,6 @@ int64_t pair_tokens(const TranslationPair& p) {
   return static_cast<int64_t>(std::max(p.src.size(), p.tgt.size())) + 1;
 }
 
-// A stable 64-bit mix (splitmix64) for per-epoch seeds.
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 }  // namespace
 
@@ -189,7 +183,7 @@ TranslationBatch TranslationData::sample(uint64_t seed, int64_t step, int64_t mi
   const int64_t epoch = visit / n;
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
-  std::mt19937_64 rng(mix(seed ^ mix(static_cast<uint64_t>(epoch))));
+  std::mt19937_64 rng(splitmix64(seed ^ splitmix64(static_cast<uint64_t>(epoch))));
   std::shuffle(order.begin(), order.end(), rng);
   return collate_pairs(train_.pairs, train_batches_[order[visit % n]], tokenizer_.bos_id(), tokenizer_.eos_id());
 }
