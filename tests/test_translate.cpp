@@ -6,11 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <map>
 #include <set>
 
 #include "loom/infer/translate.h"
+#include "loom/io/safetensors.h"
 #include "loom/nn/mixer.h"
 #include "test_util.h"
 
@@ -134,11 +136,22 @@ bool has_repeated_ngram(const std::vector<int64_t>& tokens, size_t n) {
 }
 
 // A model trained a few hundred Adam steps to copy its source (tokens 0 and 3..V-1, unk
-// included): non-degenerate outputs that end with eos at the right place. Trained once.
+// included): non-degenerate outputs that end with eos at the right place. Trained once per build:
+// CTest runs every test in its own process, so the weights are kept in the build directory for
+// the other tests (delete build/test-cache after changing the model's forward pass).
 Model& copy_model() {
   static Model model = [] {
+    const auto cache = std::filesystem::path(LOOM_BINARY).parent_path() / "test-cache" / "translate-copy-model-v1.safetensors";
     torch::manual_seed(5);
     Model m(translation_config(24, 0.02));
+    if (std::filesystem::exists(cache)) {
+      try {
+        load_module_state(*m, load_safetensors(cache.string()), cache.string());
+        m->eval();
+        return m;
+      } catch (const loom::Error&) {  // stale (the model changed): train again
+      }
+    }
     m->train();
     torch::optim::Adam adam(m->parameters(), torch::optim::AdamOptions(3e-3));
     std::mt19937 rng(11);
@@ -162,6 +175,8 @@ Model& copy_model() {
       adam.step();
     }
     m->eval();
+    std::filesystem::create_directories(cache.parent_path());
+    save_safetensors(cache.string(), module_state(*m));  // atomic: parallel tests never see half a file
     return m;
   }();
   return model;
