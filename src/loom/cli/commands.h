@@ -3,6 +3,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include "loom/infer/sampler.h"
 #include "loom/train/train_step.h"
 
 namespace loom::cli {
@@ -20,6 +21,9 @@ void add_score(CLI::App& app, const GlobalOptions& global);
 void add_data(CLI::App& app, const GlobalOptions& global);
 void add_average(CLI::App& app, const GlobalOptions& global);
 void add_blocks(CLI::App& app, const GlobalOptions& global);
+
+// --temperature, --top-k, --top-p, --seed (generate and translate share them).
+void add_sampling_options(CLI::App& app, SamplingOptions& options);
 
 // Prints a workbench task's held-out scores ("test exact match 97.3% (973 of 1000) ...").
 void print_task_score(const std::string& split, const TaskScore& score, bool classification, double majority);

@@ -7,6 +7,14 @@
 
 namespace loom::cli {
 
+void add_sampling_options(CLI::App& app, SamplingOptions& options) {
+  app.add_option("--temperature", options.temperature, "sampling temperature; 0 = greedy")->check(CLI::NonNegativeNumber);
+  app.add_option("--top-k", options.top_k, "sample among the k likeliest tokens (0 = off)")->check(CLI::NonNegativeNumber);
+  app.add_option("--top-p", options.top_p, "sample within the smallest set of this mass (1 = off)")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--seed", options.seed, "sampling seed");
+}
+
 void add_generate(CLI::App& app, const GlobalOptions& global) {
   struct Args {
     std::string checkpoint;
@@ -19,13 +27,7 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
   app.add_option("--prompt", args->prompt, "text to continue (empty: start a new paragraph)");
   app.add_option("--max-new-tokens", args->options.max_new_tokens, "tokens to generate at most")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--temperature", args->options.sampling.temperature, "sampling temperature; 0 = greedy")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--top-k", args->options.sampling.top_k, "sample among the k likeliest tokens (0 = off)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--top-p", args->options.sampling.top_p, "sample within the smallest set of this mass (1 = off)")
-      ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--seed", args->options.sampling.seed, "sampling seed");
+  add_sampling_options(app, args->options.sampling);
   app.callback([args, &global] {
     configure_threads(global.threads);
     auto loaded = load_checkpoint(args->checkpoint);

@@ -86,15 +86,9 @@ void add_translate(CLI::App& app, const GlobalOptions& global) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--unkpen", args->options.unkpen, "subtracted from the unknown token's log-prob");
   app.add_flag("--sample", args->sample, "sample each token instead of searching (beam 1)");
-  app.add_option("--temperature", args->options.sample.temperature, "sampling temperature; 0 = greedy")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--top-k", args->options.sample.top_k, "sample among the k likeliest tokens (0 = off)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--top-p", args->options.sample.top_p, "sample within the smallest set of this mass (1 = off)")
-      ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--seed", args->options.sample.seed, "sampling seed");
+  add_sampling_options(app, args->options.sample);
   app.add_option("--batch-size", args->batch_size, "source lines translated together at most")->check(CLI::PositiveNumber);
-  app.add_flag("--bf16", args->options.bf16, "run the matmuls in bf16 (autocast; faster on CPUs with bf16 support)");
+  app.add_flag("--bf16", args->options.bf16, "run the matmuls under bf16 autocast (log-probs stay fp32)");
   app.callback([args, &global, beam] {
     configure_threads(global.threads);
     auto& options = args->options;
