@@ -161,6 +161,16 @@ TEST(Seq2SeqModel, ParameterLayoutAndSharing) {
   for (const char* name : {"layers.0.cross.wq.weight", "layers.2.cross.wkv.weight", "layers.1.norm_cross.weight",
                            "enc_layers.1.mixer.wqkv.weight", "norm_enc.weight"})
     EXPECT_TRUE(param(*shared, name).defined()) << name;
+  // Residual projections start at init_std / sqrt(2 x the depth of their own stack).
+  auto residual_std = [&](const std::string& prefix) {
+    std::vector<torch::Tensor> ws;
+    for (auto& item : shared->named_parameters())
+      if (item.key().rfind(prefix, 0) == 0 && item.key().size() > 10 && item.key().compare(item.key().size() - 9, 9, "wo.weight") == 0)
+        ws.push_back(item.value().flatten());
+    return torch::cat(ws).std().item<double>();
+  };
+  EXPECT_NEAR(residual_std("enc_layers."), c.init_std / std::sqrt(4.0), 0.1 * c.init_std / std::sqrt(4.0));
+  EXPECT_NEAR(residual_std("layers."), c.init_std / std::sqrt(6.0), 0.1 * c.init_std / std::sqrt(6.0));
   c.share_embeddings = false;
   Model separate(c);
   EXPECT_EQ(separate->num_parameters(), shared->num_parameters() + 50 * 16);

@@ -192,7 +192,13 @@ double ModelImpl::max_attention_logit() {
 
 void ModelImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
-  const double std = config_.init_std, residual_std = std / std::sqrt(2.0 * config_.n_layers);
+  const double std = config_.init_std;
+  // 1 / sqrt(2 x the depth of the stack the projection writes into): an encoder-decoder's decoder
+  // layers count dec_layers, everything else n_layers.
+  auto residual_std = [&](const std::string& name) {
+    const bool decoder = config_.encoder_decoder() && name.rfind("layers.", 0) == 0;
+    return std / std::sqrt(2.0 * static_cast<double>(decoder ? config_.decoder_layers() : config_.n_layers));
+  };
   auto ends_with = [](const std::string& s, const std::string& suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
   };
@@ -204,7 +210,7 @@ void ModelImpl::reset_parameters() {
   // D and dt bias, head scales) keeps the initialization its own module chose.
   for (auto& item : named_modules(/*name_prefix=*/"", /*include_self=*/false)) {  // called from the constructor
     if (auto* linear = item.value()->as<torch::nn::LinearImpl>()) {
-      linear->weight.normal_(0.0, is_residual(item.key()) ? residual_std : std);
+      linear->weight.normal_(0.0, is_residual(item.key()) ? residual_std(item.key()) : std);
       if (linear->bias.defined()) linear->bias.zero_();
     } else if (auto* embedding = item.value()->as<torch::nn::EmbeddingImpl>()) {
       // Scaled embeddings start at unit variance after the sqrt(d_model) factor (fairseq).
@@ -214,7 +220,7 @@ void ModelImpl::reset_parameters() {
       for (auto& p : item.value()->named_parameters(/*recurse=*/false)) {
         if ((item.key() == "pos" || item.key() == "enc_pos") && p.key() == "weight") p.value().normal_(0.0, std);
         if (p.value().dim() == 3 && (p.key() == "w_in" || p.key() == "w_out"))
-          p.value().normal_(0.0, p.key() == "w_out" ? residual_std : std);
+          p.value().normal_(0.0, p.key() == "w_out" ? residual_std(item.key()) : std);
       }
     }
   }
