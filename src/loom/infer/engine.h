@@ -1,0 +1,49 @@
+// An inference engine for decoder language models: a fixed set of sequence slots, each with its
+// own KV cache, advanced together. One call runs new tokens of several slots through the model at
+// once (a prompt's prefill and other slots' single decode tokens may share a call), which is what
+// the server's continuous batching and the decode benchmark need.
+//
+// Two implementations share this interface:
+//   reference: the Model's own forward with one KVCache per slot (any decoder recipe);
+//   fast:      LLaMA/GPT-style decoders with fp32, int8 or 4-bit weights, hand-written matrix-vector
+//              kernels at decode and a decode step that allocates nothing (infer/fast_engine.h).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "loom/models/model.h"
+
+namespace loom {
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t context() const = 0;  // positions each slot holds
+  virtual int64_t slots() const = 0;    // sequences held at once
+
+  // Appends tokens[i] (non-empty) to slot slots[i]'s sequence (slots distinct, each in
+  // [0, slots())) and returns the logits after each slot's last new token: [n, vocab_size] float,
+  // row i for slots[i]. Token ids outside the vocabulary, or a slot whose length would pass
+  // context(), are loom::Errors (nothing changes).
+  virtual torch::Tensor forward(const std::vector<int64_t>& slots,
+                                const std::vector<std::vector<int64_t>>& tokens) = 0;
+  // Tokens a slot holds.
+  virtual int64_t length(int64_t slot) const = 0;
+  // Empties a slot (its cache is reused by the next sequence).
+  virtual void reset(int64_t slot) = 0;
+};
+
+struct EngineOptions {
+  int64_t slots = 1;
+  int64_t context = 0;  // 0 = the model's max_seq_len
+};
+
+// The reference engine over any decoder Model (not encoder or encoder_decoder: a loom::Error).
+std::unique_ptr<Engine> make_reference_engine(Model model, const EngineOptions& options);
+
+}  // namespace loom
