@@ -46,4 +46,9 @@ struct EngineOptions {
 // The reference engine over any decoder Model (not encoder or encoder_decoder: a loom::Error).
 std::unique_ptr<Engine> make_reference_engine(Model model, const EngineOptions& options);
 
+struct LoadedModel;  // train/checkpoint.h
+// The engine a loaded checkpoint serves with: the fast engine when its architecture is one the
+// fast engine supports (its weights may be quantized), otherwise the reference engine.
+std::unique_ptr<Engine> make_engine(const LoadedModel& loaded, const EngineOptions& options);
+
 }  // namespace loom
