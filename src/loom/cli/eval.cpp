@@ -150,6 +150,8 @@ void add_eval(CLI::App& app, const GlobalOptions& global) {
     int64_t evaluated = 0;
     for (const auto& batch : batches) evaluated += batch.targets.numel();
     const double loss = evaluate_loss(loaded.model, batches, /*bf16=*/false);
+    if (!loaded.quantization.empty())
+      std::printf("quantized weights: %s (%zu tensors)\n", loaded.quantization.c_str(), loaded.quantized.size());
     std::printf("checkpoint %s (step %lld)\n%s split: %lld tokens evaluated\nloss %.4f nats/token, perplexity %.2f\n"
                 "unigram entropy of the split's own tokens %.4f nats/token\n",
                 loaded.dir.c_str(), static_cast<long long>(loaded.state.step), args->split.c_str(),

@@ -70,7 +70,13 @@ LoadedModel load_checkpoint(const std::string& path) {
   }
   loaded.model = Model(loaded.recipe.model);
   const std::string weights = (fs::path(loaded.dir) / "model.safetensors").string();
-  load_module_state(*loaded.model, load_safetensors(weights), weights);
+  auto file = load_safetensors(weights);
+  loaded.quantized = extract_quantized(file.tensors, weights);
+  if (!loaded.quantized.empty()) {
+    auto it = file.metadata.find("quantization");
+    loaded.quantization = it != file.metadata.end() ? it->second : "unknown";
+  }
+  load_module_state(*loaded.model, file, weights);
   loaded.model->eval();
   return loaded;
 }
@@ -100,6 +106,8 @@ std::string average_checkpoints(const std::vector<std::string>& checkpoints, con
     if (!dirs.empty() && file.tensors.size() != sum.size())
       fail("average: {} holds {} tensors, {} holds {}", weights, file.tensors.size(), dirs.front(), sum.size());
     for (auto& [name, tensor] : file.tensors) {
+      if (file.metadata.count("quantization"))
+        fail("average: {} is a quantized checkpoint; average the float checkpoints, then quantize", dir);
       if (dirs.empty()) {
         index[name] = sum.size();
         sum.emplace_back(name, tensor.to(torch::kDouble));

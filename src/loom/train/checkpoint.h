@@ -10,6 +10,7 @@
 
 #include "loom/data/tokenizer.h"
 #include "loom/models/model.h"
+#include "loom/quant/quantize.h"
 #include "loom/train/adamw.h"
 #include "loom/train/recipe.h"
 
@@ -38,6 +39,11 @@ struct LoadedModel {
   Tokenizer tokenizer;  // empty for generated tasks (has_tokenizer false)
   bool has_tokenizer = false;
   TrainerState state;
+  // Quantized checkpoints (`loom quantize`): the method ("int8", "q4", "gptq"; empty for float
+  // checkpoints) and the stored quantized weights by parameter name. `model` holds their
+  // dequantized values, so everything that runs a Model runs the quantized model.
+  std::string quantization;
+  std::map<std::string, QuantizedLinear> quantized;
 };
 LoadedModel load_checkpoint(const std::string& path);
 // Fails, naming the checkpoint and its task, unless it has a text tokenizer (`what` says who needs it).

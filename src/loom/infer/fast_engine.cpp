@@ -1,0 +1,418 @@
+#include "loom/infer/fast_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "loom/core/error.h"
+#include "loom/quant/kernels.h"
+
+namespace loom {
+namespace {
+
+enum class Norm { kLayerNorm, kRmsNorm };
+enum class Act { kRelu, kGelu, kSilu };
+enum class Rope { kNone, kHalf, kAdjacent };
+
+// A linear layer in the format it runs in: y[n, rows] = x[n, cols] W^T + bias.
+struct Linear {
+  std::string name;  // the weight's parameter name
+  WeightFormat format = WeightFormat::kF32;
+  int64_t rows = 0, cols = 0;
+  torch::Tensor w;        // fp32 [rows, cols]
+  QuantizedLinear q;      // int8 / q4_0
+  const float* bias = nullptr;
+  torch::Tensor bias_t;
+
+  void apply(const float* x, int64_t n, float* y) const {
+    switch (format) {
+      case WeightFormat::kInt8:
+        quant::linear_int8(x, n, cols, q.q.data_ptr<int8_t>(), q.scale.data_ptr<float>(), rows, y);
+        break;
+      case WeightFormat::kQ4_0:
+        quant::linear_q4_0(x, n, cols, reinterpret_cast<const quant::BlockQ4_0*>(q.q.data_ptr<uint8_t>()), rows, y);
+        break;
+      default: {
+        auto out = torch::from_blob(y, {n, rows});
+        torch::mm_out(out, torch::from_blob(const_cast<float*>(x), {n, cols}), w.t());
+      }
+    }
+    if (bias != nullptr)
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = 0; r < rows; ++r) y[i * rows + r] += bias[r];
+  }
+};
+
+struct NormWeights {
+  const float* weight = nullptr;
+  const float* bias = nullptr;  // layernorm with model.bias
+};
+
+struct Layer {
+  NormWeights norm1, norm2;
+  Linear qkv, out, ffn_in, ffn_out;
+  int64_t window = 0;  // 0: every earlier position
+  std::vector<float> k, v;  // [slots, kv_heads, context, head_dim]
+};
+
+float activate(Act act, float x) {
+  switch (act) {
+    case Act::kRelu: return x > 0 ? x : 0;
+    case Act::kGelu: return 0.5f * x * (1.0f + std::erf(x * static_cast<float>(M_SQRT1_2)));
+    default: return x / (1.0f + std::exp(-x));
+  }
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  // 8 independent partial sums: vectorizable without reassociating one chain.
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+class FastEngine : public Engine {
+ public:
+  FastEngine(Model model, const std::map<std::string, QuantizedLinear>& quantized, const FastEngineOptions& options)
+      : model_(std::move(model)), c_(model_->config()) {
+    std::string why;
+    if (!fast_engine_supports(c_, &why)) fail("the fast engine cannot run this model: {}", why);
+    slots_ = options.engine.slots;
+    context_ = options.engine.context > 0 ? options.engine.context : c_.max_seq_len;
+    if (slots_ < 1) fail("an engine needs at least 1 slot, got {}", slots_);
+    if (context_ > c_.max_seq_len)
+      fail("an engine context of {} exceeds the model's max_seq_len of {}", context_, c_.max_seq_len);
+    heads_ = c_.n_heads, kv_heads_ = c_.kv_heads(), head_dim_ = c_.head_dim();
+    norm_ = c_.norm == "rmsnorm" ? Norm::kRmsNorm : Norm::kLayerNorm;
+    gated_ = c_.ffn == "swiglu" || c_.ffn == "geglu";
+    act_ = c_.ffn == "relu" ? Act::kRelu : (c_.ffn == "swiglu" ? Act::kSilu : Act::kGelu);
+    rope_ = c_.position == "rope" ? Rope::kHalf : (c_.position == "rope_adjacent" ? Rope::kAdjacent : Rope::kNone);
+
+    torch::NoGradGuard no_grad;
+    model_->eval();
+    std::map<std::string, torch::Tensor> params;
+    for (const auto& p : model_->named_parameters()) params[p.key()] = p.value().detach().contiguous();
+    auto param = [&](const std::string& name) {
+      auto it = params.find(name);
+      if (it == params.end()) fail("the fast engine found no parameter '{}'", name);
+      if (it->second.scalar_type() != torch::kFloat) fail("the fast engine needs fp32 weights; '{}' is {}", name, c10::toString(it->second.scalar_type()));
+      return it->second;
+    };
+    auto optional = [&](const std::string& name) -> const float* {
+      auto it = params.find(name);
+      return it == params.end() ? nullptr : it->second.data_ptr<float>();
+    };
+    auto linear = [&](const std::string& prefix) {
+      Linear l;
+      l.name = prefix + ".weight";
+      l.w = param(prefix + ".weight");
+      l.rows = l.w.size(0), l.cols = l.w.size(1);
+      if (params.count(prefix + ".bias")) l.bias_t = param(prefix + ".bias"), l.bias = l.bias_t.data_ptr<float>();
+      const std::string name = prefix + ".weight";
+      WeightFormat want = options.weights;
+      auto stored = quantized.find(name);
+      if (want == WeightFormat::kAsStored) {
+        if (stored == quantized.end()) return l;
+        l.q = stored->second;
+        l.format = l.q.format == QuantFormat::kInt8 ? WeightFormat::kInt8 : WeightFormat::kQ4_0;
+      } else if (want != WeightFormat::kF32) {
+        const auto format = want == WeightFormat::kInt8 ? QuantFormat::kInt8 : QuantFormat::kQ4_0;
+        if (!is_quantizable(name, l.w, format)) return l;
+        l.q = quantize_rtn(l.w, format);
+        l.format = want;
+      }
+      if (l.format != WeightFormat::kF32) use_quantized(l, l.q);
+      return l;
+    };
+    auto norm = [&](const std::string& prefix) {
+      return NormWeights{param(prefix + ".weight").data_ptr<float>(), optional(prefix + ".bias")};
+    };
+    embedding_ = param("tok_emb.weight");
+    if (c_.position == "learned" || c_.position == "sinusoidal") {
+      // Additive positions: the table is what the position module adds to zeros.
+      positions_ = model_->pos->embed(torch::zeros({1, c_.max_seq_len, c_.d_model}), 0)[0].contiguous();
+    }
+    if (rope_ != Rope::kNone) {
+      const int64_t half = head_dim_ / 2;
+      auto inv_freq = torch::pow(c_.rope_theta, -torch::arange(0, half, torch::kDouble) / half);
+      auto angles = torch::outer(torch::arange(c_.max_seq_len, torch::kDouble), inv_freq);
+      cos_ = angles.cos().to(torch::kFloat).contiguous();
+      sin_ = angles.sin().to(torch::kFloat).contiguous();
+    }
+    const auto mixers = c_.layer_mixers();
+    for (int64_t i = 0; i < c_.n_layers; ++i) {
+      const std::string p = "layers." + std::to_string(i);
+      Layer layer;
+      layer.norm1 = norm(p + ".norm1");
+      layer.norm2 = norm(p + ".norm2");
+      layer.qkv = linear(p + ".mixer.wqkv");
+      layer.out = linear(p + ".mixer.wo");
+      layer.ffn_in = linear(p + ".ffn.w_in");
+      layer.ffn_out = linear(p + ".ffn.w_out");
+      layer.window = mixers[i] == "local_attention" ? c_.window : 0;
+      const size_t cache = static_cast<size_t>(slots_ * kv_heads_ * context_ * head_dim_);
+      layer.k.assign(cache, 0.0f);
+      layer.v.assign(cache, 0.0f);
+      layers_.push_back(std::move(layer));
+    }
+    norm_f_ = norm("norm_f");
+    if (c_.tie_embeddings) {
+      lm_head_.w = embedding_;
+      lm_head_.rows = embedding_.size(0), lm_head_.cols = embedding_.size(1);
+    } else {
+      lm_head_ = linear("lm_head");
+    }
+    lengths_.assign(slots_, 0);
+    before_linear_ = options.before_linear;
+  }
+
+  int64_t vocab_size() const override { return c_.vocab_size; }
+  int64_t context() const override { return context_; }
+  int64_t slots() const override { return slots_; }
+  int64_t length(int64_t slot) const override {
+    check_slot(slot);
+    return lengths_[slot];
+  }
+  void reset(int64_t slot) override {
+    check_slot(slot);
+    lengths_[slot] = 0;
+  }
+
+  torch::Tensor forward(const std::vector<int64_t>& slots, const std::vector<std::vector<int64_t>>& tokens) override {
+    validate(slots, tokens);
+    // Rows: every new token of every slot, with its slot and position.
+    rows_.clear();
+    last_row_.clear();
+    for (size_t i = 0; i < slots.size(); ++i) {
+      for (size_t j = 0; j < tokens[i].size(); ++j)
+        rows_.push_back({slots[i], lengths_[slots[i]] + static_cast<int64_t>(j), tokens[i][j]});
+      last_row_.push_back(static_cast<int64_t>(rows_.size()) - 1);
+    }
+    const int64_t n = static_cast<int64_t>(rows_.size()), d = c_.d_model;
+    grow(n);
+    float* x = x_.data();
+    for (int64_t r = 0; r < n; ++r) {
+      const float* e = embedding_.data_ptr<float>() + rows_[r].token * d;
+      const float scale = c_.embed_scale ? std::sqrt(static_cast<float>(d)) : 1.0f;
+      const float* p = positions_.defined() ? positions_.data_ptr<float>() + rows_[r].position * d : nullptr;
+      for (int64_t i = 0; i < d; ++i) x[r * d + i] = e[i] * scale + (p ? p[i] : 0.0f);
+    }
+    for (auto& layer : layers_) run_layer(layer, n);
+    // Only each slot's last row needs logits.
+    const int64_t m = static_cast<int64_t>(slots.size());
+    for (int64_t i = 0; i < m; ++i) std::copy_n(x + last_row_[i] * d, d, h_.data() + i * d);
+    normalize(norm_f_, h_.data(), m, h_.data());
+    auto logits = torch::empty({m, c_.vocab_size});
+    lm_head_.apply(h_.data(), m, logits.data_ptr<float>());
+    for (size_t i = 0; i < slots.size(); ++i) lengths_[slots[i]] += static_cast<int64_t>(tokens[i].size());
+    return logits;
+  }
+
+ private:
+  struct Row {
+    int64_t slot, position, token;
+  };
+
+  static void use_quantized(Linear& l, QuantizedLinear q) {
+    if (q.rows != l.rows || q.cols != l.cols)
+      fail("quantized weight {} is [{}, {}], expected [{}, {}]", l.name, q.rows, q.cols, l.rows, l.cols);
+    l.q = std::move(q);
+    l.q.q = l.q.q.contiguous();
+    if (l.q.scale.defined()) l.q.scale = l.q.scale.contiguous();
+    l.format = l.q.format == QuantFormat::kInt8 ? WeightFormat::kInt8 : WeightFormat::kQ4_0;
+    l.w = torch::Tensor();  // only the quantized form is kept
+  }
+
+  // A layer's linear, through the before_linear hook while it is still fp32.
+  void apply(Linear& l, const float* x, int64_t n, float* y) {
+    if (before_linear_ && l.format == WeightFormat::kF32)
+      if (auto q = before_linear_(l.name, l.w, x, n)) use_quantized(l, std::move(*q));
+    l.apply(x, n, y);
+  }
+
+  void check_slot(int64_t slot) const {
+    if (slot < 0 || slot >= slots_) fail("slot {} is outside [0, {})", slot, slots_);
+  }
+
+  void validate(const std::vector<int64_t>& slots, const std::vector<std::vector<int64_t>>& tokens) const {
+    if (slots.size() != tokens.size()) fail("forward: {} slots but {} token lists", slots.size(), tokens.size());
+    if (slots.empty()) fail("forward: no slots given");
+    std::vector<bool> seen(slots_, false);
+    for (size_t i = 0; i < slots.size(); ++i) {
+      check_slot(slots[i]);
+      if (seen[slots[i]]) fail("forward: slot {} is given twice", slots[i]);
+      seen[slots[i]] = true;
+      if (tokens[i].empty()) fail("forward: slot {} has no new tokens", slots[i]);
+      if (lengths_[slots[i]] + static_cast<int64_t>(tokens[i].size()) > context_)
+        fail("slot {} would hold {} tokens, more than the context of {}", slots[i],
+             lengths_[slots[i]] + static_cast<int64_t>(tokens[i].size()), context_);
+      for (auto id : tokens[i])
+        if (id < 0 || id >= c_.vocab_size) fail("token id {} is outside the vocabulary [0, {})", id, c_.vocab_size);
+    }
+  }
+
+  void grow(int64_t n) {
+    const int64_t d = c_.d_model;
+    const int64_t qkv = (heads_ + 2 * kv_heads_) * head_dim_;
+    const int64_t hidden = gated_ ? 2 * c_.d_ff : c_.d_ff;
+    const int64_t widest = std::max({d, qkv, hidden, heads_ * head_dim_});
+    if (static_cast<int64_t>(x_.size()) >= n * d) return;
+    x_.resize(n * d), h_.resize(n * d), tmp_.resize(n * d);
+    wide_.resize(n * widest), mid_.resize(n * c_.d_ff), attn_.resize(n * heads_ * head_dim_);
+  }
+
+  void normalize(const NormWeights& w, const float* x, int64_t n, float* y) const {
+    const int64_t d = c_.d_model;
+    const float eps = static_cast<float>(c_.norm_eps);
+    for (int64_t r = 0; r < n; ++r) {
+      const float* xr = x + r * d;
+      float* yr = y + r * d;
+      if (norm_ == Norm::kRmsNorm) {
+        const float inv = 1.0f / std::sqrt(dot(xr, xr, d) / d + eps);
+        for (int64_t i = 0; i < d; ++i) yr[i] = xr[i] * inv * w.weight[i];
+      } else {
+        float mean = 0;
+        for (int64_t i = 0; i < d; ++i) mean += xr[i];
+        mean /= d;
+        float var = 0;
+        for (int64_t i = 0; i < d; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+        const float inv = 1.0f / std::sqrt(var / d + eps);
+        for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * inv * w.weight[i] + (w.bias ? w.bias[i] : 0.0f);
+      }
+    }
+  }
+
+  void rotate(float* v, int64_t heads, int64_t position) const {
+    const int64_t half = head_dim_ / 2;
+    const float* cs = cos_.data_ptr<float>() + position * half;
+    const float* sn = sin_.data_ptr<float>() + position * half;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* x = v + h * head_dim_;
+      for (int64_t i = 0; i < half; ++i) {
+        float* a = rope_ == Rope::kHalf ? x + i : x + 2 * i;
+        float* b = rope_ == Rope::kHalf ? x + i + half : x + 2 * i + 1;
+        const float x1 = *a, x2 = *b;
+        *a = x1 * cs[i] - x2 * sn[i];
+        *b = x2 * cs[i] + x1 * sn[i];
+      }
+    }
+  }
+
+  void run_layer(Layer& layer, int64_t n) {
+    const int64_t d = c_.d_model, hd = head_dim_, h = heads_, kh = kv_heads_, g = h / kh;
+    const int64_t qkv_width = (h + 2 * kh) * hd;
+    float* x = x_.data();
+    normalize(layer.norm1, x, n, h_.data());
+    float* qkv = wide_.data();
+    apply(layer.qkv, h_.data(), n, qkv);
+    // RoPE, then every row's key and value into its slot's cache (before any row attends, so
+    // that a prompt's rows see each other).
+    for (int64_t r = 0; r < n; ++r) {
+      float* row = qkv + r * qkv_width;
+      if (rope_ != Rope::kNone) rotate(row, h + kh, rows_[r].position);
+      for (int64_t j = 0; j < kh; ++j) {
+        const int64_t at = ((rows_[r].slot * kh + j) * context_ + rows_[r].position) * hd;
+        std::copy_n(row + (h + j) * hd, hd, layer.k.data() + at);
+        std::copy_n(row + (h + kh + j) * hd, hd, layer.v.data() + at);
+      }
+    }
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+#pragma omp parallel
+    {
+      std::vector<float> scores;  // per thread, reused across its rows
+#pragma omp for collapse(2) schedule(dynamic)
+      for (int64_t r = 0; r < n; ++r) {
+        for (int64_t head = 0; head < h; ++head) {
+          const Row& row = rows_[r];
+          const int64_t first = layer.window > 0 ? std::max<int64_t>(0, row.position - layer.window + 1) : 0;
+          const int64_t count = row.position - first + 1;
+          if (static_cast<int64_t>(scores.size()) < count) scores.resize(std::max<int64_t>(count, 256));
+          const float* q = qkv + r * qkv_width + head * hd;
+          const int64_t base = (row.slot * kh + head / g) * context_ * hd;
+          const float* k = layer.k.data() + base;
+          const float* v = layer.v.data() + base;
+          float top = -std::numeric_limits<float>::infinity();
+          for (int64_t j = 0; j < count; ++j) {
+            scores[j] = dot(q, k + (first + j) * hd, hd) * scale;
+            top = std::max(top, scores[j]);
+          }
+          float total = 0;
+          for (int64_t j = 0; j < count; ++j) total += (scores[j] = std::exp(scores[j] - top));
+          float* o = attn_.data() + (r * h + head) * hd;
+          std::fill_n(o, hd, 0.0f);
+          for (int64_t j = 0; j < count; ++j) {
+            const float p = scores[j] / total;
+            const float* vj = v + (first + j) * hd;
+            for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
+          }
+        }
+      }
+    }
+    apply(layer.out, attn_.data(), n, tmp_.data());
+    for (int64_t i = 0; i < n * d; ++i) x[i] += tmp_[i];
+
+    normalize(layer.norm2, x, n, h_.data());
+    const int64_t ff = c_.d_ff;
+    float* hidden = wide_.data();
+    apply(layer.ffn_in, h_.data(), n, hidden);
+    float* mid = gated_ ? mid_.data() : hidden;
+    for (int64_t r = 0; r < n; ++r) {
+      if (gated_) {
+        const float* gate = hidden + r * 2 * ff;
+        const float* up = gate + ff;
+        for (int64_t i = 0; i < ff; ++i) mid[r * ff + i] = activate(act_, gate[i]) * up[i];
+      } else {
+        for (int64_t i = 0; i < ff; ++i) mid[r * ff + i] = activate(act_, hidden[r * ff + i]);
+      }
+    }
+    apply(layer.ffn_out, mid, n, tmp_.data());
+    for (int64_t i = 0; i < n * d; ++i) x[i] += tmp_[i];
+  }
+
+  Model model_;  // owns the float weights the fp32 layers point into
+  const ModelConfig& c_;
+  int64_t slots_ = 1, context_ = 0, heads_ = 0, kv_heads_ = 0, head_dim_ = 0;
+  Norm norm_ = Norm::kLayerNorm;
+  Act act_ = Act::kGelu;
+  Rope rope_ = Rope::kNone;
+  bool gated_ = false;
+  torch::Tensor embedding_, positions_, cos_, sin_;
+  std::vector<Layer> layers_;
+  NormWeights norm_f_;
+  Linear lm_head_;
+  std::vector<int64_t> lengths_;
+  std::vector<Row> rows_;
+  std::vector<int64_t> last_row_;
+  std::vector<float> x_, h_, tmp_, wide_, mid_, attn_;  // [rows, width] work buffers
+  decltype(FastEngineOptions::before_linear) before_linear_;
+};
+
+}  // namespace
+
+bool fast_engine_supports(const ModelConfig& c, std::string* why) {
+  auto no = [&](const std::string& reason) {
+    if (why) *why = reason;
+    return false;
+  };
+  if (c.arch != "decoder") return no("model.arch is " + c.arch + " (the fast engine runs decoders)");
+  for (const auto& m : c.layer_mixers())
+    if (m != "attention" && m != "local_attention") return no("mixer " + m + " (the fast engine runs softmax attention)");
+  if (c.position != "rope" && c.position != "rope_adjacent" && c.position != "learned" && c.position != "sinusoidal" &&
+      c.position != "none")
+    return no("position " + c.position);
+  if (c.norm != "rmsnorm" && c.norm != "layernorm") return no("norm " + c.norm);
+  if (c.norm_placement != "pre") return no("norm_placement " + c.norm_placement + " (the fast engine runs pre-norm)");
+  if (c.ffn != "relu" && c.ffn != "gelu" && c.ffn != "swiglu" && c.ffn != "geglu") return no("ffn " + c.ffn);
+  if (c.qk_norm) return no("qk_norm");
+  return true;
+}
+
+std::unique_ptr<Engine> make_fast_engine(Model model, const std::map<std::string, QuantizedLinear>& quantized,
+                                         const FastEngineOptions& options) {
+  return std::make_unique<FastEngine>(std::move(model), quantized, options);
+}
+
+}  // namespace loom
