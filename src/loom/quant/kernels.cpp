@@ -1,0 +1,685 @@
+// Quantized linear kernels (see kernels.h for the formats and the arithmetic contract).
+//
+// Layout of the work: the activation rows are quantized once per call into a scratch buffer
+// (int8 + one fp32 scale per 32-block, plus the per-path lane arrays below), then OpenMP splits the
+// output rows into contiguous chunks; each thread walks its rows R at a time (R weight rows share
+// every activation load) and the activations A at a time (A activations share every weight unpack).
+//
+// The integer trick shared by the vector paths: vpdpbusd (AVX-512 VNNI) multiplies an unsigned
+// byte by a signed byte. The weights are made unsigned by an offset (int8 w + 128 by flipping the
+// sign bit; Q4_0's nibbles q are already 0..15 with the offset 8 built in) and the activations
+// stay signed; the offset's contribution, -128 * xq or -8 * xq summed over the four bytes of each
+// int32 lane, depends on the activation only, so it is computed once per call ("lane_corr") and
+// used as the accumulator's initial value: the lane sums come out exact at no cost in the loop.
+#include "loom/quant/kernels.h"
+
+// GCC 12's AVX-512 intrinsic headers build their "undefined" vectors by self-initialization,
+// which -Wall reports at every use; the warnings say nothing about this file.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace loom::quant {
+
+// ---- fp16 --------------------------------------------------------------------------------------
+
+namespace {
+
+uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+float float_of(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+}  // namespace
+
+float fp16_to_fp32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in fp32
+    return float_of(sign | bits_of(static_cast<float>(mantissa) * 0x1p-24f));
+  }
+  if (exponent == 31) return float_of(sign | 0x7f800000 | (mantissa << 13));  // inf, NaN
+  return float_of(sign | ((exponent + 112) << 23) | (mantissa << 13));       // rebias 15 -> 127
+}
+
+uint16_t fp32_to_fp16(float f) {
+  const uint32_t x = bits_of(f);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+  const uint32_t a = x & 0x7fffffff;
+  if (a >= 0x7f800000) {  // inf stays inf; NaN becomes a quiet NaN keeping the top payload bits
+    return sign | (a == 0x7f800000 ? 0x7c00 : 0x7e00 | ((a >> 13) & 0x3ff));
+  }
+  if (a >= 0x477ff000) return sign | 0x7c00;  // >= 65520 rounds past 65504, the largest half
+  if (a >= 0x38800000) {                      // normal half (>= 2^-14): round the low 13 bits
+    const uint32_t rounded = a + 0xfff + ((a >> 13) & 1);  // to nearest, ties to even
+    return sign | static_cast<uint16_t>((rounded - 0x38000000) >> 13);  // a carry bumps the exponent
+  }
+  if (a <= 0x33000000) return sign;  // <= 2^-25 (half the smallest subnormal) rounds to zero
+  // Subnormal half: the value in units of 2^-24 is mantissa_with_implicit_1 >> (126 - exponent).
+  const uint32_t exponent = a >> 23, m = (a & 0x7fffff) | 0x800000, shift = 126 - exponent;
+  uint32_t q = m >> shift;
+  const uint32_t rest = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+  if (rest > half || (rest == half && (q & 1))) ++q;  // may reach 0x400, the smallest normal: right
+  return sign | static_cast<uint16_t>(q);
+}
+
+// ---- quantizers --------------------------------------------------------------------------------
+
+namespace {
+
+void check(bool ok, const char* what) {
+  if (!ok) throw std::invalid_argument(std::string("loom::quant: ") + what);
+}
+
+}  // namespace
+
+void quantize_int8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* scale) {
+  check(rows >= 0 && cols >= 1, "quantize_int8 needs rows >= 0 and cols >= 1");
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* wr = w + r * cols;
+    float amax = 0.0f;
+    for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(wr[c]));
+    const float s = amax / 127.0f;
+    scale[r] = s;
+    for (int64_t c = 0; c < cols; ++c) {
+      const float v = s != 0.0f ? std::round(wr[c] / s) : 0.0f;
+      q[r * cols + c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+    }
+  }
+}
+
+void dequantize_int8(const int8_t* q, const float* scale, int64_t rows, int64_t cols, float* w) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) w[r * cols + c] = scale[r] * q[r * cols + c];
+  }
+}
+
+void quantize_q4_0(const float* x, int64_t k, BlockQ4_0* y) {
+  check(k % kQ4Block == 0, "quantize_q4_0 needs a multiple of 32 values");
+  for (int64_t b = 0; b < k / kQ4Block; ++b, x += kQ4Block) {
+    float amax = 0.0f, max = 0.0f;  // the first value of largest magnitude wins, sign kept
+    for (int j = 0; j < kQ4Block; ++j) {
+      if (amax < std::fabs(x[j])) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    // d = max / -8 maps the extreme value to q = 0 exactly; the other end reaches only +7, so a
+    // block's resolution is spent where its largest value is.
+    const float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    for (int j = 0; j < 16; ++j) {
+      // llama.cpp truncates x * id + 8.5 (in [0.5, 16.5]) toward zero and caps at 15.
+      const int lo = std::min(15, static_cast<int>(static_cast<int8_t>(x[j] * id + 8.5f)));
+      const int hi = std::min(15, static_cast<int>(static_cast<int8_t>(x[j + 16] * id + 8.5f)));
+      y[b].qs[j] = static_cast<uint8_t>(lo | (hi << 4));
+    }
+  }
+}
+
+void dequantize_q4_0(const BlockQ4_0* x, int64_t k, float* y) {
+  check(k % kQ4Block == 0, "dequantize_q4_0 needs a multiple of 32 values");
+  for (int64_t b = 0; b < k / kQ4Block; ++b, y += kQ4Block) {
+    const float d = fp16_to_fp32(x[b].d);
+    for (int j = 0; j < 16; ++j) {
+      y[j] = d * ((x[b].qs[j] & 0x0f) - 8);
+      y[j + 16] = d * ((x[b].qs[j] >> 4) - 8);
+    }
+  }
+}
+
+void quantize_q8_0(const float* x, int64_t k, BlockQ8_0* y) {
+  check(k % kQ4Block == 0, "quantize_q8_0 needs a multiple of 32 values");
+  for (int64_t b = 0; b < k / kQ4Block; ++b, x += kQ4Block) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQ4Block; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    for (int j = 0; j < kQ4Block; ++j) y[b].qs[j] = static_cast<int8_t>(std::round(x[j] * id));
+  }
+}
+
+void dequantize_q8_0(const BlockQ8_0* x, int64_t k, float* y) {
+  check(k % kQ4Block == 0, "dequantize_q8_0 needs a multiple of 32 values");
+  for (int64_t b = 0; b < k / kQ4Block; ++b, y += kQ4Block) {
+    const float d = fp16_to_fp32(x[b].d);
+    for (int j = 0; j < kQ4Block; ++j) y[j] = d * x[b].qs[j];
+  }
+}
+
+// ---- ISA selection -----------------------------------------------------------------------------
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::kAuto:
+    case Isa::kPortable:
+      return true;
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case Isa::kAvx512:
+      // libgcc also checks that the OS saves the zmm state (XCR0) before reporting avx512*.
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+             __builtin_cpu_supports("avx512vbmi");
+  }
+  return false;
+}
+
+Isa best_isa() {
+  static const Isa best = isa_supported(Isa::kAvx512) ? Isa::kAvx512
+                          : isa_supported(Isa::kAvx2) ? Isa::kAvx2
+                                                      : Isa::kPortable;
+  return best;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAuto: return "auto";
+    case Isa::kPortable: return "portable";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+  }
+  return "?";
+}
+
+// ---- activations -------------------------------------------------------------------------------
+
+namespace {
+
+// One activation row in the scratch buffer. cols is padded to cols_p, a multiple of 128 (four
+// blocks: the AVX-512 Q4_0 loop's step), with zeros, so no vector loop needs a tail for x.
+//   xq[cols_p]          int8, natural order                     (all paths)
+//   xs[cols_p / 32]     fp32 block scales                       (all paths)
+//   xsplit[cols_p]      int8, per four blocks: the 4 x 16 first halves, then the 4 x 16 second
+//                       halves (the order in which AVX-512 unpacks Q4_0 nibbles)
+//   lane_scale[cols_p/4], lane_corr[cols_p/4]: per int32 lane (4 bytes) of the path's order, the
+//                       block scale and the offset correction (see the top of the file)
+struct ActRow {
+  int8_t* xq;
+  float* xs;
+  int8_t* xsplit;
+  float* lane_scale;
+  int32_t* lane_corr;
+};
+
+struct ActBuffer {
+  int64_t cols_p = 0, stride = 0;
+  uint8_t* base = nullptr;
+
+  ActRow row(int64_t i) const {
+    uint8_t* p = base + i * stride;
+    ActRow a;
+    a.xq = reinterpret_cast<int8_t*>(p);
+    a.xsplit = reinterpret_cast<int8_t*>(p + cols_p);
+    a.lane_scale = reinterpret_cast<float*>(p + 2 * cols_p);
+    a.lane_corr = reinterpret_cast<int32_t*>(p + 3 * cols_p);
+    a.xs = reinterpret_cast<float*>(p + 4 * cols_p);
+    return a;
+  }
+};
+
+// The calling thread's scratch, grown (never shrunk) to the largest call: OpenMP workers write
+// into the caller's buffer, so concurrent callers on different threads don't share one.
+ActBuffer activation_buffer(int64_t n, int64_t cols) {
+  thread_local std::vector<uint8_t> storage;
+  ActBuffer buf;
+  buf.cols_p = (cols + 127) / 128 * 128;
+  buf.stride = 4 * buf.cols_p + (buf.cols_p / 32 * 4 + 63) / 64 * 64;
+  const size_t need = static_cast<size_t>(n * buf.stride + 64);
+  if (storage.size() < need) storage.resize(need);
+  const auto addr = reinterpret_cast<uintptr_t>(storage.data());
+  buf.base = storage.data() + ((64 - addr % 64) % 64);  // 64-byte aligned rows
+  return buf;
+}
+
+// The activation quantization every path shares (scalar, so all paths see identical xq and xs):
+// xs = max|x| / 127 per 32-block, xq = nearbyint(x * (1 / xs)) (ties to even), clamped.
+constexpr float kTinyActivation = 1e-30f;
+
+void quantize_activation(const float* x, int64_t cols, int64_t cols_p, int8_t* xq, float* xs) {
+  for (int64_t b = 0; b < cols_p / kQ4Block; ++b) {
+    const int64_t c0 = b * kQ4Block, c1 = std::min(cols, c0 + kQ4Block);
+    float amax = 0.0f;
+    for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x[c]));
+    // Below kTinyActivation, 1 / d would overflow to inf (d subnormal): such a block counts as
+    // zero, an absolute error under 1e-30 * sum |w|.
+    const float d = amax >= kTinyActivation ? amax / 127.0f : 0.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    xs[b] = d;
+    for (int64_t c = c0; c < c0 + kQ4Block; ++c) {
+      const float v = c < c1 ? std::nearbyint(x[c] * id) : 0.0f;
+      xq[c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+    }
+  }
+}
+
+int32_t sum4(const int8_t* p) { return p[0] + p[1] + p[2] + p[3]; }
+
+// Lane arrays for paths reading xq in natural order (one int32 lane = 4 consecutive bytes).
+void natural_lanes(const ActRow& a, int64_t cols_p, int32_t offset) {
+  for (int64_t l = 0; l < cols_p / 4; ++l) {
+    a.lane_scale[l] = a.xs[l / 8];
+    a.lane_corr[l] = -offset * sum4(a.xq + 4 * l);
+  }
+}
+
+// xsplit and its lanes for the AVX-512 Q4_0 loop: per group of 4 blocks, lane l (0..15) holds
+// block l / 4, bytes 4 * (l % 4) .. + 3 of both halves.
+void split_lanes(const ActRow& a, int64_t cols_p) {
+  for (int64_t g = 0; g < cols_p / 128; ++g) {
+    const int8_t* src = a.xq + g * 128;
+    int8_t* dst = a.xsplit + g * 128;
+    for (int k = 0; k < 4; ++k) {
+      std::memcpy(dst + 16 * k, src + 32 * k, 16);
+      std::memcpy(dst + 64 + 16 * k, src + 32 * k + 16, 16);
+    }
+    for (int l = 0; l < 16; ++l) {
+      a.lane_scale[g * 16 + l] = a.xs[g * 4 + l / 4];
+      a.lane_corr[g * 16 + l] = -8 * (sum4(dst + 4 * l) + sum4(dst + 64 + 4 * l));
+    }
+  }
+}
+
+// ---- scalar (reference arithmetic) -------------------------------------------------------------
+
+float dot_int8_scalar(const ActRow& a, const int8_t* w, int64_t cols) {
+  float acc = 0.0f;
+  for (int64_t c0 = 0, b = 0; c0 < cols; c0 += kQ4Block, ++b) {
+    int32_t s = 0;
+    for (int64_t c = c0; c < std::min(cols, c0 + kQ4Block); ++c) s += w[c] * a.xq[c];
+    acc += a.xs[b] * static_cast<float>(s);
+  }
+  return acc;
+}
+
+float dot_q4_0_scalar(const ActRow& a, const BlockQ4_0* w, int64_t cols) {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < cols / kQ4Block; ++b) {
+    const int8_t* xq = a.xq + b * kQ4Block;
+    int32_t s = 0;
+    for (int j = 0; j < 16; ++j) {
+      s += ((w[b].qs[j] & 0x0f) - 8) * xq[j] + ((w[b].qs[j] >> 4) - 8) * xq[j + 16];
+    }
+    acc += (fp16_to_fp32(w[b].d) * a.xs[b]) * static_cast<float>(s);
+  }
+  return acc;
+}
+
+// ---- the shared driver -------------------------------------------------------------------------
+
+struct Problem {
+  const float* x;
+  int64_t n, cols, rows;
+  const void* w;
+  const float* scale;  // int8 only
+  float* y;
+  ActBuffer act;
+};
+
+// A micro-kernel computes y for rows [r0, r0 + R) and activations [i0, i0 + A).
+using MicroKernel = void (*)(const Problem&, int64_t r0, int64_t i0);
+constexpr int kMaxR = 4, kMaxA = 4;
+using KernelTable = MicroKernel[kMaxR][kMaxA];  // [R - 1][A - 1]
+
+template <template <int, int> class K>
+struct Table {
+  template <int R, int A>
+  static void run(const Problem& p, int64_t r0, int64_t i0) {
+    K<R, A>::run(p, r0, i0);
+  }
+  static constexpr KernelTable table = {
+      {run<1, 1>, run<1, 2>, run<1, 3>, run<1, 4>},
+      {run<2, 1>, run<2, 2>, run<2, 3>, run<2, 4>},
+      {run<3, 1>, run<3, 2>, run<3, 3>, run<3, 4>},
+      {run<4, 1>, run<4, 2>, run<4, 3>, run<4, 4>},
+  };
+};
+
+// Quantizes the activations (prep(p, i) for each row i), then runs the micro-kernels over all
+// rows. Rows go to threads in contiguous chunks of kRowChunk; a chunk's R-row weight slices stay
+// in L1 while all n activations pass over them.
+template <class Prep>
+void drive(Problem& p, Prep prep, const KernelTable& table) {
+  constexpr int64_t kRowChunk = 16;
+  const int64_t chunks = (p.rows + kRowChunk - 1) / kRowChunk;
+  // Below ~64K multiply-adds the fork/join costs more than a second thread saves.
+  const bool parallel = p.n * p.rows * p.cols >= (int64_t{1} << 16) && chunks > 1;
+#pragma omp parallel if (parallel)
+  {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < p.n; ++i) prep(p, i);
+#pragma omp for schedule(static)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t r_end = std::min(p.rows, (chunk + 1) * kRowChunk);
+      for (int64_t r0 = chunk * kRowChunk; r0 < r_end; r0 += kMaxR) {
+        const int R = static_cast<int>(std::min<int64_t>(kMaxR, r_end - r0));
+        for (int64_t i0 = 0; i0 < p.n; i0 += kMaxA) {
+          const int A = static_cast<int>(std::min<int64_t>(kMaxA, p.n - i0));
+          table[R - 1][A - 1](p, r0, i0);
+        }
+      }
+    }
+  }
+}
+
+template <int R, int A>
+struct Int8Portable {
+  static void run(const Problem& p, int64_t r0, int64_t i0) {
+    const auto* w = static_cast<const int8_t*>(p.w);
+    for (int a = 0; a < A; ++a) {
+      const ActRow x = p.act.row(i0 + a);
+      for (int r = 0; r < R; ++r) {
+        p.y[(i0 + a) * p.rows + r0 + r] = p.scale[r0 + r] * dot_int8_scalar(x, w + (r0 + r) * p.cols, p.cols);
+      }
+    }
+  }
+};
+
+template <int R, int A>
+struct Q4Portable {
+  static void run(const Problem& p, int64_t r0, int64_t i0) {
+    const auto* w = static_cast<const BlockQ4_0*>(p.w);
+    const int64_t nb = p.cols / kQ4Block;
+    for (int a = 0; a < A; ++a) {
+      const ActRow x = p.act.row(i0 + a);
+      for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = dot_q4_0_scalar(x, w + (r0 + r) * nb, p.cols);
+    }
+  }
+};
+
+// ---- AVX2 --------------------------------------------------------------------------------------
+
+#define LOOM_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+LOOM_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// int8 x int8 with vpmaddubsw (unsigned x signed bytes): |w| against x carrying w's sign, so the
+// pair sums stay below 2 * 128 * 127 < 2^15 (no saturation) and w = -128 works.
+template <int R, int A>
+struct Int8Avx2 {
+  LOOM_AVX2 static void run(const Problem& p, int64_t r0, int64_t i0) {
+    const auto* w = static_cast<const int8_t*>(p.w) + r0 * p.cols;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[R][A];
+    for (int r = 0; r < R; ++r)
+      for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
+    ActRow x[A];
+    for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
+    const int64_t full = p.cols / 32 * 32;
+    auto step = [&](const __m256i (&wv)[R], int64_t c) LOOM_AVX2 {
+      __m256i aw[R];
+      for (int r = 0; r < R; ++r) aw[r] = _mm256_abs_epi8(wv[r]);
+      for (int a = 0; a < A; ++a) {
+        const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(x[a].xq + c));
+        const __m256 s = _mm256_set1_ps(x[a].xs[c / 32]);
+        for (int r = 0; r < R; ++r) {
+          const __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r])), ones);
+          acc[r][a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), s, acc[r][a]);
+        }
+      }
+    };
+    for (int64_t c = 0; c < full; c += 32) {
+      __m256i wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * p.cols + c));
+      step(wv, c);
+    }
+    if (full < p.cols) {  // the row's last partial block, zero-padded (xq is zero there too)
+      alignas(32) int8_t tail[R][32] = {};
+      __m256i wv[R];
+      for (int r = 0; r < R; ++r) {
+        std::memcpy(tail[r], w + r * p.cols + full, static_cast<size_t>(p.cols - full));
+        wv[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail[r]));
+      }
+      step(wv, full);
+    }
+    for (int a = 0; a < A; ++a)
+      for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = p.scale[r0 + r] * hsum256(acc[r][a]);
+  }
+};
+
+// Q4_0: a block's 16 bytes become [low nibbles, high nibbles] = its 32 weights in order, offset by
+// 8; lane_corr (natural order, -8 * sum of 4 xq) removes the offset exactly.
+template <int R, int A>
+struct Q4Avx2 {
+  LOOM_AVX2 static void run(const Problem& p, int64_t r0, int64_t i0) {
+    const int64_t nb = p.cols / kQ4Block;
+    const auto* w = static_cast<const BlockQ4_0*>(p.w) + r0 * nb;
+    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[R][A];
+    for (int r = 0; r < R; ++r)
+      for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
+    ActRow x[A];
+    for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i q[R];
+      float d[R];
+      for (int r = 0; r < R; ++r) {
+        const BlockQ4_0& blk = w[r * nb + b];
+        const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
+        q[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low4);
+        d[r] = _cvtsh_ss(blk.d);
+      }
+      for (int a = 0; a < A; ++a) {
+        const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(x[a].xq + b * 32));
+        const __m256i corr = _mm256_load_si256(reinterpret_cast<const __m256i*>(x[a].lane_corr + b * 8));
+        const float xs = x[a].xs[b];
+        for (int r = 0; r < R; ++r) {
+          const __m256i prod = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(q[r], xv), ones), corr);
+          acc[r][a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(d[r] * xs), acc[r][a]);
+        }
+      }
+    }
+    for (int a = 0; a < A; ++a)
+      for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = hsum256(acc[r][a]);
+  }
+};
+
+// ---- AVX-512 (VNNI + VBMI) ---------------------------------------------------------------------
+
+#define LOOM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")))
+
+// int8: 64 weights (two blocks) per vpdpbusd; w + 128 (sign bit flipped) times xq, started from
+// lane_corr = -128 * xq summed per lane, gives sum w * xq exactly per lane.
+template <int R, int A>
+struct Int8Avx512 {
+  LOOM_AVX512 static void run(const Problem& p, int64_t r0, int64_t i0) {
+    const auto* w = static_cast<const int8_t*>(p.w) + r0 * p.cols;
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    __m512 acc[R][A];
+    for (int r = 0; r < R; ++r)
+      for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_ps();
+    ActRow x[A];
+    for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
+    auto step = [&](const __m512i (&wu)[R], int64_t c) LOOM_AVX512 {
+      for (int a = 0; a < A; ++a) {
+        const __m512i xv = _mm512_load_si512(x[a].xq + c);
+        const __m512i corr = _mm512_load_si512(x[a].lane_corr + c / 4);
+        const __m512 s = _mm512_load_ps(x[a].lane_scale + c / 4);
+        for (int r = 0; r < R; ++r) {
+          const __m512i prod = _mm512_dpbusd_epi32(corr, wu[r], xv);
+          acc[r][a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), s, acc[r][a]);
+        }
+      }
+    };
+    const int64_t full = p.cols / 64 * 64;
+    for (int64_t c = 0; c < full; c += 64) {
+      __m512i wu[R];
+      for (int r = 0; r < R; ++r) wu[r] = _mm512_xor_si512(_mm512_loadu_si512(w + r * p.cols + c), flip);
+      step(wu, c);
+    }
+    if (full < p.cols) {  // masked-off bytes load as 0 (+128 after the flip) against xq = 0
+      const __mmask64 m = (~uint64_t{0}) >> (64 - (p.cols - full));
+      __m512i wu[R];
+      for (int r = 0; r < R; ++r) wu[r] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + r * p.cols + full), flip);
+      step(wu, full);
+    }
+    for (int a = 0; a < A; ++a)
+      for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = p.scale[r0 + r] * _mm512_reduce_add_ps(acc[r][a]);
+  }
+};
+
+// Q4_0: four blocks (72 bytes) per step. vpermt2b gathers their 64 nibble bytes out of the 18-byte
+// blocks; the low and high nibbles then meet xsplit's first and second halves, lane l of both
+// belonging to block l / 4, and vpermb + vcvtph2ps spread each block's d over its four lanes.
+template <int R, int A>
+struct Q4Avx512 {
+  LOOM_AVX512 static __m512i gather_qs_index() {
+    alignas(64) int8_t idx[64];
+    for (int i = 0; i < 64; ++i) idx[i] = static_cast<int8_t>(18 * (i / 16) + 2 + i % 16);  // >= 64: 2nd table
+    return _mm512_load_si512(idx);
+  }
+  LOOM_AVX512 static __m512i gather_d_index() {
+    alignas(64) int8_t idx[64] = {};
+    for (int i = 0; i < 32; ++i) idx[i] = static_cast<int8_t>(18 * (i / 8) + i % 2);  // fp16 word i -> block i / 4
+    return _mm512_load_si512(idx);
+  }
+  LOOM_AVX512 static void run(const Problem& p, int64_t r0, int64_t i0) {
+    const int64_t nb = p.cols / kQ4Block;
+    const auto* w = reinterpret_cast<const uint8_t*>(static_cast<const BlockQ4_0*>(p.w) + r0 * nb);
+    const int64_t row_bytes = nb * static_cast<int64_t>(sizeof(BlockQ4_0));
+    static const __m512i qs_index = gather_qs_index(), d_index = gather_d_index();
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    __m512 acc[R][A];
+    for (int r = 0; r < R; ++r)
+      for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_ps();
+    ActRow x[A];
+    for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
+    auto step = [&](const __m512i (&head)[R], const __m512i (&rest)[R], int64_t g) LOOM_AVX512 {
+      __m512i lo[R], hi[R];
+      __m512 d[R];
+      for (int r = 0; r < R; ++r) {
+        const __m512i qs = _mm512_permutex2var_epi8(head[r], qs_index, rest[r]);
+        lo[r] = _mm512_and_si512(qs, low4);
+        hi[r] = _mm512_and_si512(_mm512_srli_epi16(qs, 4), low4);
+        d[r] = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi8(d_index, head[r])));
+      }
+      for (int a = 0; a < A; ++a) {
+        const __m512i xlo = _mm512_load_si512(x[a].xsplit + g * 128);
+        const __m512i xhi = _mm512_load_si512(x[a].xsplit + g * 128 + 64);
+        const __m512i corr = _mm512_load_si512(x[a].lane_corr + g * 16);
+        const __m512 s = _mm512_load_ps(x[a].lane_scale + g * 16);
+        for (int r = 0; r < R; ++r) {
+          const __m512i prod = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, lo[r], xlo), hi[r], xhi);
+          acc[r][a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), _mm512_mul_ps(d[r], s), acc[r][a]);
+        }
+      }
+    };
+    const int64_t groups = nb / 4;
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i head[R], rest[R];
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* src = w + r * row_bytes + g * 72;
+        head[r] = _mm512_loadu_si512(src);
+        rest[r] = _mm512_castsi128_si512(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 64)));
+      }
+      step(head, rest, g);
+    }
+    if (groups * 4 < nb) {  // 1 to 3 blocks left: masked-off bytes are 0 (d = 0, nibbles 0, xq 0)
+      const __mmask64 m = (~uint64_t{0}) >> (64 - 18 * (nb - groups * 4));
+      __m512i head[R], rest[R];
+      for (int r = 0; r < R; ++r) {
+        head[r] = _mm512_maskz_loadu_epi8(m, w + r * row_bytes + groups * 72);
+        rest[r] = _mm512_setzero_si512();
+      }
+      step(head, rest, groups);
+    }
+    for (int a = 0; a < A; ++a)
+      for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = _mm512_reduce_add_ps(acc[r][a]);
+  }
+};
+
+Isa resolve(Isa isa) {
+  if (isa == Isa::kAuto) return best_isa();
+  if (!isa_supported(isa)) throw std::invalid_argument(std::string("loom::quant: this CPU lacks ") + isa_name(isa));
+  return isa;
+}
+
+}  // namespace
+
+// ---- entry points ------------------------------------------------------------------------------
+
+void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
+                 int64_t rows, float* y, Isa isa) {
+  check(n >= 0 && rows >= 0 && cols >= 1, "linear_int8 needs n >= 0, rows >= 0, cols >= 1");
+  if (n == 0 || rows == 0) return;
+  Problem p{x, n, cols, rows, w, scale, y, activation_buffer(n, cols)};
+  isa = resolve(isa);
+  auto prep = [isa](const Problem& p, int64_t i) {
+    const ActRow a = p.act.row(i);
+    quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
+    if (isa == Isa::kAvx512) natural_lanes(a, p.act.cols_p, 128);
+  };
+  switch (isa) {
+    case Isa::kAvx512: drive(p, prep, Table<Int8Avx512>::table); break;
+    case Isa::kAvx2: drive(p, prep, Table<Int8Avx2>::table); break;
+    default: drive(p, prep, Table<Int8Portable>::table); break;
+  }
+}
+
+void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y, Isa isa) {
+  check(n >= 0 && rows >= 0 && cols >= 1 && cols % kQ4Block == 0,
+        "linear_q4_0 needs n >= 0, rows >= 0 and cols a positive multiple of 32");
+  if (n == 0 || rows == 0) return;
+  Problem p{x, n, cols, rows, w, nullptr, y, activation_buffer(n, cols)};
+  isa = resolve(isa);
+  auto prep = [isa](const Problem& p, int64_t i) {
+    const ActRow a = p.act.row(i);
+    quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
+    if (isa == Isa::kAvx512) split_lanes(a, p.act.cols_p);
+    if (isa == Isa::kAvx2) natural_lanes(a, p.act.cols_p, 8);
+  };
+  switch (isa) {
+    case Isa::kAvx512: drive(p, prep, Table<Q4Avx512>::table); break;
+    case Isa::kAvx2: drive(p, prep, Table<Q4Avx2>::table); break;
+    default: drive(p, prep, Table<Q4Portable>::table); break;
+  }
+}
+
+void linear_int8_ref(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
+                     int64_t rows, float* y) {
+  check(n >= 0 && rows >= 0 && cols >= 1, "linear_int8_ref needs n >= 0, rows >= 0, cols >= 1");
+  const int64_t cols_p = (cols + kQ4Block - 1) / kQ4Block * kQ4Block;
+  std::vector<int8_t> xq(cols_p);
+  std::vector<float> xs(cols_p / kQ4Block);
+  const ActRow a{xq.data(), xs.data(), nullptr, nullptr, nullptr};
+  for (int64_t i = 0; i < n; ++i) {
+    quantize_activation(x + i * cols, cols, cols_p, xq.data(), xs.data());
+    for (int64_t r = 0; r < rows; ++r) y[i * rows + r] = scale[r] * dot_int8_scalar(a, w + r * cols, cols);
+  }
+}
+
+void linear_q4_0_ref(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y) {
+  check(n >= 0 && rows >= 0 && cols >= 1 && cols % kQ4Block == 0,
+        "linear_q4_0_ref needs n >= 0, rows >= 0 and cols a positive multiple of 32");
+  std::vector<int8_t> xq(cols);
+  std::vector<float> xs(cols / kQ4Block);
+  const ActRow a{xq.data(), xs.data(), nullptr, nullptr, nullptr};
+  for (int64_t i = 0; i < n; ++i) {
+    quantize_activation(x + i * cols, cols, cols, xq.data(), xs.data());
+    for (int64_t r = 0; r < rows; ++r) y[i * rows + r] = dot_q4_0_scalar(a, w + r * cols / kQ4Block, cols);
+  }
+}
+
+}  // namespace loom::quant
+
+#pragma GCC diagnostic pop
