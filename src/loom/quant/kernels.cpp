@@ -19,6 +19,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -198,6 +199,10 @@ const char* isa_name(Isa isa) {
   return "?";
 }
 
+// Each vector path is compiled for its own instruction set, whatever the project's -march.
+#define LOOM_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define LOOM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")))
+
 // ---- activations -------------------------------------------------------------------------------
 
 namespace {
@@ -252,6 +257,14 @@ ActBuffer activation_buffer(int64_t n, int64_t cols) {
 // xs = max|x| / 127 per 32-block, xq = nearbyint(x * (1 / xs)) (ties to even), clamped.
 constexpr float kTinyActivation = 1e-30f;
 
+// Round to nearest, ties to even, for |v| < 2^22, as vcvtps2dq does under the default rounding
+// mode: adding 1.5 * 2^23 leaves no fraction bits. (std::nearbyint is a libm call here, 10x
+// slower.) Needs IEEE semantics: -ffast-math would fold the expression to v.
+float round_even(float v) {
+  constexpr float kMagic = 12582912.0f;
+  return (v + kMagic) - kMagic;
+}
+
 void quantize_activation(const float* x, int64_t cols, int64_t cols_p, int8_t* xq, float* xs) {
   for (int64_t b = 0; b < cols_p / kQ4Block; ++b) {
     const int64_t c0 = b * kQ4Block, c1 = std::min(cols, c0 + kQ4Block);
@@ -261,10 +274,9 @@ void quantize_activation(const float* x, int64_t cols, int64_t cols_p, int8_t* x
     // zero, an absolute error under 1e-30 * sum |w|.
     const float d = amax >= kTinyActivation ? amax / 127.0f : 0.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     xs[b] = d;
-    for (int64_t c = c0; c < c0 + kQ4Block; ++c) {
-      const float v = c < c1 ? std::nearbyint(x[c] * id) : 0.0f;
-      xq[c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
-    }
+    // |x * id| <= 127 * (1 + 2^-22): it rounds to at most 127, the clamp is only a guard.
+    for (int64_t c = c0; c < c1; ++c) xq[c] = static_cast<int8_t>(std::clamp(round_even(x[c] * id), -127.0f, 127.0f));
+    for (int64_t c = c1; c < c0 + kQ4Block; ++c) xq[c] = 0;
   }
 }
 
@@ -278,20 +290,56 @@ void natural_lanes(const ActRow& a, int64_t cols_p, int32_t offset) {
   }
 }
 
-// xsplit and its lanes for the AVX-512 Q4_0 loop: per group of 4 blocks, lane l (0..15) holds
-// block l / 4, bytes 4 * (l % 4) .. + 3 of both halves.
-void split_lanes(const ActRow& a, int64_t cols_p) {
+// quantize_activation in AVX-512, bit-identical to it (the same max, the same scalar d and 1 / d,
+// one multiply per value, the same rounding: vcvtps2dq, ties to even), then the lane arrays:
+// natural order for int8 (split = false; natural_lanes with offset 128), or for Q4_0 (split =
+// true) xsplit with lane l of each four-block group holding block l / 4, bytes 4 * (l % 4) .. + 3
+// of both halves, its corr being -8 times the sum of those 8 values.
+LOOM_AVX512 void prep_avx512(const float* x, int64_t cols, const ActRow& a, int64_t cols_p, bool split) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t b = 0; b < cols_p / kQ4Block; ++b) {
+    const int64_t c0 = b * kQ4Block, left = cols - c0;
+    const __mmask16 m0 = left >= 16 ? 0xffff : left > 0 ? (1u << left) - 1 : 0;
+    const __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? (1u << (left - 16)) - 1 : 0;
+    const __m512 v0 = _mm512_maskz_loadu_ps(m0, x + c0), v1 = _mm512_maskz_loadu_ps(m1, x + c0 + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float d = amax >= kTinyActivation ? amax / 127.0f : 0.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    a.xs[b] = d;
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    const __m512i q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, vid)), lo), hi);
+    const __m512i q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v1, vid)), lo), hi);
+    _mm_store_si128(reinterpret_cast<__m128i*>(a.xq + c0), _mm512_cvtepi32_epi8(q0));
+    _mm_store_si128(reinterpret_cast<__m128i*>(a.xq + c0 + 16), _mm512_cvtepi32_epi8(q1));
+  }
+  if (!split) {
+    for (int64_t c = 0; c < cols_p; c += 64) {  // lane l: block l / 8; corr = -128 * sum4(xq)
+      const __m512i xq = _mm512_load_si512(a.xq + c);
+      const __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, xq);
+      _mm512_store_si512(a.lane_corr + c / 4, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-128)));
+      _mm512_store_ps(a.lane_scale + c / 4,
+                      _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(a.xs[c / 32]), _mm512_set1_ps(a.xs[c / 32 + 1])));
+    }
+    return;
+  }
+  alignas(64) int8_t lo_index[64], hi_index[64];
+  alignas(64) int32_t scale_index[16];
+  for (int p = 0; p < 64; ++p) {
+    lo_index[p] = static_cast<int8_t>(32 * (p / 16) + p % 16);  // >= 64: the second table
+    hi_index[p] = static_cast<int8_t>(32 * (p / 16) + 16 + p % 16);
+  }
+  for (int l = 0; l < 16; ++l) scale_index[l] = l / 4;
+  const __m512i lo_idx = _mm512_load_si512(lo_index), hi_idx = _mm512_load_si512(hi_index);
+  const __m512i scale_idx = _mm512_load_si512(scale_index);
   for (int64_t g = 0; g < cols_p / 128; ++g) {
-    const int8_t* src = a.xq + g * 128;
-    int8_t* dst = a.xsplit + g * 128;
-    for (int k = 0; k < 4; ++k) {
-      std::memcpy(dst + 16 * k, src + 32 * k, 16);
-      std::memcpy(dst + 64 + 16 * k, src + 32 * k + 16, 16);
-    }
-    for (int l = 0; l < 16; ++l) {
-      a.lane_scale[g * 16 + l] = a.xs[g * 4 + l / 4];
-      a.lane_corr[g * 16 + l] = -8 * (sum4(dst + 4 * l) + sum4(dst + 64 + 4 * l));
-    }
+    const __m512i z0 = _mm512_load_si512(a.xq + g * 128), z1 = _mm512_load_si512(a.xq + g * 128 + 64);
+    const __m512i xlo = _mm512_permutex2var_epi8(z0, lo_idx, z1), xhi = _mm512_permutex2var_epi8(z0, hi_idx, z1);
+    _mm512_store_si512(a.xsplit + g * 128, xlo);
+    _mm512_store_si512(a.xsplit + g * 128 + 64, xhi);
+    const __m512i sum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, xlo), ones, xhi);
+    _mm512_store_si512(a.lane_corr + g * 16, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-8)));
+    _mm512_store_ps(a.lane_scale + g * 16,
+                    _mm512_permutexvar_ps(scale_idx, _mm512_castps128_ps512(_mm_loadu_ps(a.xs + g * 4))));
   }
 }
 
@@ -357,23 +405,31 @@ template <class Prep>
 void drive(Problem& p, Prep prep, const KernelTable& table) {
   constexpr int64_t kRowChunk = 16;
   const int64_t chunks = (p.rows + kRowChunk - 1) / kRowChunk;
-  // Below ~64K multiply-adds the fork/join costs more than a second thread saves.
-  const bool parallel = p.n * p.rows * p.cols >= (int64_t{1} << 16) && chunks > 1;
-#pragma omp parallel if (parallel)
+  auto run_chunk = [&](int64_t chunk) {
+    const int64_t r_end = std::min(p.rows, (chunk + 1) * kRowChunk);
+    for (int64_t r0 = chunk * kRowChunk; r0 < r_end; r0 += kMaxR) {
+      const int R = static_cast<int>(std::min<int64_t>(kMaxR, r_end - r0));
+      for (int64_t i0 = 0; i0 < p.n; i0 += kMaxA) {
+        const int A = static_cast<int>(std::min<int64_t>(kMaxA, p.n - i0));
+        table[R - 1][A - 1](p, r0, i0);
+      }
+    }
+  };
+  // Below ~64K multiply-adds the fork/join costs more than a second thread saves. A serial call
+  // stays out of OpenMP entirely: even a one-thread parallel region costs libgomp a team
+  // allocation and futex calls, a microsecond per call.
+  const bool parallel = p.n * p.rows * p.cols >= (int64_t{1} << 16) && chunks > 1 && omp_get_max_threads() > 1;
+  if (!parallel) {
+    for (int64_t i = 0; i < p.n; ++i) prep(p, i);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(chunk);
+    return;
+  }
+#pragma omp parallel
   {
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < p.n; ++i) prep(p, i);
 #pragma omp for schedule(static)
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      const int64_t r_end = std::min(p.rows, (chunk + 1) * kRowChunk);
-      for (int64_t r0 = chunk * kRowChunk; r0 < r_end; r0 += kMaxR) {
-        const int R = static_cast<int>(std::min<int64_t>(kMaxR, r_end - r0));
-        for (int64_t i0 = 0; i0 < p.n; i0 += kMaxA) {
-          const int A = static_cast<int>(std::min<int64_t>(kMaxA, p.n - i0));
-          table[R - 1][A - 1](p, r0, i0);
-        }
-      }
-    }
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(chunk);
   }
 }
 
@@ -402,9 +458,11 @@ struct Q4Portable {
   }
 };
 
-// ---- AVX2 --------------------------------------------------------------------------------------
+// R and A are at most 4: the loops over them must unroll fully so that the accumulator arrays
+// live in registers (at -O2 GCC would otherwise keep them on the stack).
+#define LOOM_UNROLL _Pragma("GCC unroll 4")
 
-#define LOOM_AVX2 __attribute__((target("avx2,fma,f16c")))
+// ---- AVX2 --------------------------------------------------------------------------------------
 
 LOOM_AVX2 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -421,17 +479,23 @@ struct Int8Avx2 {
     const auto* w = static_cast<const int8_t*>(p.w) + r0 * p.cols;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[R][A];
+    LOOM_UNROLL
     for (int r = 0; r < R; ++r)
+      LOOM_UNROLL
       for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
     ActRow x[A];
+    LOOM_UNROLL
     for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
     const int64_t full = p.cols / 32 * 32;
     auto step = [&](const __m256i (&wv)[R], int64_t c) LOOM_AVX2 {
       __m256i aw[R];
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) aw[r] = _mm256_abs_epi8(wv[r]);
+      LOOM_UNROLL
       for (int a = 0; a < A; ++a) {
         const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(x[a].xq + c));
         const __m256 s = _mm256_set1_ps(x[a].xs[c / 32]);
+        LOOM_UNROLL
         for (int r = 0; r < R; ++r) {
           const __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r])), ones);
           acc[r][a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), s, acc[r][a]);
@@ -440,19 +504,23 @@ struct Int8Avx2 {
     };
     for (int64_t c = 0; c < full; c += 32) {
       __m256i wv[R];
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * p.cols + c));
       step(wv, c);
     }
     if (full < p.cols) {  // the row's last partial block, zero-padded (xq is zero there too)
       alignas(32) int8_t tail[R][32] = {};
       __m256i wv[R];
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) {
         std::memcpy(tail[r], w + r * p.cols + full, static_cast<size_t>(p.cols - full));
         wv[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail[r]));
       }
       step(wv, full);
     }
+    LOOM_UNROLL
     for (int a = 0; a < A; ++a)
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = p.scale[r0 + r] * hsum256(acc[r][a]);
   }
 };
@@ -466,37 +534,43 @@ struct Q4Avx2 {
     const auto* w = static_cast<const BlockQ4_0*>(p.w) + r0 * nb;
     const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f);
     __m256 acc[R][A];
+    LOOM_UNROLL
     for (int r = 0; r < R; ++r)
+      LOOM_UNROLL
       for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
     ActRow x[A];
+    LOOM_UNROLL
     for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
     for (int64_t b = 0; b < nb; ++b) {
       __m256i q[R];
       float d[R];
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) {
         const BlockQ4_0& blk = w[r * nb + b];
         const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
         q[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low4);
         d[r] = _cvtsh_ss(blk.d);
       }
+      LOOM_UNROLL
       for (int a = 0; a < A; ++a) {
         const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(x[a].xq + b * 32));
         const __m256i corr = _mm256_load_si256(reinterpret_cast<const __m256i*>(x[a].lane_corr + b * 8));
         const float xs = x[a].xs[b];
+        LOOM_UNROLL
         for (int r = 0; r < R; ++r) {
           const __m256i prod = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(q[r], xv), ones), corr);
           acc[r][a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(d[r] * xs), acc[r][a]);
         }
       }
     }
+    LOOM_UNROLL
     for (int a = 0; a < A; ++a)
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = hsum256(acc[r][a]);
   }
 };
 
 // ---- AVX-512 (VNNI + VBMI) ---------------------------------------------------------------------
-
-#define LOOM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")))
 
 // int8: 64 weights (two blocks) per vpdpbusd; w + 128 (sign bit flipped) times xq, started from
 // lane_corr = -128 * xq summed per lane, gives sum w * xq exactly per lane.
@@ -506,15 +580,20 @@ struct Int8Avx512 {
     const auto* w = static_cast<const int8_t*>(p.w) + r0 * p.cols;
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     __m512 acc[R][A];
+    LOOM_UNROLL
     for (int r = 0; r < R; ++r)
+      LOOM_UNROLL
       for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_ps();
     ActRow x[A];
+    LOOM_UNROLL
     for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
     auto step = [&](const __m512i (&wu)[R], int64_t c) LOOM_AVX512 {
+      LOOM_UNROLL
       for (int a = 0; a < A; ++a) {
         const __m512i xv = _mm512_load_si512(x[a].xq + c);
         const __m512i corr = _mm512_load_si512(x[a].lane_corr + c / 4);
         const __m512 s = _mm512_load_ps(x[a].lane_scale + c / 4);
+        LOOM_UNROLL
         for (int r = 0; r < R; ++r) {
           const __m512i prod = _mm512_dpbusd_epi32(corr, wu[r], xv);
           acc[r][a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), s, acc[r][a]);
@@ -524,16 +603,20 @@ struct Int8Avx512 {
     const int64_t full = p.cols / 64 * 64;
     for (int64_t c = 0; c < full; c += 64) {
       __m512i wu[R];
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) wu[r] = _mm512_xor_si512(_mm512_loadu_si512(w + r * p.cols + c), flip);
       step(wu, c);
     }
     if (full < p.cols) {  // masked-off bytes load as 0 (+128 after the flip) against xq = 0
       const __mmask64 m = (~uint64_t{0}) >> (64 - (p.cols - full));
       __m512i wu[R];
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) wu[r] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + r * p.cols + full), flip);
       step(wu, full);
     }
+    LOOM_UNROLL
     for (int a = 0; a < A; ++a)
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = p.scale[r0 + r] * _mm512_reduce_add_ps(acc[r][a]);
   }
 };
@@ -560,24 +643,30 @@ struct Q4Avx512 {
     static const __m512i qs_index = gather_qs_index(), d_index = gather_d_index();
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     __m512 acc[R][A];
+    LOOM_UNROLL
     for (int r = 0; r < R; ++r)
+      LOOM_UNROLL
       for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_ps();
     ActRow x[A];
+    LOOM_UNROLL
     for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
     auto step = [&](const __m512i (&head)[R], const __m512i (&rest)[R], int64_t g) LOOM_AVX512 {
       __m512i lo[R], hi[R];
       __m512 d[R];
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) {
         const __m512i qs = _mm512_permutex2var_epi8(head[r], qs_index, rest[r]);
         lo[r] = _mm512_and_si512(qs, low4);
         hi[r] = _mm512_and_si512(_mm512_srli_epi16(qs, 4), low4);
         d[r] = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi8(d_index, head[r])));
       }
+      LOOM_UNROLL
       for (int a = 0; a < A; ++a) {
         const __m512i xlo = _mm512_load_si512(x[a].xsplit + g * 128);
         const __m512i xhi = _mm512_load_si512(x[a].xsplit + g * 128 + 64);
         const __m512i corr = _mm512_load_si512(x[a].lane_corr + g * 16);
         const __m512 s = _mm512_load_ps(x[a].lane_scale + g * 16);
+        LOOM_UNROLL
         for (int r = 0; r < R; ++r) {
           const __m512i prod = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, lo[r], xlo), hi[r], xhi);
           acc[r][a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), _mm512_mul_ps(d[r], s), acc[r][a]);
@@ -587,6 +676,7 @@ struct Q4Avx512 {
     const int64_t groups = nb / 4;
     for (int64_t g = 0; g < groups; ++g) {
       __m512i head[R], rest[R];
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) {
         const uint8_t* src = w + r * row_bytes + g * 72;
         head[r] = _mm512_loadu_si512(src);
@@ -597,13 +687,16 @@ struct Q4Avx512 {
     if (groups * 4 < nb) {  // 1 to 3 blocks left: masked-off bytes are 0 (d = 0, nibbles 0, xq 0)
       const __mmask64 m = (~uint64_t{0}) >> (64 - 18 * (nb - groups * 4));
       __m512i head[R], rest[R];
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) {
         head[r] = _mm512_maskz_loadu_epi8(m, w + r * row_bytes + groups * 72);
         rest[r] = _mm512_setzero_si512();
       }
       step(head, rest, groups);
     }
+    LOOM_UNROLL
     for (int a = 0; a < A; ++a)
+      LOOM_UNROLL
       for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = _mm512_reduce_add_ps(acc[r][a]);
   }
 };
@@ -626,8 +719,8 @@ void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const
   isa = resolve(isa);
   auto prep = [isa](const Problem& p, int64_t i) {
     const ActRow a = p.act.row(i);
+    if (isa == Isa::kAvx512) return prep_avx512(p.x + i * p.cols, p.cols, a, p.act.cols_p, false);
     quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
-    if (isa == Isa::kAvx512) natural_lanes(a, p.act.cols_p, 128);
   };
   switch (isa) {
     case Isa::kAvx512: drive(p, prep, Table<Int8Avx512>::table); break;
@@ -644,8 +737,8 @@ void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, in
   isa = resolve(isa);
   auto prep = [isa](const Problem& p, int64_t i) {
     const ActRow a = p.act.row(i);
+    if (isa == Isa::kAvx512) return prep_avx512(p.x + i * p.cols, p.cols, a, p.act.cols_p, true);
     quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
-    if (isa == Isa::kAvx512) split_lanes(a, p.act.cols_p);
     if (isa == Isa::kAvx2) natural_lanes(a, p.act.cols_p, 8);
   };
   switch (isa) {
