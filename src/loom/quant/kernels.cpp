@@ -18,8 +18,16 @@
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
 #include <omp.h>
+
+// The vector paths are x86-64 only; elsewhere (or with LOOM_QUANT_PORTABLE_ONLY, which tests that
+// build) every call takes the portable path.
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(LOOM_QUANT_PORTABLE_ONLY)
+#define LOOM_QUANT_X86 1
+#include <immintrin.h>
+#else
+#define LOOM_QUANT_X86 0
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -170,6 +178,7 @@ bool isa_supported(Isa isa) {
     case Isa::kAuto:
     case Isa::kPortable:
       return true;
+#if LOOM_QUANT_X86
     case Isa::kAvx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("f16c");
@@ -178,6 +187,10 @@ bool isa_supported(Isa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
              __builtin_cpu_supports("avx512vbmi");
+#else
+    default:
+      return false;
+#endif
   }
   return false;
 }
@@ -199,9 +212,11 @@ const char* isa_name(Isa isa) {
   return "?";
 }
 
+#if LOOM_QUANT_X86
 // Each vector path is compiled for its own instruction set, whatever the project's -march.
 #define LOOM_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define LOOM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")))
+#endif
 
 // ---- activations -------------------------------------------------------------------------------
 
@@ -280,19 +295,19 @@ void quantize_activation(const float* x, int64_t cols, int64_t cols_p, int8_t* x
   }
 }
 
-int32_t sum4(const int8_t* p) { return p[0] + p[1] + p[2] + p[3]; }
-
-// Lane arrays for paths reading xq in natural order (one int32 lane = 4 consecutive bytes).
-void natural_lanes(const ActRow& a, int64_t cols_p, int32_t offset) {
+#if LOOM_QUANT_X86
+// The AVX2 Q4_0 loop's offset correction, natural order: lane l (4 bytes) gets -8 * sum of its xq.
+void q4_natural_corr(const ActRow& a, int64_t cols_p) {
   for (int64_t l = 0; l < cols_p / 4; ++l) {
-    a.lane_scale[l] = a.xs[l / 8];
-    a.lane_corr[l] = -offset * sum4(a.xq + 4 * l);
+    const int8_t* q = a.xq + 4 * l;
+    a.lane_corr[l] = -8 * (q[0] + q[1] + q[2] + q[3]);
   }
 }
 
 // quantize_activation in AVX-512, bit-identical to it (the same max, the same scalar d and 1 / d,
 // one multiply per value, the same rounding: vcvtps2dq, ties to even), then the lane arrays:
-// natural order for int8 (split = false; natural_lanes with offset 128), or for Q4_0 (split =
+// natural order for int8 (split = false: lane l gets block l / 8's scale and -128 times the sum of
+// its 4 xq), or for Q4_0 (split =
 // true) xsplit with lane l of each four-block group holding block l / 4, bytes 4 * (l % 4) .. + 3
 // of both halves, its corr being -8 times the sum of those 8 values.
 LOOM_AVX512 void prep_avx512(const float* x, int64_t cols, const ActRow& a, int64_t cols_p, bool split) {
@@ -342,6 +357,7 @@ LOOM_AVX512 void prep_avx512(const float* x, int64_t cols, const ActRow& a, int6
                     _mm512_permutexvar_ps(scale_idx, _mm512_castps128_ps512(_mm_loadu_ps(a.xs + g * 4))));
   }
 }
+#endif  // LOOM_QUANT_X86
 
 // ---- scalar (reference arithmetic) -------------------------------------------------------------
 
@@ -399,19 +415,18 @@ struct Table {
 };
 
 // Quantizes the activations (prep(p, i) for each row i), then runs the micro-kernels over all
-// rows. Rows go to threads in contiguous chunks of kRowChunk; a chunk's R-row weight slices stay
-// in L1 while all n activations pass over them.
+// rows. Rows go to threads in contiguous chunks of kRowChunk; a chunk's weights (8 to 24 KB at
+// cols 512 to 1536 in int8) stay in L1 while all n activations pass over them once.
 template <class Prep>
 void drive(Problem& p, Prep prep, const KernelTable& table) {
   constexpr int64_t kRowChunk = 16;
   const int64_t chunks = (p.rows + kRowChunk - 1) / kRowChunk;
   auto run_chunk = [&](int64_t chunk) {
     const int64_t r_end = std::min(p.rows, (chunk + 1) * kRowChunk);
-    for (int64_t r0 = chunk * kRowChunk; r0 < r_end; r0 += kMaxR) {
-      const int R = static_cast<int>(std::min<int64_t>(kMaxR, r_end - r0));
-      for (int64_t i0 = 0; i0 < p.n; i0 += kMaxA) {
-        const int A = static_cast<int>(std::min<int64_t>(kMaxA, p.n - i0));
-        table[R - 1][A - 1](p, r0, i0);
+    for (int64_t i0 = 0; i0 < p.n; i0 += kMaxA) {
+      const int A = static_cast<int>(std::min<int64_t>(kMaxA, p.n - i0));
+      for (int64_t r0 = chunk * kRowChunk; r0 < r_end; r0 += kMaxR) {
+        table[std::min<int64_t>(kMaxR, r_end - r0) - 1][A - 1](p, r0, i0);
       }
     }
   };
@@ -458,6 +473,7 @@ struct Q4Portable {
   }
 };
 
+#if LOOM_QUANT_X86
 // R and A are at most 4: the loops over them must unroll fully so that the accumulator arrays
 // live in registers (at -O2 GCC would otherwise keep them on the stack).
 #define LOOM_UNROLL _Pragma("GCC unroll 4")
@@ -700,6 +716,7 @@ struct Q4Avx512 {
       for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = _mm512_reduce_add_ps(acc[r][a]);
   }
 };
+#endif  // LOOM_QUANT_X86
 
 Isa resolve(Isa isa) {
   if (isa == Isa::kAuto) return best_isa();
@@ -717,16 +734,20 @@ void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const
   if (n == 0 || rows == 0) return;
   Problem p{x, n, cols, rows, w, scale, y, activation_buffer(n, cols)};
   isa = resolve(isa);
-  auto prep = [isa](const Problem& p, int64_t i) {
+#if LOOM_QUANT_X86
+  if (isa == Isa::kAvx512) {
+    auto prep = [](const Problem& p, int64_t i) { prep_avx512(p.x + i * p.cols, p.cols, p.act.row(i), p.act.cols_p, false); };
+    return drive(p, prep, Table<Int8Avx512>::table);
+  }
+#endif
+  auto prep = [](const Problem& p, int64_t i) {
     const ActRow a = p.act.row(i);
-    if (isa == Isa::kAvx512) return prep_avx512(p.x + i * p.cols, p.cols, a, p.act.cols_p, false);
     quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
   };
-  switch (isa) {
-    case Isa::kAvx512: drive(p, prep, Table<Int8Avx512>::table); break;
-    case Isa::kAvx2: drive(p, prep, Table<Int8Avx2>::table); break;
-    default: drive(p, prep, Table<Int8Portable>::table); break;
-  }
+#if LOOM_QUANT_X86
+  if (isa == Isa::kAvx2) return drive(p, prep, Table<Int8Avx2>::table);
+#endif
+  drive(p, prep, Table<Int8Portable>::table);
 }
 
 void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y, Isa isa) {
@@ -735,17 +756,25 @@ void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, in
   if (n == 0 || rows == 0) return;
   Problem p{x, n, cols, rows, w, nullptr, y, activation_buffer(n, cols)};
   isa = resolve(isa);
-  auto prep = [isa](const Problem& p, int64_t i) {
-    const ActRow a = p.act.row(i);
-    if (isa == Isa::kAvx512) return prep_avx512(p.x + i * p.cols, p.cols, a, p.act.cols_p, true);
-    quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
-    if (isa == Isa::kAvx2) natural_lanes(a, p.act.cols_p, 8);
-  };
-  switch (isa) {
-    case Isa::kAvx512: drive(p, prep, Table<Q4Avx512>::table); break;
-    case Isa::kAvx2: drive(p, prep, Table<Q4Avx2>::table); break;
-    default: drive(p, prep, Table<Q4Portable>::table); break;
+#if LOOM_QUANT_X86
+  if (isa == Isa::kAvx512) {
+    auto prep = [](const Problem& p, int64_t i) { prep_avx512(p.x + i * p.cols, p.cols, p.act.row(i), p.act.cols_p, true); };
+    return drive(p, prep, Table<Q4Avx512>::table);
   }
+  if (isa == Isa::kAvx2) {
+    auto prep = [](const Problem& p, int64_t i) {
+      const ActRow a = p.act.row(i);
+      quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
+      q4_natural_corr(a, p.act.cols_p);
+    };
+    return drive(p, prep, Table<Q4Avx2>::table);
+  }
+#endif
+  auto prep = [](const Problem& p, int64_t i) {
+    const ActRow a = p.act.row(i);
+    quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
+  };
+  drive(p, prep, Table<Q4Portable>::table);
 }
 
 void linear_int8_ref(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
