@@ -1,0 +1,237 @@
+// Quantized matrix-vector kernels (src/loom/quant/kernels.h) against OpenBLAS fp32, at the linear
+// shapes of the LLaMA-style bench model (d_model 512, d_ff 1536, vocab 8192, 8 layers), plus the
+// machine's read bandwidth measured in the same run. Torch-free; build and run by hand:
+//   nice -n 10 g++ -O2 -std=c++17 -fopenmp -Isrc src/loom/quant/kernels.cpp bench/quant_matvec.cpp
+//       -lopenblas -o /tmp/quant_matvec
+//   env -u OPENBLAS_CORETYPE /tmp/quant_matvec [--quick]
+// (OPENBLAS_CORETYPE=Haswell, set in this environment for libtorch, would keep OpenBLAS off its
+// AVX-512 kernels.)
+//
+// Weight bytes streamed per call: fp32 4 per weight, int8 1 (+ 4 per row for the scale), Q4_0
+// 18 per 32. "hot" repeats one matrix (it stays in L2/L3 when small enough); "cold" cycles through
+// copies totalling > 3x the L3 size, so every call streams from DRAM. The per-token estimate
+// sums the per-shape times of one decode step (8 x (qkv, o, gate/up, down) + output projection);
+// "chained" runs that step for real over distinct weights for every layer, which is what decoding
+// sees (the Q4_0 model, 17.7 MB, fits in a 32 MB L3; the fp32 one, 126 MB, does not).
+#include <cblas.h>
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "loom/quant/kernels.h"
+
+extern "C" void openblas_set_num_threads(int num_threads);
+
+namespace q = loom::quant;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Best of `batches` batches, each repeated until it lasts >= min_batch_s: the minimum is the
+// least disturbed by the other processes sharing this machine.
+double seconds_per_call(const std::function<void(int)>& call, double min_batch_s = 0.02, int batches = 7) {
+  call(0);  // warm-up (and first-call buffer growth)
+  int reps = 1;
+  for (;;) {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < reps; ++i) call(i);
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (s >= min_batch_s) break;
+    reps *= 2;
+  }
+  double best = 1e30;
+  for (int b = 0; b < batches; ++b) {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < reps; ++i) call(i);
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count() / reps);
+  }
+  return best;
+}
+
+// Sums count floats (count % 64 == 0) with 4 independent accumulators, 256 bytes per step.
+__attribute__((target("avx2"))) float sum_floats(const float* a, size_t count) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (size_t i = 0; i < count; i += 64) {
+    s0 = _mm256_add_ps(s0, _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(a + i + 32)));
+    s1 = _mm256_add_ps(s1, _mm256_add_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(a + i + 40)));
+    s2 = _mm256_add_ps(s2, _mm256_add_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(a + i + 48)));
+    s3 = _mm256_add_ps(s3, _mm256_add_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(a + i + 56)));
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  float total = 0;
+  for (float l : lanes) total += l;
+  return total;
+}
+
+double read_bandwidth_gbs(int threads) {
+  const size_t count = size_t{256} << 20 >> 2;  // 256 MB of floats
+  std::vector<float> a(count, 1.0f);
+  volatile float sink = 0;
+  const double s = seconds_per_call(
+      [&](int) {
+        float total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+        {
+          const size_t chunk = count / omp_get_num_threads() / 64 * 64, begin = chunk * omp_get_thread_num();
+          total += sum_floats(a.data() + begin, omp_get_thread_num() == omp_get_num_threads() - 1 ? count - begin : chunk);
+        }
+        sink = total;
+      },
+      0.1, 5);
+  return count * 4.0 / s / 1e9;
+}
+
+struct Shape {
+  const char* name;
+  int64_t rows, cols;
+  int per_token;  // times per decode step
+};
+
+// One shape's weights in the three formats, `copies` times (the cold set) contiguous.
+struct Weights {
+  int64_t rows = 0, cols = 0, copies = 0;
+  std::vector<float> f32;
+  std::vector<int8_t> i8;
+  std::vector<float> scale;
+  std::vector<q::BlockQ4_0> q4;
+
+  Weights(int64_t rows_, int64_t cols_, int64_t copies_, std::mt19937& rng)
+      : rows(rows_), cols(cols_), copies(copies_) {
+    std::normal_distribution<float> normal(0.0f, 0.02f);
+    f32.resize(rows * cols * copies);
+    for (auto& v : f32) v = normal(rng);
+    i8.resize(f32.size());
+    scale.resize(rows * copies);
+    q4.resize(f32.size() / 32);
+    q::quantize_int8(f32.data(), rows * copies, cols, i8.data(), scale.data());
+    q::quantize_q4_0(f32.data(), rows * cols * copies, q4.data());
+  }
+  const float* f32_at(int64_t c) const { return f32.data() + c * rows * cols; }
+  const int8_t* i8_at(int64_t c) const { return i8.data() + c * rows * cols; }
+  const float* scale_at(int64_t c) const { return scale.data() + c * rows; }
+  const q::BlockQ4_0* q4_at(int64_t c) const { return q4.data() + c * rows * cols / 32; }
+};
+
+enum Format { kF32, kInt8, kQ4, kFormats };
+const char* const kFormatName[kFormats] = {"fp32", "int8", "q4_0"};
+
+double weight_bytes(Format f, int64_t rows, int64_t cols) {
+  switch (f) {
+    case kF32: return 4.0 * rows * cols;
+    case kInt8: return 1.0 * rows * cols + 4.0 * rows;
+    default: return 18.0 * rows * cols / 32;
+  }
+}
+
+void run(Format f, const Weights& w, int64_t copy, const float* x, int64_t n, float* y) {
+  switch (f) {
+    case kF32:
+      if (n == 1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, w.rows, w.cols, 1.0f, w.f32_at(copy), w.cols, x, 1, 0.0f, y, 1);
+      } else {  // y[n, rows] = x[n, cols] . W[rows, cols]^T
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, w.rows, w.cols, 1.0f, x, w.cols, w.f32_at(copy),
+                    w.cols, 0.0f, y, w.rows);
+      }
+      break;
+    case kInt8: q::linear_int8(x, n, w.cols, w.i8_at(copy), w.scale_at(copy), w.rows, y); break;
+    default: q::linear_q4_0(x, n, w.cols, w.q4_at(copy), w.rows, y); break;
+  }
+}
+
+void set_threads(int t) {
+  omp_set_num_threads(t);
+  openblas_set_num_threads(t);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  std::printf("kernel isa: %s\n", q::isa_name(q::best_isa()));
+  for (int t : {1, 2}) std::printf("read bandwidth, %d thread(s): %.1f GB/s (sum of a 256 MB float array)\n", t, read_bandwidth_gbs(t));
+
+  const Shape shapes[] = {{"qkv", 1536, 512, 8}, {"o", 512, 512, 8}, {"gate_up", 3072, 512, 8},
+                          {"down", 512, 1536, 8}, {"output", 8192, 512, 1}};
+  const int64_t ns[] = {1, 8, 512};
+  const double cold_bytes = 96e6;  // 3x the 32 MB L3
+  std::mt19937 rng(0);
+  // token_s[threads - 1][format][hot/cold]: the per-token sum at n = 1
+  double token_s[2][kFormats][2] = {};
+  std::printf("\n%-8s %5s %5s %4s %3s | %-10s %-10s %-10s | GB/s hot: %-6s %-6s %-6s | GB/s cold: %-6s %-6s %-6s\n",
+              "shape", "rows", "cols", "n", "thr", "fp32 us", "int8 us", "q4_0 us", "fp32", "int8", "q4_0", "fp32",
+              "int8", "q4_0");
+  for (const Shape& s : shapes) {
+    const int64_t copies = std::max<int64_t>(2, static_cast<int64_t>(cold_bytes / (4.0 * s.rows * s.cols)) + 1);
+    Weights w(s.rows, s.cols, copies, rng);
+    for (int64_t n : ns) {
+      if (quick && n == 512) continue;
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      std::vector<float> x(n * s.cols), y(n * s.rows);
+      for (auto& v : x) v = normal(rng);
+      for (int t : {1, 2}) {
+        set_threads(t);
+        double hot[kFormats], cold[kFormats];
+        for (int f = 0; f < kFormats; ++f) {
+          const Format fmt = static_cast<Format>(f);
+          hot[f] = seconds_per_call([&](int) { run(fmt, w, 0, x.data(), n, y.data()); });
+          cold[f] = n == 512 ? hot[f]  // compute-bound: the copies add nothing but time
+                             : seconds_per_call([&](int i) { run(fmt, w, 1 + i % (copies - 1), x.data(), n, y.data()); });
+          if (n == 1) {
+            token_s[t - 1][f][0] += s.per_token * hot[f];
+            token_s[t - 1][f][1] += s.per_token * cold[f];
+          }
+        }
+        std::printf("%-8s %5lld %5lld %4lld %3d | %-10.1f %-10.1f %-10.1f |           %-6.1f %-6.1f %-6.1f |            %-6.1f %-6.1f %-6.1f\n",
+                    s.name, static_cast<long long>(s.rows), static_cast<long long>(s.cols), static_cast<long long>(n), t,
+                    cold[kF32] * 1e6, cold[kInt8] * 1e6, cold[kQ4] * 1e6,
+                    weight_bytes(kF32, s.rows, s.cols) / hot[kF32] / 1e9,
+                    weight_bytes(kInt8, s.rows, s.cols) / hot[kInt8] / 1e9,
+                    weight_bytes(kQ4, s.rows, s.cols) / hot[kQ4] / 1e9,
+                    weight_bytes(kF32, s.rows, s.cols) / cold[kF32] / 1e9,
+                    weight_bytes(kInt8, s.rows, s.cols) / cold[kInt8] / 1e9,
+                    weight_bytes(kQ4, s.rows, s.cols) / cold[kQ4] / 1e9);
+        std::fflush(stdout);
+      }
+    }
+  }
+
+  // One real decode step over distinct weights for each of the 8 layers.
+  std::printf("\nper-token decode step (n = 1, 31.5M weights):\n");
+  std::vector<Weights> layer_weights;
+  std::vector<const Shape*> step;
+  for (int layer = 0; layer < 8; ++layer)
+    for (int i = 0; i < 4; ++i) step.push_back(&shapes[i]);
+  step.push_back(&shapes[4]);
+  for (const Shape* s : step) layer_weights.emplace_back(s->rows, s->cols, 1, rng);
+  std::vector<float> x(8192, 0.5f), y(8192);
+  double model_bytes[kFormats] = {};
+  for (const Shape* s : step)
+    for (int f = 0; f < kFormats; ++f) model_bytes[f] += weight_bytes(static_cast<Format>(f), s->rows, s->cols);
+  for (int t : {1, 2}) {
+    set_threads(t);
+    for (int f = 0; f < kFormats; ++f) {
+      const Format fmt = static_cast<Format>(f);
+      const double chained = seconds_per_call(
+          [&](int) {
+            for (const Weights& w : layer_weights) run(fmt, w, 0, x.data(), 1, y.data());
+          },
+          0.05, 7);
+      std::printf("  %s %d thread(s): sum of shapes hot %.1f us (%.0f tok/s), cold %.1f us (%.0f tok/s); "
+                  "chained %.1f us = %.0f tok/s, %.1f GB/s (%.1f MB per token)\n",
+                  kFormatName[f], t, token_s[t - 1][f][0] * 1e6, 1 / token_s[t - 1][f][0], token_s[t - 1][f][1] * 1e6,
+                  1 / token_s[t - 1][f][1], chained * 1e6, 1 / chained, model_bytes[f] / chained / 1e9,
+                  model_bytes[f] / 1e6);
+    }
+  }
+  std::printf("(llama.cpp on this machine, whole model, 2 threads: Q8_0 868 tok/s, Q4_0 1391 tok/s)\n");
+}
