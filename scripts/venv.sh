@@ -9,7 +9,17 @@ cd "$(dirname "$0")/.."
 pinned=(sacrebleu==2.6.0)
 # bench/translate_ct2.sh only: `scripts/venv.sh --ct2` adds these.
 ct2_pinned=(ctranslate2==4.8.5 sentencepiece==0.2.3 safetensors==0.8.0 numpy==2.4.6)
-if [ "${1:-}" = "--ct2" ]; then pinned+=("${ct2_pinned[@]}"); fi
+# bench/smollm2_llamacpp.sh and scripts/smollm2_reference.py only: `scripts/venv.sh --llama` adds
+# llama.cpp's Python binding (its sdist compiles llama.cpp with cmake: about 15 min on 2 cores,
+# run under nice) and the gguf reader.
+llama_pinned=(llama-cpp-python==0.3.36 gguf==0.19.0 numpy==2.4.6)
+for arg in "$@"; do
+  case "$arg" in
+    --ct2) pinned+=("${ct2_pinned[@]}") ;;
+    --llama) pinned+=("${llama_pinned[@]}") ;;
+    *) echo "venv: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 # Debian's python (not a pyenv or conda one on PATH), so the venv is the same everywhere.
 python=/usr/bin/python3
@@ -32,5 +42,5 @@ for pin in "${pinned[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "venv: installing ${missing[*]}"
-  .venv/bin/python -m pip install -q --disable-pip-version-check "${missing[@]}"
+  nice -n 10 .venv/bin/python -m pip install -q --disable-pip-version-check "${missing[@]}"
 fi
