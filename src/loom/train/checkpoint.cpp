@@ -43,7 +43,7 @@ std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Mo
   save_safetensors(writer.path("model.safetensors"), module_state(*model), metadata);
   save_safetensors(writer.path("optimizer.safetensors"), optimizer.state(), metadata);
   writer.add("recipe.yaml", recipe_to_yaml(recipe));
-  if (tokenizer != nullptr) writer.add("tokenizer.model", tokenizer->serialized());
+  if (tokenizer != nullptr) writer.add(tokenizer->file_name(), tokenizer->serialized());
   nlohmann::json j{{"format", kCheckpointFormat},
                    {"step", state.step},
                    {"tokens_seen", state.tokens_seen},
@@ -63,7 +63,9 @@ LoadedModel load_checkpoint(const std::string& path) {
   loaded.state = parse_state((fs::path(loaded.dir) / "trainer.json").string());
   loaded.has_tokenizer = !loaded.recipe.task.is_generated();
   if (loaded.has_tokenizer) {
-    loaded.tokenizer = Tokenizer::load((fs::path(loaded.dir) / "tokenizer.model").string());
+    // An imported model with a byte-level BPE vocabulary (GGUF "gpt2") has tokenizer.gguf.json.
+    const fs::path bpe = fs::path(loaded.dir) / "tokenizer.gguf.json";
+    loaded.tokenizer = Tokenizer::load((fs::exists(bpe) ? bpe : fs::path(loaded.dir) / "tokenizer.model").string());
     if (loaded.tokenizer.vocab_size() != loaded.recipe.model.vocab_size)
       fail("{}: the tokenizer has {} tokens but the model's vocab_size is {}", loaded.dir,
            loaded.tokenizer.vocab_size(), loaded.recipe.model.vocab_size);
@@ -123,8 +125,8 @@ std::string average_checkpoints(const std::vector<std::string>& checkpoints, con
                    {{"format", "loom-" + std::to_string(kCheckpointFormat)}, {"step", std::to_string(state.step)},
                     {"averaged", std::to_string(dirs.size())}});
   writer.add("recipe.yaml", read_file((fs::path(last_dir) / "recipe.yaml").string()));
-  if (fs::exists(fs::path(last_dir) / "tokenizer.model"))
-    writer.add("tokenizer.model", read_file((fs::path(last_dir) / "tokenizer.model").string()));
+  for (const char* name : {"tokenizer.model", "tokenizer.gguf.json"})
+    if (fs::exists(fs::path(last_dir) / name)) writer.add(name, read_file((fs::path(last_dir) / name).string()));
   nlohmann::json j{{"format", kCheckpointFormat}, {"step", state.step}, {"tokens_seen", state.tokens_seen},
                    {"elapsed_seconds", state.elapsed_seconds}, {"valid_loss", nullptr}, {"averaged_from", dirs}};
   writer.add("trainer.json", j.dump(2) + "\n");

@@ -3,6 +3,7 @@
 //   optimizer.safetensors  AdamW moments, named "<param>.exp_avg" / "<param>.exp_avg_sq"
 //   recipe.yaml            the resolved recipe the run used
 //   tokenizer.model        the SentencePiece model (task lm; generated tasks have fixed vocabularies)
+//   tokenizer.gguf.json    instead of tokenizer.model: an imported model's byte-level BPE vocabulary
 //   trainer.json           step, tokens seen, elapsed time, last validation loss, format
 #pragma once
 #include <optional>
