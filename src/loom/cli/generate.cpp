@@ -20,6 +20,7 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
     std::string checkpoint;
     std::string prompt;
     GenerateOptions options;
+    bool ignore_eos = false;
   };
   auto args = std::make_shared<Args>();
   args->options.max_new_tokens = 200;
@@ -28,6 +29,7 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
   app.add_option("--max-new-tokens", args->options.max_new_tokens, "tokens to generate at most")
       ->check(CLI::NonNegativeNumber);
   add_sampling_options(app, args->options.sampling);
+  app.add_flag("--ignore-eos", args->ignore_eos, "keep generating past eos (for benchmarks)");
   app.callback([args, &global] {
     configure_threads(global.threads);
     auto loaded = load_checkpoint(args->checkpoint);
@@ -43,7 +45,7 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
     if (static_cast<int64_t>(prompt.size()) >= loaded.recipe.model.max_seq_len)
       fail("the prompt is {} tokens but the model's context is {} tokens", prompt.size(),
            loaded.recipe.model.max_seq_len);
-    args->options.stop_token = tokenizer.eos_id();
+    args->options.stop_token = args->ignore_eos ? -1 : tokenizer.eos_id();
     // Decode prompt and continuation together and print what is new: SentencePiece drops the
     // leading space of a sequence's first piece, and a token may end inside a UTF-8 character
     // (decoded as U+FFFD until complete), so decoding the new tokens alone would glue words
@@ -64,7 +66,7 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
       }
     };
     generate(loaded.model, prompt, args->options, [&](int64_t token) {
-      if (token == tokenizer.eos_id()) return;
+      if (token == tokenizer.eos_id() && !args->ignore_eos) return;
       ids.push_back(static_cast<int>(token));
       flush_new_text(false);
     });
