@@ -61,7 +61,11 @@ LoadedModel load_checkpoint(const std::string& path) {
   const std::string recipe_path = (fs::path(loaded.dir) / "recipe.yaml").string();
   loaded.recipe = parse_recipe(read_file(recipe_path), recipe_path);
   loaded.state = parse_state((fs::path(loaded.dir) / "trainer.json").string());
-  loaded.has_tokenizer = !loaded.recipe.task.is_generated();
+  // An imported checkpoint may carry a vocabulary loom cannot run yet instead of a SentencePiece
+  // model (kForeignVocabFile, e.g. a GGUF GPT-2 byte-level BPE): it loads without a tokenizer.
+  loaded.has_tokenizer = !loaded.recipe.task.is_generated() &&
+                         (fs::exists(fs::path(loaded.dir) / "tokenizer.model") ||
+                          !fs::exists(fs::path(loaded.dir) / kForeignVocabFile));
   if (loaded.has_tokenizer) {
     loaded.tokenizer = Tokenizer::load((fs::path(loaded.dir) / "tokenizer.model").string());
     if (loaded.tokenizer.vocab_size() != loaded.recipe.model.vocab_size)
@@ -76,6 +80,9 @@ LoadedModel load_checkpoint(const std::string& path) {
 }
 
 void require_tokenizer(const LoadedModel& loaded, const std::string& what) {
+  if (!loaded.has_tokenizer && fs::exists(fs::path(loaded.dir) / kForeignVocabFile))
+    fail("{}: {} needs a tokenizer, but this checkpoint's vocabulary ({}, imported from GGUF) is not a "
+         "SentencePiece model and loom cannot run it yet", loaded.dir, what, kForeignVocabFile);
   if (!loaded.has_tokenizer)
     fail("{}: {} needs text, but this model learned the generated task '{}' (no tokenizer); score it with "
          "`loom eval {}`", loaded.dir, what, loaded.recipe.task.name, loaded.dir);
