@@ -21,6 +21,8 @@ void add_score(CLI::App& app, const GlobalOptions& global);
 void add_data(CLI::App& app, const GlobalOptions& global);
 void add_average(CLI::App& app, const GlobalOptions& global);
 void add_blocks(CLI::App& app, const GlobalOptions& global);
+void add_export(CLI::App& app, const GlobalOptions& global);
+void add_import(CLI::App& app, const GlobalOptions& global);
 
 // --temperature, --top-k, --top-p, --seed (generate and translate share them).
 void add_sampling_options(CLI::App& app, SamplingOptions& options);

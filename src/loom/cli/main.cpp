@@ -24,6 +24,8 @@ const Command kCommands[] = {
     {"eval", "held-out loss and perplexity, or a workbench task's metric, of a trained model", loom::cli::add_eval},
     {"score", "corpus BLEU and chrF of hypotheses against references, as sacreBLEU computes them", loom::cli::add_score},
     {"average", "average the weights of checkpoints (e.g. a run's last N) into one checkpoint", loom::cli::add_average},
+    {"export", "write a LLaMA-style checkpoint as GGUF (llama.cpp) or a Hugging Face LLaMA directory", loom::cli::add_export},
+    {"import", "turn a GGUF file or a Hugging Face LLaMA directory into a loom checkpoint", loom::cli::add_import},
     {"data", "fetch a corpus, train its tokenizer and encode its splits", loom::cli::add_data},
     {"blocks", "list every registered block with its family, description and paper", loom::cli::add_blocks},
 };

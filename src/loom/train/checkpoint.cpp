@@ -32,6 +32,15 @@ TrainerState parse_state(const std::string& path) {
   }
 }
 
+// tokenizer.ggml.model of an imported GGUF vocabulary ("gpt2", "bert", ...).
+std::string foreign_vocab_model(const std::string& path) {
+  try {
+    return nlohmann::json::parse(read_file(path)).value("model", std::string());
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: corrupt vocabulary ({})", path, e.what());
+  }
+}
+
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Model& model,
@@ -61,11 +70,14 @@ LoadedModel load_checkpoint(const std::string& path) {
   const std::string recipe_path = (fs::path(loaded.dir) / "recipe.yaml").string();
   loaded.recipe = parse_recipe(read_file(recipe_path), recipe_path);
   loaded.state = parse_state((fs::path(loaded.dir) / "trainer.json").string());
-  loaded.has_tokenizer = !loaded.recipe.task.is_generated();
+  // An imported checkpoint may carry a GGUF vocabulary instead of a SentencePiece model
+  // (kForeignVocabFile): a byte-level BPE ("gpt2", e.g. SmolLM2's) runs as loom's BpeTokenizer;
+  // any other kind loads without a tokenizer.
+  const fs::path spm = fs::path(loaded.dir) / "tokenizer.model", foreign = fs::path(loaded.dir) / kForeignVocabFile;
+  const bool bpe = !fs::exists(spm) && fs::exists(foreign) && foreign_vocab_model(foreign.string()) == "gpt2";
+  loaded.has_tokenizer = !loaded.recipe.task.is_generated() && (fs::exists(spm) || bpe || !fs::exists(foreign));
   if (loaded.has_tokenizer) {
-    // An imported model with a byte-level BPE vocabulary (GGUF "gpt2") has tokenizer.gguf.json.
-    const fs::path bpe = fs::path(loaded.dir) / "tokenizer.gguf.json";
-    loaded.tokenizer = Tokenizer::load((fs::exists(bpe) ? bpe : fs::path(loaded.dir) / "tokenizer.model").string());
+    loaded.tokenizer = Tokenizer::load((bpe ? foreign : spm).string());
     if (loaded.tokenizer.vocab_size() != loaded.recipe.model.vocab_size)
       fail("{}: the tokenizer has {} tokens but the model's vocab_size is {}", loaded.dir,
            loaded.tokenizer.vocab_size(), loaded.recipe.model.vocab_size);
@@ -78,6 +90,10 @@ LoadedModel load_checkpoint(const std::string& path) {
 }
 
 void require_tokenizer(const LoadedModel& loaded, const std::string& what) {
+  if (!loaded.has_tokenizer && fs::exists(fs::path(loaded.dir) / kForeignVocabFile))
+    fail("{}: {} needs a tokenizer, but this checkpoint's vocabulary ({}, imported from GGUF) is "
+         "'{}', neither a SentencePiece model nor a byte-level BPE ('gpt2'): loom cannot run it yet", loaded.dir,
+         what, kForeignVocabFile, foreign_vocab_model((fs::path(loaded.dir) / kForeignVocabFile).string()));
   if (!loaded.has_tokenizer)
     fail("{}: {} needs text, but this model learned the generated task '{}' (no tokenizer); score it with "
          "`loom eval {}`", loaded.dir, what, loaded.recipe.task.name, loaded.dir);

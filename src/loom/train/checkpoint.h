@@ -18,6 +18,12 @@ namespace loom {
 
 inline constexpr int kCheckpointFormat = 1;
 
+// A checkpoint imported from GGUF whose vocabulary is not SentencePiece (tokenizer.ggml.model
+// "gpt2", ...) holds it here as JSON instead of tokenizer.model (train/llama_format.h has the
+// format). A "gpt2" vocabulary loads as a byte-level BPE Tokenizer (data/bpe_tokenizer.h); any
+// other kind loads with has_tokenizer false.
+inline constexpr const char* kForeignVocabFile = "tokenizer.gguf.json";
+
 struct TrainerState {
   int64_t step = 0;  // optimizer steps completed
   int64_t tokens_seen = 0;
@@ -36,7 +42,7 @@ struct LoadedModel {
   std::string dir;
   Recipe recipe;
   Model model{nullptr};
-  Tokenizer tokenizer;  // empty for generated tasks (has_tokenizer false)
+  Tokenizer tokenizer;  // empty for generated tasks and non-gpt2 kForeignVocabFile imports (has_tokenizer false)
   bool has_tokenizer = false;
   TrainerState state;
 };
