@@ -20,6 +20,7 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
     std::string checkpoint;
     std::string prompt;
     GenerateOptions options;
+    bool ignore_eos = false;
   };
   auto args = std::make_shared<Args>();
   args->options.max_new_tokens = 200;
@@ -28,24 +29,28 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
   app.add_option("--max-new-tokens", args->options.max_new_tokens, "tokens to generate at most")
       ->check(CLI::NonNegativeNumber);
   add_sampling_options(app, args->options.sampling);
+  app.add_flag("--ignore-eos", args->ignore_eos, "keep generating past eos (for benchmarks)");
   app.callback([args, &global] {
     configure_threads(global.threads);
     auto loaded = load_checkpoint(args->checkpoint);
     require_tokenizer(loaded, "generate");
     const auto& tokenizer = loaded.tokenizer;
-    // Training text is paragraphs each ended by eos, so eos first puts the model at the start
-    // of a paragraph, and generation stops at the paragraph's end.
-    std::vector<int64_t> prompt{tokenizer.eos_id()};
+    // The model's own start convention (Tokenizer::prompt_prefix): eos for loom's models, whose
+    // training text is paragraphs each ended by eos, so generation starts a paragraph and stops
+    // at its end; bos or nothing for an imported model.
+    const std::vector<int> prefix = tokenizer.prompt_prefix();
+    std::vector<int64_t> prompt(prefix.begin(), prefix.end());
     for (int id : tokenizer.encode(args->prompt)) prompt.push_back(id);
+    if (prompt.empty()) fail("generate: this model takes no start token, so --prompt must not be empty");
     if (static_cast<int64_t>(prompt.size()) >= loaded.recipe.model.max_seq_len)
       fail("the prompt is {} tokens but the model's context is {} tokens", prompt.size(),
            loaded.recipe.model.max_seq_len);
-    args->options.stop_token = tokenizer.eos_id();
+    args->options.stop_token = args->ignore_eos ? -1 : tokenizer.eos_id();
     // Decode prompt and continuation together and print what is new: SentencePiece drops the
     // leading space of a sequence's first piece, and a token may end inside a UTF-8 character
     // (decoded as U+FFFD until complete), so decoding the new tokens alone would glue words
     // together or split characters.
-    std::vector<int> ids(prompt.begin() + 1, prompt.end());
+    std::vector<int> ids(prompt.begin() + static_cast<std::ptrdiff_t>(prefix.size()), prompt.end());
     const std::string prompt_text = tokenizer.decode(ids);
     std::printf("%s", prompt_text.c_str());
     std::fflush(stdout);
@@ -61,7 +66,7 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
       }
     };
     generate(loaded.model, prompt, args->options, [&](int64_t token) {
-      if (token == tokenizer.eos_id()) return;
+      if (token == tokenizer.eos_id() && !args->ignore_eos) return;
       ids.push_back(static_cast<int>(token));
       flush_new_text(false);
     });

@@ -25,6 +25,8 @@ const Command kCommands[] = {
     {"score", "corpus BLEU and chrF of hypotheses against references, as sacreBLEU computes them", loom::cli::add_score},
     {"average", "average the weights of checkpoints (e.g. a run's last N) into one checkpoint", loom::cli::add_average},
     {"quantize", "quantize a checkpoint's linear weights: int8 per row, 4-bit Q4_0 by rounding or by GPTQ", loom::cli::add_quantize},
+    {"export", "write a LLaMA-style checkpoint as GGUF (llama.cpp) or a Hugging Face LLaMA directory", loom::cli::add_export},
+    {"import", "turn a GGUF file or a Hugging Face LLaMA directory into a loom checkpoint", loom::cli::add_import},
     {"data", "fetch a corpus, train its tokenizer and encode its splits", loom::cli::add_data},
     {"blocks", "list every registered block with its family, description and paper", loom::cli::add_blocks},
 };

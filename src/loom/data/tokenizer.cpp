@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include "loom/core/error.h"
+#include "loom/data/bpe_tokenizer.h"
 #include "loom/data/spm_shim/spm_api.h"
 
 namespace fs = std::filesystem;
@@ -101,6 +102,7 @@ Tokenizer Tokenizer::load(const std::string& model_path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   try {
+    if (fs::path(model_path).extension() == ".json") return from_bpe_json(ss.str());
     return from_bytes(ss.str());
   } catch (const Error& e) {
     fail("{}: {}", model_path, e.what());
@@ -119,7 +121,15 @@ Tokenizer Tokenizer::from_bytes(const std::string& serialized_model) {
   return t;
 }
 
+Tokenizer Tokenizer::from_bpe_json(const std::string& json_text) {
+  Tokenizer t;
+  t.bpe_ = std::make_shared<const BpeTokenizer>(BpeTokenizer::from_json(json_text));
+  t.serialized_ = json_text;
+  return t;
+}
+
 std::vector<int> Tokenizer::encode(std::string_view text) const {
+  if (bpe_) return bpe_->encode(text, /*parse_special=*/true);
   Sink sink;
   if (api().encode(handle(), text.data(), text.size(), Sink::on_ids, Sink::on_error,
                    &sink) != 0) {
@@ -129,6 +139,7 @@ std::vector<int> Tokenizer::encode(std::string_view text) const {
 }
 
 std::string Tokenizer::decode(const std::vector<int>& ids) const {
+  if (bpe_) return bpe_->decode(ids);
   const int n = vocab_size();
   for (int id : ids) {
     if (id < 0 || id >= n) fail("token id {} out of range for a vocabulary of {}", id, n);
@@ -146,8 +157,16 @@ const void* Tokenizer::handle() const {
   return processor_.get();
 }
 
-int Tokenizer::vocab_size() const { return api().piece_size(handle()); }
-int Tokenizer::bos_id() const { return api().bos_id(handle()); }
-int Tokenizer::eos_id() const { return api().eos_id(handle()); }
+int Tokenizer::vocab_size() const { return bpe_ ? bpe_->vocab_size() : api().piece_size(handle()); }
+int Tokenizer::bos_id() const { return bpe_ ? bpe_->bos_id() : api().bos_id(handle()); }
+int Tokenizer::eos_id() const { return bpe_ ? bpe_->eos_id() : api().eos_id(handle()); }
+
+std::vector<int> Tokenizer::prompt_prefix() const {
+  if (!bpe_) return {eos_id()};
+  if (bpe_->add_bos()) return {bpe_->bos_id()};
+  return {};
+}
+
+const char* Tokenizer::file_name() const { return bpe_ ? "tokenizer.gguf.json" : "tokenizer.model"; }
 
 }  // namespace loom

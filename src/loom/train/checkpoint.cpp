@@ -32,6 +32,15 @@ TrainerState parse_state(const std::string& path) {
   }
 }
 
+// tokenizer.ggml.model of an imported GGUF vocabulary ("gpt2", "bert", ...).
+std::string foreign_vocab_model(const std::string& path) {
+  try {
+    return nlohmann::json::parse(read_file(path)).value("model", std::string());
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: corrupt vocabulary ({})", path, e.what());
+  }
+}
+
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Model& model,
@@ -43,7 +52,7 @@ std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Mo
   save_safetensors(writer.path("model.safetensors"), module_state(*model), metadata);
   save_safetensors(writer.path("optimizer.safetensors"), optimizer.state(), metadata);
   writer.add("recipe.yaml", recipe_to_yaml(recipe));
-  if (tokenizer != nullptr) writer.add("tokenizer.model", tokenizer->serialized());
+  if (tokenizer != nullptr) writer.add(tokenizer->file_name(), tokenizer->serialized());
   nlohmann::json j{{"format", kCheckpointFormat},
                    {"step", state.step},
                    {"tokens_seen", state.tokens_seen},
@@ -61,9 +70,14 @@ LoadedModel load_checkpoint(const std::string& path) {
   const std::string recipe_path = (fs::path(loaded.dir) / "recipe.yaml").string();
   loaded.recipe = parse_recipe(read_file(recipe_path), recipe_path);
   loaded.state = parse_state((fs::path(loaded.dir) / "trainer.json").string());
-  loaded.has_tokenizer = !loaded.recipe.task.is_generated();
+  // An imported checkpoint may carry a GGUF vocabulary instead of a SentencePiece model
+  // (kForeignVocabFile): a byte-level BPE ("gpt2", e.g. SmolLM2's) runs as loom's BpeTokenizer;
+  // any other kind loads without a tokenizer.
+  const fs::path spm = fs::path(loaded.dir) / "tokenizer.model", foreign = fs::path(loaded.dir) / kForeignVocabFile;
+  const bool bpe = !fs::exists(spm) && fs::exists(foreign) && foreign_vocab_model(foreign.string()) == "gpt2";
+  loaded.has_tokenizer = !loaded.recipe.task.is_generated() && (fs::exists(spm) || bpe || !fs::exists(foreign));
   if (loaded.has_tokenizer) {
-    loaded.tokenizer = Tokenizer::load((fs::path(loaded.dir) / "tokenizer.model").string());
+    loaded.tokenizer = Tokenizer::load((bpe ? foreign : spm).string());
     if (loaded.tokenizer.vocab_size() != loaded.recipe.model.vocab_size)
       fail("{}: the tokenizer has {} tokens but the model's vocab_size is {}", loaded.dir,
            loaded.tokenizer.vocab_size(), loaded.recipe.model.vocab_size);
@@ -82,6 +96,10 @@ LoadedModel load_checkpoint(const std::string& path) {
 }
 
 void require_tokenizer(const LoadedModel& loaded, const std::string& what) {
+  if (!loaded.has_tokenizer && fs::exists(fs::path(loaded.dir) / kForeignVocabFile))
+    fail("{}: {} needs a tokenizer, but this checkpoint's vocabulary ({}, imported from GGUF) is "
+         "'{}', neither a SentencePiece model nor a byte-level BPE ('gpt2'): loom cannot run it yet", loaded.dir,
+         what, kForeignVocabFile, foreign_vocab_model((fs::path(loaded.dir) / kForeignVocabFile).string()));
   if (!loaded.has_tokenizer)
     fail("{}: {} needs text, but this model learned the generated task '{}' (no tokenizer); score it with "
          "`loom eval {}`", loaded.dir, what, loaded.recipe.task.name, loaded.dir);
@@ -131,8 +149,8 @@ std::string average_checkpoints(const std::vector<std::string>& checkpoints, con
                    {{"format", "loom-" + std::to_string(kCheckpointFormat)}, {"step", std::to_string(state.step)},
                     {"averaged", std::to_string(dirs.size())}});
   writer.add("recipe.yaml", read_file((fs::path(last_dir) / "recipe.yaml").string()));
-  if (fs::exists(fs::path(last_dir) / "tokenizer.model"))
-    writer.add("tokenizer.model", read_file((fs::path(last_dir) / "tokenizer.model").string()));
+  for (const char* name : {"tokenizer.model", "tokenizer.gguf.json"})
+    if (fs::exists(fs::path(last_dir) / name)) writer.add(name, read_file((fs::path(last_dir) / name).string()));
   nlohmann::json j{{"format", kCheckpointFormat}, {"step", state.step}, {"tokens_seen", state.tokens_seen},
                    {"elapsed_seconds", state.elapsed_seconds}, {"valid_loss", nullptr}, {"averaged_from", dirs}};
   writer.add("trainer.json", j.dump(2) + "\n");

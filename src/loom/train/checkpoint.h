@@ -3,6 +3,7 @@
 //   optimizer.safetensors  AdamW moments, named "<param>.exp_avg" / "<param>.exp_avg_sq"
 //   recipe.yaml            the resolved recipe the run used
 //   tokenizer.model        the SentencePiece model (task lm; generated tasks have fixed vocabularies)
+//   tokenizer.gguf.json    instead of tokenizer.model: an imported model's byte-level BPE vocabulary
 //   trainer.json           step, tokens seen, elapsed time, last validation loss, format
 #pragma once
 #include <optional>
@@ -17,6 +18,12 @@
 namespace loom {
 
 inline constexpr int kCheckpointFormat = 1;
+
+// A checkpoint imported from GGUF whose vocabulary is not SentencePiece (tokenizer.ggml.model
+// "gpt2", ...) holds it here as JSON instead of tokenizer.model (train/llama_format.h has the
+// format). A "gpt2" vocabulary loads as a byte-level BPE Tokenizer (data/bpe_tokenizer.h); any
+// other kind loads with has_tokenizer false.
+inline constexpr const char* kForeignVocabFile = "tokenizer.gguf.json";
 
 struct TrainerState {
   int64_t step = 0;  // optimizer steps completed
@@ -36,7 +43,7 @@ struct LoadedModel {
   std::string dir;
   Recipe recipe;
   Model model{nullptr};
-  Tokenizer tokenizer;  // empty for generated tasks (has_tokenizer false)
+  Tokenizer tokenizer;  // empty for generated tasks and non-gpt2 kForeignVocabFile imports (has_tokenizer false)
   bool has_tokenizer = false;
   TrainerState state;
   // Quantized checkpoints (`loom quantize`): the method ("int8", "q4", "gptq"; empty for float

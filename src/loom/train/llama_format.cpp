@@ -1,0 +1,601 @@
+#include "loom/train/llama_format.h"
+
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "loom/data/spm_model.h"
+#include "loom/io/checkpoint.h"
+#include "loom/io/fs.h"
+#include "loom/io/safetensors.h"
+
+namespace loom {
+namespace fs = std::filesystem;
+namespace {
+
+// A LLaMA decoder's weights with the fused loom projections split, [out, in] as nn.Linear
+// stores them; q and k rows in the pairing `adjacent` says.
+struct LlamaLayer {
+  torch::Tensor attn_norm, q, k, v, o, ffn_norm, gate, up, down;
+};
+struct LlamaWeights {
+  torch::Tensor embed;  // [V, d]
+  std::vector<LlamaLayer> layers;
+  torch::Tensor norm;    // [d]
+  torch::Tensor output;  // [V, d]; undefined when tied
+};
+
+// Each head's D rows: rotate-half order (i, i + D/2 paired) -> adjacent order (2i, 2i+1 paired),
+// as convert_hf_to_gguf.py's permute: row 2i + j <- row j * D/2 + i.
+torch::Tensor half_to_adjacent(const torch::Tensor& w, int64_t heads) {
+  const int64_t d = w.size(0) / heads;
+  return w.reshape({heads, 2, d / 2, w.size(1)}).transpose(1, 2).reshape(w.sizes()).contiguous();
+}
+// The inverse: row j * D/2 + i <- row 2i + j.
+torch::Tensor adjacent_to_half(const torch::Tensor& w, int64_t heads) {
+  const int64_t d = w.size(0) / heads;
+  return w.reshape({heads, d / 2, 2, w.size(1)}).transpose(1, 2).reshape(w.sizes()).contiguous();
+}
+
+std::string layer_name(int64_t i, const char* rest) { return fmt::format("layers.{}.{}", i, rest); }
+
+// Splits a loom model's state into LLaMA tensors (fp32 copies), with q/k in the pairing asked
+// for; every loom tensor must be used.
+LlamaWeights split_model(Model& model, bool want_adjacent) {
+  const ModelConfig& c = model->config();
+  std::map<std::string, torch::Tensor> state;
+  for (auto& [name, t] : module_state(*model)) state[name] = t.detach().to(torch::kFloat).contiguous();
+  std::set<std::string> used;
+  auto take = [&](const std::string& name) {
+    auto it = state.find(name);
+    if (it == state.end()) fail("the model has no tensor '{}'", name);
+    used.insert(name);
+    return it->second;
+  };
+  const int64_t h = c.n_heads, kv = c.kv_heads(), d = c.head_dim();
+  const bool adjacent = c.position == "rope_adjacent";
+  auto pair = [&](const torch::Tensor& w, int64_t heads) {
+    if (adjacent == want_adjacent) return w.clone();
+    return want_adjacent ? half_to_adjacent(w, heads) : adjacent_to_half(w, heads);
+  };
+  LlamaWeights out;
+  out.embed = take("tok_emb.weight");
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    LlamaLayer l;
+    l.attn_norm = take(layer_name(i, "norm1.weight"));
+    const auto qkv = take(layer_name(i, "mixer.wqkv.weight")).split_with_sizes({h * d, kv * d, kv * d}, 0);
+    l.q = pair(qkv[0], h);
+    l.k = pair(qkv[1], kv);
+    l.v = qkv[2].contiguous();
+    l.o = take(layer_name(i, "mixer.wo.weight"));
+    l.ffn_norm = take(layer_name(i, "norm2.weight"));
+    const auto gate_up = take(layer_name(i, "ffn.w_in.weight")).chunk(2, 0);
+    l.gate = gate_up[0].contiguous();
+    l.up = gate_up[1].contiguous();
+    l.down = take(layer_name(i, "ffn.w_out.weight"));
+    out.layers.push_back(l);
+  }
+  out.norm = take("norm_f.weight");
+  if (!c.tie_embeddings) out.output = take("lm_head.weight");
+  for (const auto& [name, t] : state)
+    if (!used.count(name)) fail("tensor '{}' has no place in a LLaMA model", name);
+  return out;
+}
+
+// A loom model of `config` holding `w` (q/k rows already in the config's pairing); shapes checked.
+NamedTensors join_model(const ModelConfig& config, const LlamaWeights& w, const std::string& source) {
+  NamedTensors file;
+  file.emplace_back("tok_emb.weight", w.embed);
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    const LlamaLayer& l = w.layers[i];
+    const auto n = static_cast<int64_t>(i);
+    file.emplace_back(layer_name(n, "norm1.weight"), l.attn_norm);
+    file.emplace_back(layer_name(n, "mixer.wqkv.weight"), torch::cat({l.q, l.k, l.v}, 0));
+    file.emplace_back(layer_name(n, "mixer.wo.weight"), l.o);
+    file.emplace_back(layer_name(n, "norm2.weight"), l.ffn_norm);
+    file.emplace_back(layer_name(n, "ffn.w_in.weight"), torch::cat({l.gate, l.up}, 0));
+    file.emplace_back(layer_name(n, "ffn.w_out.weight"), l.down);
+  }
+  file.emplace_back("norm_f.weight", w.norm);
+  if (w.output.defined()) file.emplace_back("lm_head.weight", w.output);
+  Model model(config);
+  Safetensors st;
+  st.tensors = file;
+  load_module_state(*model, st, source);  // names and shapes must match the config exactly
+  return module_state(*model);
+}
+
+// Writes a loom checkpoint directory from imported weights and tokenizer files.
+std::string write_checkpoint(const std::string& out_dir, const ModelConfig& config, const NamedTensors& weights,
+                             const std::map<std::string, std::string>& files, const std::string& source) {
+  Recipe recipe = default_recipe();
+  recipe.model = config;
+  recipe.task = TaskConfig{};
+  recipe.validate("import of " + source);
+  const fs::path out(out_dir);
+  CheckpointWriter writer(out.has_parent_path() ? out.parent_path().string() : ".", out.filename().string());
+  save_safetensors(writer.path("model.safetensors"), weights,
+                   {{"format", "loom-" + std::to_string(kCheckpointFormat)}, {"step", "0"}, {"imported_from", source}});
+  writer.add("recipe.yaml", recipe_to_yaml(recipe));
+  for (const auto& [name, bytes] : files) writer.add(name, bytes);
+  nlohmann::json j{{"format", kCheckpointFormat}, {"step", 0}, {"tokens_seen", 0}, {"elapsed_seconds", 0.0},
+                   {"valid_loss", nullptr}, {"imported_from", source}};
+  writer.add("trainer.json", j.dump(2) + "\n");
+  return writer.commit();
+}
+
+torch::Tensor from_floats(std::vector<float> data, const std::vector<int64_t>& shape) {
+  return torch::from_blob(data.data(), shape, torch::kFloat).clone();
+}
+
+// ---- GGUF ----
+
+uint32_t file_type_of(GgmlType t) {  // llama_ftype: ALL_F32 0, MOSTLY_F16 1, Q4_0 2, Q4_1 3, Q8_0 7, BF16 32
+  switch (t) {
+    case GgmlType::kF32: return 0;
+    case GgmlType::kF16: return 1;
+    case GgmlType::kQ4_0: return 2;
+    case GgmlType::kQ4_1: return 3;
+    case GgmlType::kQ8_0: return 7;
+    case GgmlType::kBF16: return 32;
+    default: fail("loom does not export GGUF tensors of type {} (f32, f16, bf16, q8_0, q4_0, q4_1)",
+                  ggml_type_info(t).name);
+  }
+}
+
+void add_gguf_tensor(GgufWriter& writer, const std::string& name, const torch::Tensor& t, GgmlType type) {
+  const auto x = t.to(torch::kFloat).contiguous();
+  GgmlType chosen = type;
+  if (x.dim() < 2) chosen = GgmlType::kF32;  // llama.cpp keeps 1-D tensors (norms) in F32
+  else if (x.size(-1) % ggml_type_info(type).block_size != 0) chosen = GgmlType::kF16;
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  writer.add_tensor(name, shape, chosen, ggml_quantize(chosen, x.data_ptr<float>(), x.numel()));
+}
+
+std::vector<std::string> strings_of(const GgufFile& f, const std::string& key) {
+  const GgufValue& v = f.get(key);
+  if (!v.is_array() || v.element_type != GgufType::kString) fail("{}: {} is not an array of strings", f.path, key);
+  return v.strings;
+}
+
+int64_t int_or(const GgufFile& f, const std::string& key, int64_t fallback) {
+  const GgufValue* v = f.find(key);
+  return v ? v->as_int(key) : fallback;
+}
+
+nlohmann::json to_json(const GgufValue& v) {
+  const GgufType t = v.value_type();
+  auto element = [&](size_t i) -> nlohmann::json {
+    if (t == GgufType::kString) return v.strings[i];
+    if (t == GgufType::kF32 || t == GgufType::kF64) return v.floats[i];
+    if (t == GgufType::kBool) return v.ints[i] != 0;
+    if (t == GgufType::kU64) return static_cast<uint64_t>(v.ints[i]);
+    return v.ints[i];
+  };
+  if (!v.is_array()) return element(0);
+  nlohmann::json a = nlohmann::json::array();
+  for (size_t i = 0; i < v.size(); ++i) a.push_back(element(i));
+  return a;
+}
+
+// A SentencePiece model from a GGUF `llama` vocabulary (tokens, scores, token types, special ids).
+std::string spm_from_gguf(const GgufFile& f) {
+  SpmVocab vocab;
+  const auto tokens = strings_of(f, "tokenizer.ggml.tokens");
+  const GgufValue* scores = f.find("tokenizer.ggml.scores");
+  const GgufValue* types = f.find("tokenizer.ggml.token_type");
+  if (scores && scores->size() != tokens.size())
+    fail("{}: tokenizer.ggml.scores has {} entries for {} tokens", f.path, scores->size(), tokens.size());
+  if (types && types->size() != tokens.size())
+    fail("{}: tokenizer.ggml.token_type has {} entries for {} tokens", f.path, types->size(), tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    SpmPiece p;
+    p.piece = tokens[i];
+    if (scores) p.score = static_cast<float>(scores->floats.empty() ? scores->ints[i] : scores->floats[i]);
+    if (types) {
+      const int64_t type = types->ints.at(i);
+      if (type < 1 || type > 6) fail("{}: token {} has token_type {} (1 to 6 expected)", f.path, i, type);
+      p.type = static_cast<SpmPieceType>(type);
+    }
+    if (p.type == SpmPieceType::kByte) vocab.byte_fallback = true;
+    vocab.pieces.push_back(std::move(p));
+  }
+  vocab.model_type = 2;  // BPE, as LLaMA's tokenizer
+  vocab.unk_id = static_cast<int>(int_or(f, "tokenizer.ggml.unknown_token_id", 0));
+  vocab.bos_id = static_cast<int>(int_or(f, "tokenizer.ggml.bos_token_id", 1));
+  vocab.eos_id = static_cast<int>(int_or(f, "tokenizer.ggml.eos_token_id", 2));
+  vocab.pad_id = static_cast<int>(int_or(f, "tokenizer.ggml.padding_token_id", -1));
+  if (const GgufValue* v = f.find("tokenizer.ggml.add_space_prefix")) vocab.add_dummy_prefix = v->as_int("add_space_prefix");
+  vocab.remove_extra_whitespaces = false;
+  vocab.normalizer_name = "identity";
+  return build_spm_model(vocab);
+}
+
+ImportSummary import_gguf(const std::string& path, const std::string& out_dir) {
+  const GgufFile f = read_gguf(path);
+  const std::string arch = f.get("general.architecture").as_string("general.architecture");
+  if (arch != "llama") fail("{}: general.architecture is '{}'; loom imports 'llama' only", path, arch);
+  auto u = [&](const std::string& key) { return f.get("llama." + key).as_int("llama." + key); };
+  ModelConfig c;
+  c.arch = "decoder";
+  c.d_model = u("embedding_length");
+  c.n_layers = u("block_count");
+  c.n_heads = u("attention.head_count");
+  c.n_kv_heads = f.find("llama.attention.head_count_kv") ? u("attention.head_count_kv") : c.n_heads;
+  c.d_ff = u("feed_forward_length");
+  c.max_seq_len = u("context_length");
+  c.norm_eps = f.get("llama.attention.layer_norm_rms_epsilon").as_float("llama.attention.layer_norm_rms_epsilon");
+  // Stored as f32: round to the nearest short decimal (9.99999974738e-06 -> 1e-05) so recipes read well.
+  c.norm_eps = std::stod(fmt::format("{:.6g}", c.norm_eps));
+  c.rope_theta = f.find("llama.rope.freq_base") ? f.get("llama.rope.freq_base").as_float("llama.rope.freq_base") : 10000.0;
+  c.position = "rope_adjacent";
+  c.norm = "rmsnorm";
+  c.norm_placement = "pre";
+  c.ffn = "swiglu";
+  c.mixer = "attention";
+  c.bias = false;
+  c.dropout = 0;
+  if (c.n_heads <= 0 || c.d_model % c.n_heads != 0)
+    fail("{}: embedding_length {} is not a multiple of head_count {}", path, c.d_model, c.n_heads);
+  const int64_t head_dim = c.d_model / c.n_heads;
+  if (f.find("llama.rope.dimension_count") && u("rope.dimension_count") != head_dim)
+    fail("{}: llama.rope.dimension_count {} differs from the head size {}: partial RoPE is not supported", path,
+         u("rope.dimension_count"), head_dim);
+  for (const char* key : {"llama.attention.key_length", "llama.attention.value_length"})
+    if (f.find(key) && f.get(key).as_int(key) != head_dim)
+      fail("{}: {} {} differs from embedding_length / head_count = {}: not supported", path, key,
+           f.get(key).as_int(key), head_dim);
+  if (const GgufValue* s = f.find("llama.rope.scaling.type"); s && s->as_string("llama.rope.scaling.type") != "none")
+    fail("{}: RoPE scaling '{}' is not supported", path, s->as_string("llama.rope.scaling.type"));
+  if (f.find("llama.expert_count") && u("expert_count") > 0) fail("{}: mixture-of-experts llama models are not supported", path);
+
+  std::map<std::string, const GgufTensorInfo*> by_name;
+  for (const auto& t : f.tensors) by_name[t.name] = &t;
+  std::set<std::string> used;
+  auto take = [&](const std::string& name) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) fail("{}: GGUF has no tensor '{}'", path, name);
+    used.insert(name);
+    return from_floats(f.dequantize(*it->second), it->second->shape);
+  };
+  LlamaWeights w;
+  w.embed = take("token_embd.weight");
+  c.vocab_size = w.embed.size(0);
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    auto blk = [&](const char* name) { return take(fmt::format("blk.{}.{}.weight", i, name)); };
+    w.layers.push_back({blk("attn_norm"), blk("attn_q"), blk("attn_k"), blk("attn_v"), blk("attn_output"),
+                        blk("ffn_norm"), blk("ffn_gate"), blk("ffn_up"), blk("ffn_down")});
+  }
+  w.norm = take("output_norm.weight");
+  c.tie_embeddings = !by_name.count("output.weight");
+  if (!c.tie_embeddings) w.output = take("output.weight");
+  for (const auto& t : f.tensors)
+    if (!used.count(t.name)) fail("{}: unexpected tensor '{}' (loom imports plain llama models)", path, t.name);
+
+  ImportSummary summary;
+  summary.source = "gguf";
+  summary.config = c;
+  std::map<std::string, std::string> files;
+  const GgufValue* model = f.find("tokenizer.ggml.model");
+  if (!model) {
+    summary.tokenizer = "none";
+  } else if (model->as_string("tokenizer.ggml.model") == "llama") {
+    files["tokenizer.model"] = spm_from_gguf(f);
+    summary.tokenizer = "sentencepiece";
+  } else {
+    nlohmann::json j = nlohmann::json::object();
+    const std::string prefix = "tokenizer.ggml.";
+    for (const auto& [key, value] : f.metadata) {
+      if (key.rfind(prefix, 0) == 0) j[key.substr(prefix.size())] = to_json(value);
+      else if (key == "tokenizer.chat_template") j["chat_template"] = to_json(value);
+    }
+    try {
+      files[kGgufVocabFile] = j.dump(1) + "\n";
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: the tokenizer vocabulary cannot be written as JSON ({})", path, e.what());
+    }
+    summary.tokenizer = fmt::format("{} ({})", kGgufVocabFile, model->as_string("tokenizer.ggml.model"));
+  }
+  if (files.count("tokenizer.model")) {
+    const auto tokens = strings_of(f, "tokenizer.ggml.tokens");
+    if (static_cast<int64_t>(tokens.size()) != c.vocab_size)
+      fail("{}: {} tokens in the vocabulary but token_embd has {} rows", path, tokens.size(), c.vocab_size);
+  }
+  c.validate(path);
+  summary.dir = write_checkpoint(out_dir, c, join_model(c, w, path), files, path);
+  return summary;
+}
+
+// ---- Hugging Face ----
+
+template <class T>
+T json_or(const nlohmann::json& j, const char* key, T fallback) {
+  return j.contains(key) && !j[key].is_null() ? j[key].get<T>() : fallback;
+}
+
+ImportSummary import_hf(const std::string& dir, const std::string& out_dir) {
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(config_path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON ({})", config_path, e.what());
+  }
+  ModelConfig c;
+  try {
+    const std::string type = json_or<std::string>(j, "model_type", "");
+    if (type != "llama") fail("{}: model_type is '{}'; loom imports 'llama' only", config_path, type);
+    c.arch = "decoder";
+    c.vocab_size = j.at("vocab_size").get<int64_t>();
+    c.d_model = j.at("hidden_size").get<int64_t>();
+    c.n_layers = j.at("num_hidden_layers").get<int64_t>();
+    c.n_heads = j.at("num_attention_heads").get<int64_t>();
+    c.n_kv_heads = json_or<int64_t>(j, "num_key_value_heads", c.n_heads);
+    c.d_ff = j.at("intermediate_size").get<int64_t>();
+    c.max_seq_len = json_or<int64_t>(j, "max_position_embeddings", 2048);
+    c.norm_eps = json_or<double>(j, "rms_norm_eps", 1e-6);
+    c.rope_theta = json_or<double>(j, "rope_theta", 10000.0);
+    c.tie_embeddings = json_or<bool>(j, "tie_word_embeddings", false);
+    if (json_or<std::string>(j, "hidden_act", "silu") != "silu")
+      fail("{}: hidden_act '{}' is not supported (silu only)", config_path, j["hidden_act"].get<std::string>());
+    if (json_or<bool>(j, "attention_bias", false) || json_or<bool>(j, "mlp_bias", false))
+      fail("{}: biases (attention_bias, mlp_bias) are not supported", config_path);
+    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+      fail("{}: rope_scaling {} is not supported", config_path, j["rope_scaling"].dump());
+    if (c.n_heads > 0 && json_or<int64_t>(j, "head_dim", c.d_model / c.n_heads) != c.d_model / c.n_heads)
+      fail("{}: head_dim {} differs from hidden_size / num_attention_heads: not supported", config_path,
+           j["head_dim"].get<int64_t>());
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: {}", config_path, e.what());
+  }
+  c.position = "rope";  // HF LLaMA rotates halves
+  c.norm = "rmsnorm";
+  c.norm_placement = "pre";
+  c.ffn = "swiglu";
+  c.mixer = "attention";
+  c.bias = false;
+  c.dropout = 0;
+  c.validate(config_path);
+
+  // The weights: one file, or the shards an index lists.
+  std::vector<std::string> files;
+  const fs::path index = fs::path(dir) / "model.safetensors.index.json";
+  if (fs::exists(index)) {
+    std::set<std::string> shards;
+    try {
+      for (const auto& [name, file] : nlohmann::json::parse(read_file(index.string())).at("weight_map").items())
+        shards.insert(file.get<std::string>());
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: {}", index.string(), e.what());
+    }
+    for (const auto& s : shards) files.push_back((fs::path(dir) / s).string());
+  } else {
+    files.push_back((fs::path(dir) / "model.safetensors").string());
+  }
+  std::map<std::string, torch::Tensor> state;
+  for (const auto& file : files)
+    for (auto& [name, t] : load_safetensors(file).tensors) state[name] = t.to(torch::kFloat);
+  std::set<std::string> used;
+  auto take = [&](const std::string& name) {
+    auto it = state.find(name);
+    if (it == state.end()) fail("{}: no tensor '{}' in {}", dir, name, fmt::join(files, ", "));
+    used.insert(name);
+    return it->second;
+  };
+  LlamaWeights w;
+  w.embed = take("model.embed_tokens.weight");
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    auto layer = [&](const char* name) { return take(fmt::format("model.layers.{}.{}.weight", i, name)); };
+    w.layers.push_back({layer("input_layernorm"), layer("self_attn.q_proj"), layer("self_attn.k_proj"),
+                        layer("self_attn.v_proj"), layer("self_attn.o_proj"), layer("post_attention_layernorm"),
+                        layer("mlp.gate_proj"), layer("mlp.up_proj"), layer("mlp.down_proj")});
+  }
+  w.norm = take("model.norm.weight");
+  if (!c.tie_embeddings) w.output = take("lm_head.weight");
+  else if (state.count("lm_head.weight")) used.insert("lm_head.weight");  // a saved copy of the tied weight
+  for (const auto& [name, t] : state) {
+    const bool rotary_buffer = name.size() > 9 && name.compare(name.size() - 9, 9, ".inv_freq") == 0;
+    if (!used.count(name) && !rotary_buffer) fail("{}: unexpected tensor '{}' (loom imports plain LLaMA models)", dir, name);
+  }
+
+  ImportSummary summary;
+  summary.source = "hf";
+  summary.config = c;
+  std::map<std::string, std::string> tokenizer_files;
+  const fs::path spm = fs::path(dir) / "tokenizer.model";
+  if (fs::exists(spm)) {
+    tokenizer_files["tokenizer.model"] = read_file(spm.string());
+    summary.tokenizer = "sentencepiece";
+  } else {
+    summary.tokenizer = "none";
+  }
+  summary.dir = write_checkpoint(out_dir, c, join_model(c, w, dir), tokenizer_files, dir);
+  return summary;
+}
+
+}  // namespace
+
+void check_llama_style(const ModelConfig& c, const std::string& what) {
+  std::vector<std::string> problems;
+  if (c.arch != "decoder") problems.push_back(fmt::format("arch {} (decoder needed)", c.arch));
+  for (const auto& m : c.layer_mixers())
+    if (m != "attention") {
+      problems.push_back(fmt::format("mixer {} (attention needed)", m));
+      break;
+    }
+  if (c.position != "rope" && c.position != "rope_adjacent")
+    problems.push_back(fmt::format("position {} (rope or rope_adjacent needed)", c.position));
+  if (c.norm != "rmsnorm") problems.push_back(fmt::format("norm {} (rmsnorm needed)", c.norm));
+  if (c.norm_placement != "pre") problems.push_back(fmt::format("norm_placement {} (pre needed)", c.norm_placement));
+  if (c.ffn != "swiglu") problems.push_back(fmt::format("ffn {} (swiglu needed)", c.ffn));
+  if (c.bias) problems.push_back("bias true (false needed)");
+  if (c.qk_norm) problems.push_back("qk_norm true (false needed)");
+  if (c.embed_scale) problems.push_back("embed_scale true (false needed)");
+  if (!problems.empty())
+    fail("{}: not a LLaMA-style model: {}", what, fmt::join(problems, ", "));
+}
+
+void export_gguf(LoadedModel& loaded, GgmlType type, const std::string& path, const std::string& name) {
+  const ModelConfig& c = loaded.recipe.model;
+  check_llama_style(c, loaded.dir);
+  require_tokenizer(loaded, "GGUF export");
+  const uint32_t file_type = file_type_of(type);
+  torch::NoGradGuard no_grad;
+  const LlamaWeights w = split_model(loaded.model, /*want_adjacent=*/true);
+  const SpmVocab vocab = parse_spm_model(loaded.tokenizer.serialized());
+  if (static_cast<int64_t>(vocab.pieces.size()) != c.vocab_size)
+    fail("{}: the tokenizer has {} pieces but the model's vocab_size is {}", loaded.dir, vocab.pieces.size(), c.vocab_size);
+
+  GgufWriter g;
+  auto u32 = [](int64_t v) { return GgufValue::u32(static_cast<uint32_t>(v)); };
+  g.add("general.architecture", GgufValue::string("llama"));
+  g.add("general.name", GgufValue::string(name));
+  g.add("general.file_type", u32(file_type));
+  if (type != GgmlType::kF32 && type != GgmlType::kF16 && type != GgmlType::kBF16)
+    g.add("general.quantization_version", u32(2));
+  g.add("llama.context_length", u32(c.max_seq_len));
+  g.add("llama.embedding_length", u32(c.d_model));
+  g.add("llama.block_count", u32(c.n_layers));
+  g.add("llama.feed_forward_length", u32(c.d_ff));
+  g.add("llama.attention.head_count", u32(c.n_heads));
+  g.add("llama.attention.head_count_kv", u32(c.kv_heads()));
+  g.add("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(static_cast<float>(c.norm_eps)));
+  g.add("llama.rope.dimension_count", u32(c.head_dim()));
+  g.add("llama.rope.freq_base", GgufValue::f32(static_cast<float>(c.rope_theta)));
+  g.add("llama.vocab_size", u32(c.vocab_size));
+  std::vector<std::string> tokens;
+  std::vector<double> scores;
+  std::vector<int64_t> types;
+  for (const auto& p : vocab.pieces) {
+    tokens.push_back(p.piece);
+    scores.push_back(p.score);
+    types.push_back(static_cast<int64_t>(p.type));
+  }
+  g.add("tokenizer.ggml.model", GgufValue::string("llama"));
+  g.add("tokenizer.ggml.tokens", GgufValue::string_array(std::move(tokens)));
+  g.add("tokenizer.ggml.scores", GgufValue::float_array(GgufType::kF32, std::move(scores)));
+  g.add("tokenizer.ggml.token_type", GgufValue::int_array(GgufType::kI32, std::move(types)));
+  if (vocab.bos_id >= 0) g.add("tokenizer.ggml.bos_token_id", u32(vocab.bos_id));
+  if (vocab.eos_id >= 0) g.add("tokenizer.ggml.eos_token_id", u32(vocab.eos_id));
+  if (vocab.unk_id >= 0) g.add("tokenizer.ggml.unknown_token_id", u32(vocab.unk_id));
+  if (vocab.pad_id >= 0) g.add("tokenizer.ggml.padding_token_id", u32(vocab.pad_id));
+  g.add("tokenizer.ggml.add_space_prefix", GgufValue::boolean(vocab.add_dummy_prefix));
+  g.add("tokenizer.ggml.add_bos_token", GgufValue::boolean(true));
+  g.add("tokenizer.ggml.add_eos_token", GgufValue::boolean(false));
+
+  add_gguf_tensor(g, "token_embd.weight", w.embed, type);
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    const LlamaLayer& l = w.layers[i];
+    auto blk = [&](const char* n) { return fmt::format("blk.{}.{}.weight", i, n); };
+    add_gguf_tensor(g, blk("attn_norm"), l.attn_norm, type);
+    add_gguf_tensor(g, blk("attn_q"), l.q, type);
+    add_gguf_tensor(g, blk("attn_k"), l.k, type);
+    add_gguf_tensor(g, blk("attn_v"), l.v, type);
+    add_gguf_tensor(g, blk("attn_output"), l.o, type);
+    add_gguf_tensor(g, blk("ffn_norm"), l.ffn_norm, type);
+    add_gguf_tensor(g, blk("ffn_gate"), l.gate, type);
+    add_gguf_tensor(g, blk("ffn_up"), l.up, type);
+    add_gguf_tensor(g, blk("ffn_down"), l.down, type);
+  }
+  add_gguf_tensor(g, "output_norm.weight", w.norm, type);
+  if (w.output.defined()) add_gguf_tensor(g, "output.weight", w.output, type);
+  g.write(path);
+}
+
+void export_hf(LoadedModel& loaded, const std::string& out_dir, GgmlType dtype) {
+  const ModelConfig& c = loaded.recipe.model;
+  check_llama_style(c, loaded.dir);
+  require_tokenizer(loaded, "Hugging Face export");
+  torch::ScalarType st;
+  std::string torch_dtype;
+  switch (dtype) {
+    case GgmlType::kF32: st = torch::kFloat, torch_dtype = "float32"; break;
+    case GgmlType::kF16: st = torch::kHalf, torch_dtype = "float16"; break;
+    case GgmlType::kBF16: st = torch::kBFloat16, torch_dtype = "bfloat16"; break;
+    default: fail("Hugging Face export writes f32, f16 or bf16, not {}", ggml_type_info(dtype).name);
+  }
+  torch::NoGradGuard no_grad;
+  const LlamaWeights w = split_model(loaded.model, /*want_adjacent=*/false);
+  NamedTensors tensors;
+  auto add = [&](const std::string& name, const torch::Tensor& t) { tensors.emplace_back(name, t.to(st)); };
+  add("model.embed_tokens.weight", w.embed);
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    const LlamaLayer& l = w.layers[i];
+    auto n = [&](const char* rest) { return fmt::format("model.layers.{}.{}.weight", i, rest); };
+    add(n("input_layernorm"), l.attn_norm);
+    add(n("self_attn.q_proj"), l.q);
+    add(n("self_attn.k_proj"), l.k);
+    add(n("self_attn.v_proj"), l.v);
+    add(n("self_attn.o_proj"), l.o);
+    add(n("post_attention_layernorm"), l.ffn_norm);
+    add(n("mlp.gate_proj"), l.gate);
+    add(n("mlp.up_proj"), l.up);
+    add(n("mlp.down_proj"), l.down);
+  }
+  add("model.norm.weight", w.norm);
+  if (w.output.defined()) add("lm_head.weight", w.output);
+
+  const int bos = loaded.tokenizer.bos_id(), eos = loaded.tokenizer.eos_id();
+  auto id = [](int v) { return v >= 0 ? nlohmann::json(v) : nlohmann::json(); };
+  const nlohmann::json config = {
+      {"architectures", {"LlamaForCausalLM"}},
+      {"model_type", "llama"},
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.d_model},
+      {"intermediate_size", c.d_ff},
+      {"num_hidden_layers", c.n_layers},
+      {"num_attention_heads", c.n_heads},
+      {"num_key_value_heads", c.kv_heads()},
+      {"head_dim", c.head_dim()},
+      {"hidden_act", "silu"},
+      {"max_position_embeddings", c.max_seq_len},
+      {"rms_norm_eps", c.norm_eps},
+      {"rope_theta", c.rope_theta},
+      {"rope_scaling", nullptr},
+      {"attention_bias", false},
+      {"mlp_bias", false},
+      {"tie_word_embeddings", c.tie_embeddings},
+      {"initializer_range", c.init_std},
+      {"torch_dtype", torch_dtype},
+      {"bos_token_id", id(bos)},
+      {"eos_token_id", id(eos)},
+  };
+  const SpmVocab vocab = parse_spm_model(loaded.tokenizer.serialized());
+  auto piece = [&](int i) { return i >= 0 && i < static_cast<int>(vocab.pieces.size()) ? nlohmann::json(vocab.pieces[i].piece) : nlohmann::json(); };
+  const nlohmann::json tokenizer_config = {
+      {"tokenizer_class", "LlamaTokenizer"},
+      {"bos_token", piece(bos)},
+      {"eos_token", piece(eos)},
+      {"unk_token", piece(vocab.unk_id)},
+      {"pad_token", piece(vocab.pad_id)},
+      {"add_bos_token", true},
+      {"add_eos_token", false},
+      {"legacy", true},  // plain SentencePiece encoding, as loom's tokenizer
+      {"clean_up_tokenization_spaces", false},
+      {"model_max_length", c.max_seq_len},
+  };
+  const nlohmann::json generation = {{"_from_model_config", true}, {"bos_token_id", id(bos)}, {"eos_token_id", id(eos)}};
+
+  const fs::path out(out_dir);
+  CheckpointWriter writer(out.has_parent_path() ? out.parent_path().string() : ".", out.filename().string());
+  save_safetensors(writer.path("model.safetensors"), tensors, {{"format", "pt"}});  // transformers wants "pt"
+  writer.add("config.json", config.dump(2) + "\n");
+  writer.add("generation_config.json", generation.dump(2) + "\n");
+  writer.add("tokenizer.model", loaded.tokenizer.serialized());
+  writer.add("tokenizer_config.json", tokenizer_config.dump(2) + "\n");
+  writer.commit();
+}
+
+ImportSummary import_checkpoint(const std::string& source, const std::string& out_dir) {
+  if (fs::is_directory(source)) {
+    if (!fs::exists(fs::path(source) / "config.json"))
+      fail("{}: a directory without config.json is not a Hugging Face model", source);
+    return import_hf(source, out_dir);
+  }
+  if (!fs::exists(source)) fail("{} does not exist", source);
+  return import_gguf(source, out_dir);
+}
+
+}  // namespace loom
