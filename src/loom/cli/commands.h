@@ -21,12 +21,9 @@ void add_score(CLI::App& app, const GlobalOptions& global);
 void add_data(CLI::App& app, const GlobalOptions& global);
 void add_average(CLI::App& app, const GlobalOptions& global);
 void add_blocks(CLI::App& app, const GlobalOptions& global);
-<<<<<<< HEAD
 void add_quantize(CLI::App& app, const GlobalOptions& global);
-=======
 void add_export(CLI::App& app, const GlobalOptions& global);
 void add_import(CLI::App& app, const GlobalOptions& global);
->>>>>>> bpe
 
 // --temperature, --top-k, --top-p, --seed (generate and translate share them).
 void add_sampling_options(CLI::App& app, SamplingOptions& options);
