@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "loom/infer/fast_engine.h"
+#include "loom/infer/generate.h"
 #include "loom/io/safetensors.h"
 #include "loom/quant/quantize.h"
 #include "loom/quant/quantize_model.h"
@@ -356,4 +357,26 @@ TEST(Cli, QuantizeEvalAndRefuseToRequantize) {
   expect_one_line_error(run_loom("average " + (run.root / "q-int8").string() + " " + (run.root / "q-q4").string() +
                                  " --out " + (run.root / "avg").string()),
                         "quantized checkpoint");
+}
+
+TEST(FastEngine, GenerateThroughTheEngineEqualsTheModelsGenerate) {
+  const auto config = tiny_config("llama");
+  auto model = random_model(config, 8);
+  FastEngineOptions options;
+  options.engine.slots = 2;
+  auto engine = make_fast_engine(model, {}, options);
+  GenerateOptions g;
+  g.max_new_tokens = 25;
+  g.sampling.temperature = 0;
+  const auto prompt = random_tokens(6, config.vocab_size, 9);
+  const auto reference = generate(model, prompt, g);
+  EXPECT_EQ(generate(*engine, 1, prompt, g), reference);
+  EXPECT_EQ(generate(*engine, 1, prompt, g), reference);  // the slot is reset first
+  // Sampling with a seed: the same draws.
+  g.sampling = {0.9, 20, 0.95, 42};
+  EXPECT_EQ(generate(*engine, 0, prompt, g), generate(model, prompt, g));
+  // The context bounds the budget: 40 positions, 6 taken by the prompt.
+  g.max_new_tokens = 100;
+  g.sampling.temperature = 0;
+  EXPECT_EQ(generate(*engine, 0, prompt, g).size(), 34u);
 }

@@ -46,4 +46,27 @@ std::vector<int64_t> generate(Model& model, const std::vector<int64_t>& prompt,
   return generated;
 }
 
+std::vector<int64_t> generate(Engine& engine, int64_t slot, const std::vector<int64_t>& prompt,
+                              const GenerateOptions& options, const std::function<void(int64_t)>& on_token) {
+  if (prompt.empty()) fail("the prompt is empty");
+  if (static_cast<int64_t>(prompt.size()) > engine.context())
+    fail("the prompt is {} tokens but the context is {} tokens", prompt.size(), engine.context());
+  if (options.max_new_tokens < 0) fail("max-new-tokens must be >= 0, got {}", options.max_new_tokens);
+  torch::NoGradGuard no_grad;
+  engine.reset(slot);
+  Sampler sample(options.sampling);
+  const int64_t budget = std::min<int64_t>(options.max_new_tokens, engine.context() - static_cast<int64_t>(prompt.size()));
+  std::vector<int64_t> generated;
+  std::vector<int64_t> input = prompt;
+  while (static_cast<int64_t>(generated.size()) < budget) {
+    const auto logits = engine.forward({slot}, {input});  // [1, V]
+    const int64_t next = sample(logits[0]);
+    generated.push_back(next);
+    if (on_token) on_token(next);
+    if (next == options.stop_token) break;
+    input.assign(1, next);
+  }
+  return generated;
+}
+
 }  // namespace loom

@@ -4,6 +4,7 @@
 #include <functional>
 #include <vector>
 
+#include "loom/infer/engine.h"
 #include "loom/infer/sampler.h"
 #include "loom/models/model.h"
 
@@ -20,6 +21,12 @@ struct GenerateOptions {
 // model's context. `on_token` sees each new token as it is chosen (for streaming).
 // An empty prompt or one longer than the context is an error.
 std::vector<int64_t> generate(Model& model, const std::vector<int64_t>& prompt,
+                              const GenerateOptions& options,
+                              const std::function<void(int64_t)>& on_token = {});
+
+// The same through an engine (infer/engine.h), in `slot`, which is reset first (use_cache is
+// ignored: an engine always caches). Stops at the engine's context.
+std::vector<int64_t> generate(Engine& engine, int64_t slot, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options,
                               const std::function<void(int64_t)>& on_token = {});
 
