@@ -33,8 +33,14 @@ struct Linear {
         quant::linear_q4_0(x, n, cols, reinterpret_cast<const quant::BlockQ4_0*>(q.q.data_ptr<uint8_t>()), rows, y);
         break;
       default: {
-        auto out = torch::from_blob(y, {n, rows});
-        torch::mm_out(out, torch::from_blob(const_cast<float*>(x), {n, cols}), w.t());
+        // One row: a matrix-vector product (BLAS gemv streams W once; gemm would first repack it).
+        if (n == 1) {
+          auto out = torch::from_blob(y, {rows});
+          torch::mv_out(out, w, torch::from_blob(const_cast<float*>(x), {cols}));
+        } else {
+          auto out = torch::from_blob(y, {n, rows});
+          torch::mm_out(out, torch::from_blob(const_cast<float*>(x), {n, cols}), w.t());
+        }
       }
     }
     if (bias != nullptr)
