@@ -11,7 +11,9 @@ packages=(
   libopenblas-dev         # bench/quant_matvec: the kernels against CBLAS sgemv/sgemm
   libsentencepiece-dev    # tokenizer training and encoding
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev zlib1g-dev
+  libcpp-httplib-dev      # loom serve's HTTP server (and the tests' client)
   libgtest-dev            # tests
+  hey wrk                 # bench/serve_load.sh: HTTP load generators
   python3-venv            # tests: scripts/venv.sh's .venv of PyPI reference peers (sacrebleu)
   r-cran-janeaustenr      # the default corpus: Jane Austen's six novels
 )

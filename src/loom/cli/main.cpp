@@ -20,6 +20,7 @@ const Command kCommands[] = {
     {"train", "train a model from a recipe (default: the built-in recipe), or resume a run", loom::cli::add_train},
     {"sweep", "train a recipe at each LR of a grid, per variant: table, LR sensitivity, SVG chart", loom::cli::add_sweep},
     {"generate", "continue a prompt with a trained model", loom::cli::add_generate},
+    {"serve", "serve a language model over HTTP (OpenAI-compatible, continuous batching)", loom::cli::add_serve},
     {"translate", "translate stdin lines with an encoder-decoder: beam search, greedy or sampling", loom::cli::add_translate},
     {"eval", "held-out loss and perplexity, or a workbench task's metric, of a trained model", loom::cli::add_eval},
     {"score", "corpus BLEU and chrF of hypotheses against references, as sacreBLEU computes them", loom::cli::add_score},

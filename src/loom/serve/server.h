@@ -1,0 +1,53 @@
+// An OpenAI-compatible HTTP server over the continuous-batching Scheduler (cpp-httplib, with its
+// thread pool): GET /health, /metrics (Prometheus text), /v1/models; POST /v1/completions and
+// /v1/chat/completions, streamed as server-sent events with "stream": true. docs/serving.md
+// lists the fields, the chat template, the limits and the errors.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "loom/serve/scheduler.h"
+
+namespace loom {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";  // the address to listen on
+  int port = 8080;                 // 0 = any free port (bind() says which)
+  std::string api_key;             // non-empty: every endpoint but /health needs "Authorization: Bearer <key>"
+  std::string model_name = "loom"; // the one model id served
+  int64_t max_tokens = 1024;       // a request's max_tokens at most
+  int64_t max_body = 1 << 20;      // request body bytes at most
+  int http_threads = 64;           // handler threads; each open connection holds one
+};
+
+// The chat template: each message as "<|role|>\n" + content + "\n", then "<|assistant|>\n" for the
+// reply. role is system, user or assistant (anything else is a loom::Error).
+struct ChatMessage {
+  std::string role, content;
+};
+std::string render_chat(const std::vector<ChatMessage>& messages);
+
+class Server {
+ public:
+  // The engine's model and the tokenizer go together (the tokenizer's eos ends completions).
+  Server(std::unique_ptr<Engine> engine, Tokenizer tokenizer, SchedulerOptions scheduler, ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds the listening socket and returns the port (a loom::Error if it cannot).
+  int bind();
+  // Answers requests until stop(); then lets the requests in flight finish and stops the scheduler.
+  void serve();
+  // From any thread (a signal handler's thread, a test): makes serve() return.
+  void stop();
+
+  Scheduler& scheduler();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace loom

@@ -1,0 +1,434 @@
+// loom serve: an in-process server on an ephemeral port, answered by httplib::Client. Greedy
+// completions must equal infer/generate.cpp's generate() on the same prompt, alone and with
+// other requests batched beside them; every limit answers with OpenAI's error object.
+#include <httplib.h>
+
+#include <gtest/gtest.h>
+
+#include <future>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "loom/infer/generate.h"
+#include "loom/serve/server.h"
+#include "loom/train/checkpoint.h"
+#include "loom/train/trainer.h"
+#include "test_util.h"
+#include "tiny_run.h"
+
+using namespace loom;
+using nlohmann::json;
+
+namespace {
+
+// A server on its own thread, stopped (requests in flight finished) when it goes out of scope.
+class Running {
+ public:
+  Running(const LoadedModel& loaded, ServerOptions options, SchedulerOptions scheduler = {}, int64_t slots = 4) {
+    options.port = 0;
+    options.model_name = "tiny";
+    EngineOptions engine;
+    engine.slots = slots;
+    server_ = std::make_unique<Server>(make_engine(loaded, engine), loaded.tokenizer, scheduler, options);
+    port_ = server_->bind();
+    thread_ = std::thread([this] { server_->serve(); });
+  }
+  ~Running() {
+    server_->stop();
+    thread_.join();
+  }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(120, 0);
+    return c;
+  }
+  httplib::Result post(const std::string& path, const json& body, const httplib::Headers& headers = {}) const {
+    return client().Post(path.c_str(), headers, body.dump(), "application/json");
+  }
+  Scheduler& scheduler() { return server_->scheduler(); }
+
+ private:
+  std::unique_ptr<Server> server_;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+struct Expected {
+  std::string text;
+  std::string finish_reason;
+  int64_t prompt_tokens, completion_tokens;
+};
+
+// What the server must answer for `text` (already rendered, for chat) at temperature 0: the
+// prompt is eos + the text's tokens, as `loom generate` feeds it.
+Expected greedy(const LoadedModel& loaded, const std::string& text, int64_t max_tokens) {
+  const auto& tokenizer = loaded.tokenizer;
+  std::vector<int64_t> prompt{tokenizer.eos_id()};
+  for (int id : tokenizer.encode(text)) prompt.push_back(id);
+  GenerateOptions options;
+  options.max_new_tokens = max_tokens;
+  options.sampling.temperature = 0;
+  options.stop_token = tokenizer.eos_id();
+  Model model = loaded.model;
+  const auto tokens = generate(model, prompt, options);
+  std::vector<int> ids(prompt.begin() + 1, prompt.end());
+  const size_t prompt_text = tokenizer.decode(ids).size();
+  for (auto t : tokens)
+    if (t != tokenizer.eos_id()) ids.push_back(static_cast<int>(t));
+  const bool eos = !tokens.empty() && tokens.back() == tokenizer.eos_id();
+  return {tokenizer.decode(ids).substr(prompt_text), eos ? "stop" : "length", static_cast<int64_t>(prompt.size()),
+          static_cast<int64_t>(tokens.size())};
+}
+
+// The "data: ..." payloads of a server-sent event stream.
+std::vector<std::string> events(const std::string& body) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at < body.size()) {
+    const size_t end = body.find("\n\n", at);
+    EXPECT_NE(end, std::string::npos) << "an unterminated event in: " << body;
+    if (end == std::string::npos) break;
+    const std::string event = body.substr(at, end - at);
+    EXPECT_EQ(event.rfind("data: ", 0), 0u) << event;
+    out.push_back(event.substr(6));
+    at = end + 2;
+  }
+  return out;
+}
+
+void expect_error(const httplib::Result& r, int status, const std::string& code) {
+  ASSERT_TRUE(r) << "no response";
+  EXPECT_EQ(r->status, status) << r->body;
+  const json body = json::parse(r->body, nullptr, false);
+  ASSERT_TRUE(body.is_object() && body.contains("error")) << r->body;
+  EXPECT_EQ(body["error"]["code"], code) << r->body;
+  EXPECT_TRUE(body["error"]["message"].is_string() && !body["error"]["message"].get<std::string>().empty()) << r->body;
+  EXPECT_TRUE(body["error"]["type"].is_string()) << r->body;
+}
+
+}  // namespace
+
+class Serve : public testing::Test {
+ protected:
+  // A tiny model trained a few steps on the generated corpus, with its SentencePiece tokenizer:
+  // random enough to write varied text, trained enough to end some of it with eos.
+  static void SetUpTestSuite() {
+    tiny_ = new TinyRun;
+    TrainOptions options;
+    options.out_dir = (tiny_->root / "run").string();
+    const auto recipe = parse_recipe(tiny_->recipe_yaml(), "tiny", {"train.steps=6", "model.max_seq_len=96"});
+    const auto checkpoint = train(recipe, options).checkpoint;
+    served_ = new LoadedModel(load_checkpoint(checkpoint));
+    reference_ = new LoadedModel(load_checkpoint(checkpoint));  // for generate(), off the server's threads
+  }
+  static void TearDownTestSuite() {
+    delete served_;
+    delete reference_;
+    delete tiny_;
+  }
+  static TinyRun* tiny_;
+  static LoadedModel* served_;
+  static LoadedModel* reference_;
+};
+TinyRun* Serve::tiny_ = nullptr;
+LoadedModel* Serve::served_ = nullptr;
+LoadedModel* Serve::reference_ = nullptr;
+
+TEST_F(Serve, GreedyCompletionEqualsGenerate) {
+  Running server(*served_, {});
+  const auto expected = greedy(*reference_, "the cat sat", 12);
+  auto r = server.post("/v1/completions", {{"model", "tiny"}, {"prompt", "the cat sat"}, {"max_tokens", 12}, {"temperature", 0}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json body = json::parse(r->body);
+  EXPECT_EQ(body["object"], "text_completion");
+  EXPECT_EQ(body["model"], "tiny");
+  EXPECT_EQ(body["id"].get<std::string>().rfind("cmpl-", 0), 0u);
+  EXPECT_TRUE(body["created"].is_number_integer());
+  ASSERT_EQ(body["choices"].size(), 1u);
+  EXPECT_EQ(body["choices"][0]["index"], 0);
+  EXPECT_EQ(body["choices"][0]["text"], expected.text);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], expected.finish_reason);
+  EXPECT_EQ(body["usage"]["prompt_tokens"], expected.prompt_tokens);
+  EXPECT_EQ(body["usage"]["completion_tokens"], expected.completion_tokens);
+  EXPECT_EQ(body["usage"]["total_tokens"], expected.prompt_tokens + expected.completion_tokens);
+  EXPECT_FALSE(expected.text.empty());
+}
+
+TEST_F(Serve, StreamedDeltasConcatenateToTheWholeText) {
+  Running server(*served_, {});
+  const auto expected = greedy(*reference_, "a dog ran", 14);
+  auto r = server.post("/v1/completions", {{"prompt", "a dog ran"}, {"max_tokens", 14}, {"temperature", 0}, {"stream", true}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
+  const auto data = events(r->body);
+  ASSERT_GE(data.size(), 2u) << r->body;
+  EXPECT_EQ(data.back(), "[DONE]");
+  std::string text;
+  for (size_t i = 0; i + 1 < data.size(); ++i) {
+    const json chunk = json::parse(data[i]);
+    EXPECT_EQ(chunk["object"], "text_completion");
+    text += chunk["choices"][0]["text"].get<std::string>();
+    const bool last = i + 2 == data.size();
+    EXPECT_EQ(chunk["choices"][0]["finish_reason"], last ? json(expected.finish_reason) : json(nullptr)) << data[i];
+  }
+  EXPECT_EQ(text, expected.text);
+}
+
+TEST_F(Serve, ChatCompletionUsesTheTemplateAndStreamsDeltas) {
+  Running server(*served_, {});
+  const std::vector<ChatMessage> messages{{"system", "be brief"}, {"user", "the mat"}};
+  EXPECT_EQ(render_chat(messages), "<|system|>\nbe brief\n<|user|>\nthe mat\n<|assistant|>\n");
+  const auto expected = greedy(*reference_, render_chat(messages), 10);
+  const json request{{"messages", {{{"role", "system"}, {"content", "be brief"}}, {{"role", "user"}, {"content", "the mat"}}}},
+                     {"max_tokens", 10}, {"temperature", 0}};
+  auto r = server.post("/v1/chat/completions", request);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json body = json::parse(r->body);
+  EXPECT_EQ(body["object"], "chat.completion");
+  EXPECT_EQ(body["id"].get<std::string>().rfind("chatcmpl-", 0), 0u);
+  EXPECT_EQ(body["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(body["choices"][0]["message"]["content"], expected.text);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], expected.finish_reason);
+  EXPECT_EQ(body["usage"]["prompt_tokens"], expected.prompt_tokens);
+
+  json streamed = request;
+  streamed["stream"] = true;
+  r = server.post("/v1/chat/completions", streamed);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const auto data = events(r->body);
+  ASSERT_GE(data.size(), 3u) << r->body;
+  EXPECT_EQ(data.back(), "[DONE]");
+  std::string text;
+  for (size_t i = 0; i + 1 < data.size(); ++i) {
+    const json chunk = json::parse(data[i]);
+    EXPECT_EQ(chunk["object"], "chat.completion.chunk");
+    const json& delta = chunk["choices"][0]["delta"];
+    EXPECT_EQ(delta.contains("role"), i == 0) << data[i];
+    if (delta.contains("content")) text += delta["content"].get<std::string>();
+  }
+  EXPECT_EQ(json::parse(data[data.size() - 2])["choices"][0]["finish_reason"], expected.finish_reason);
+  EXPECT_EQ(text, expected.text);
+  // Roles other than system, user and assistant are refused.
+  expect_error(server.post("/v1/chat/completions", {{"messages", {{{"role", "tool"}, {"content", "x"}}}}}), 400, "invalid_value");
+}
+
+// Continuous batching must not mix rows: eight clients at once (more than the four slots, so some
+// wait and join mid-flight), each with its own prompt and length, each get what they get alone.
+TEST_F(Serve, ConcurrentClientsEachGetWhatTheyGetAlone) {
+  Running server(*served_, {});
+  const std::vector<std::string> prompts{"the cat", "a dog ran to", "on the mat", "quickly", "hall and dog sat",
+                                         "the the the", "7.", "mat cat sat on a"};
+  std::vector<Expected> expected;
+  for (size_t i = 0; i < prompts.size(); ++i) expected.push_back(greedy(*reference_, prompts[i], 6 + 3 * static_cast<int64_t>(i % 4)));
+  // Held until all eight wait, so that they overlap however the threads are scheduled.
+  server.scheduler().pause(true);
+  std::vector<std::future<httplib::Result>> answers;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    answers.push_back(std::async(std::launch::async, [&, i] {
+      return server.post("/v1/completions", {{"prompt", prompts[i]}, {"max_tokens", 6 + 3 * static_cast<int64_t>(i % 4)},
+                                             {"temperature", 0}, {"stream", i % 2 == 1}});
+    }));
+  while (server.scheduler().stats().queued < 8) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  server.scheduler().pause(false);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE(prompts[i]);
+    auto r = answers[i].get();
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    std::string text;
+    if (i % 2 == 1) {
+      for (const auto& d : events(r->body))
+        if (d != "[DONE]") text += json::parse(d)["choices"][0]["text"].get<std::string>();
+    } else {
+      text = json::parse(r->body)["choices"][0]["text"];
+    }
+    EXPECT_EQ(text, expected[i].text);
+  }
+  const auto stats = server.scheduler().stats();
+  EXPECT_EQ(stats.finished, 8);
+  EXPECT_EQ(stats.active, 0);
+  // Batching happened: fewer engine steps than the requests' steps one after another.
+  int64_t sequential = 0;
+  for (const auto& e : expected) sequential += e.completion_tokens;
+  EXPECT_LT(stats.steps, sequential);
+}
+
+TEST_F(Serve, StopStringsCutTheTextStreamedOrNot) {
+  Running server(*served_, {});
+  const auto expected = greedy(*reference_, "the cat sat", 12);
+  ASSERT_GE(expected.text.size(), 6u) << expected.text;
+  const std::string stop = expected.text.substr(3, 3);
+  const std::string cut = expected.text.substr(0, expected.text.find(stop));
+  auto r = server.post("/v1/completions", {{"prompt", "the cat sat"}, {"max_tokens", 12}, {"temperature", 0}, {"stop", {"zzz", stop}}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["choices"][0]["text"], cut);
+  EXPECT_EQ(json::parse(r->body)["choices"][0]["finish_reason"], "stop");
+  r = server.post("/v1/completions", {{"prompt", "the cat sat"}, {"max_tokens", 12}, {"temperature", 0}, {"stop", stop}, {"stream", true}});
+  ASSERT_TRUE(r);
+  std::string text;
+  for (const auto& d : events(r->body))
+    if (d != "[DONE]") text += json::parse(d)["choices"][0]["text"].get<std::string>();
+  EXPECT_EQ(text, cut);
+}
+
+TEST_F(Serve, SeededSamplingIsReproducible) {
+  Running server(*served_, {});
+  const json request{{"prompt", "the dog"}, {"max_tokens", 10}, {"temperature", 1.0}, {"top_p", 0.9}, {"top_k", 20}, {"seed", 42}};
+  auto a = server.post("/v1/completions", request), b = server.post("/v1/completions", request);
+  ASSERT_TRUE(a && b);
+  ASSERT_EQ(a->status, 200) << a->body;
+  EXPECT_EQ(json::parse(a->body)["choices"][0]["text"], json::parse(b->body)["choices"][0]["text"]);
+}
+
+TEST_F(Serve, BadRequestsGetOpenAIErrors) {
+  ServerOptions options;
+  options.max_tokens = 20;
+  options.max_body = 4096;
+  Running server(*served_, options);
+  auto client = server.client();
+  expect_error(client.Post("/v1/completions", "{\"prompt\": \"the cat\", ", "application/json"), 400, "invalid_json");
+  expect_error(client.Post("/v1/completions", "[1, 2]", "application/json"), 400, "invalid_json");
+  expect_error(server.post("/v1/completions", {{"prompt", 3}}), 400, "invalid_type");
+  expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", "ten"}}), 400, "invalid_type");
+  expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"temperature", "hot"}}), 400, "invalid_type");
+  expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"stream", 1}}), 400, "invalid_type");
+  expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"stop", {1, 2}}}), 400, "invalid_type");
+  expect_error(server.post("/v1/completions", {{"max_tokens", 3}}), 400, "missing_field");
+  expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"n", 2}}), 400, "invalid_value");
+  expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"top_p", 0}}), 400, "invalid_value");
+  expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"temperature", -1}}), 400, "invalid_value");
+  expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"model", "gpt-4"}}), 404, "model_not_found");
+  expect_error(server.post("/v1/chat/completions", {{"messages", "hi"}}), 400, "invalid_type");
+  // max_tokens over --max-tokens; prompt + max_tokens over the context of 96.
+  expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 21}}), 400, "invalid_value");
+  std::string prompt_80, long_prompt;
+  for (int i = 0; i < 80; ++i) prompt_80 += "dog ";
+  expect_error(server.post("/v1/completions", {{"prompt", prompt_80}, {"max_tokens", 20}}), 400, "context_length_exceeded");
+  for (int i = 0; i < 120; ++i) long_prompt += "cat ";
+  expect_error(server.post("/v1/completions", {{"prompt", long_prompt}}), 400, "context_length_exceeded");
+  // A body over --max-body.
+  expect_error(server.post("/v1/completions", {{"prompt", std::string(5000, 'a')}}), 413, "body_too_large");
+  expect_error(client.Get("/v1/nothing"), 404, "not_found");
+  // The server still answers after all of that.
+  auto r = server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+}
+
+TEST_F(Serve, ApiKeyGuardsEverythingButHealth) {
+  ServerOptions options;
+  options.api_key = "sekret";
+  Running server(*served_, options);
+  const json request{{"prompt", "the"}, {"max_tokens", 2}};
+  expect_error(server.post("/v1/completions", request), 401, "invalid_api_key");
+  expect_error(server.post("/v1/completions", request, {{"Authorization", "Bearer wrong"}}), 401, "invalid_api_key");
+  expect_error(server.post("/v1/completions", request, {{"Authorization", "sekret"}}), 401, "invalid_api_key");
+  expect_error(server.client().Get("/v1/models"), 401, "invalid_api_key");
+  expect_error(server.client().Get("/metrics"), 401, "invalid_api_key");
+  auto r = server.post("/v1/completions", request, {{"Authorization", "Bearer sekret"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  r = server.client().Get("/health");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
+
+// A full queue refuses at once (429, Retry-After); the queued requests are served when slots free.
+TEST_F(Serve, FullQueueAnswers429) {
+  SchedulerOptions scheduler;
+  scheduler.queue = 2;
+  Running server(*served_, {}, scheduler, /*slots=*/1);
+  server.scheduler().pause(true);  // nothing is admitted: the queue fills
+  const json request{{"prompt", "the cat"}, {"max_tokens", 3}, {"temperature", 0}};
+  std::vector<std::future<httplib::Result>> queued;
+  for (int i = 0; i < 2; ++i)
+    queued.push_back(std::async(std::launch::async, [&] { return server.post("/v1/completions", request); }));
+  while (server.scheduler().stats().queued < 2) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto r = server.post("/v1/completions", request);
+  expect_error(r, 429, "queue_full");
+  EXPECT_EQ(r->get_header_value("Retry-After"), "1");
+  server.scheduler().pause(false);
+  for (auto& q : queued) {
+    auto answer = q.get();
+    ASSERT_TRUE(answer);
+    EXPECT_EQ(answer->status, 200) << answer->body;
+  }
+}
+
+TEST_F(Serve, CancelledRequestsFreeTheirSlots) {
+  Running server(*served_, {}, {}, /*slots=*/1);
+  // Cancelled while queued: never admitted.
+  server.scheduler().pause(true);
+  CompletionParams params;
+  params.prompt = {2, 10, 11};
+  params.max_tokens = 5;
+  auto cancelled = server.scheduler().submit(params);
+  ASSERT_TRUE(cancelled);
+  cancelled->cancel();
+  server.scheduler().pause(false);
+  cancelled->wait_all();
+  EXPECT_EQ(cancelled->finish_reason(), FinishReason::cancelled);
+  EXPECT_EQ(server.scheduler().stats().cancelled, 1);
+  // A streaming client that hangs up after the first event: its request ends (cancelled when the
+  // server's next write fails, or finished if that came first) and the one slot serves the next.
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/chat/completions";
+  req.set_header("Content-Type", "application/json");
+  req.body = json{{"messages", {{{"role", "user"}, {"content", "the"}}}}, {"max_tokens", 40}, {"stream", true}}.dump();
+  req.content_receiver = [](const char*, size_t, uint64_t, uint64_t) { return false; };
+  httplib::Response res;
+  httplib::Error error;
+  server.client().send(req, res, error);
+  auto r = server.post("/v1/completions", {{"prompt", "the cat"}, {"max_tokens", 3}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(server.scheduler().stats().finished + server.scheduler().stats().cancelled, 3);
+}
+
+TEST_F(Serve, ModelsHealthAndMetrics) {
+  Running server(*served_, {});
+  auto client = server.client();
+  auto r = client.Get("/health");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  r = client.Get("/v1/models");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  const json models = json::parse(r->body);
+  EXPECT_EQ(models["object"], "list");
+  ASSERT_EQ(models["data"].size(), 1u);
+  EXPECT_EQ(models["data"][0]["id"], "tiny");
+  EXPECT_EQ(models["data"][0]["object"], "model");
+
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(server.post("/v1/completions", {{"prompt", "the"}, {"max_tokens", 4}})->status, 200);
+  ASSERT_EQ(server.post("/v1/completions", {{"prompt", 1}})->status, 400);
+  r = client.Get("/metrics");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  const std::string& m = r->body;
+  auto has = [&](const std::string& line) { return m.find(line) != std::string::npos; };
+  EXPECT_TRUE(has("loom_http_requests_total{path=\"/v1/completions\",status=\"200\"} 3\n")) << m;
+  EXPECT_TRUE(has("loom_http_requests_total{path=\"/v1/completions\",status=\"400\"} 1\n")) << m;
+  EXPECT_TRUE(has("loom_http_requests_total{path=\"/v1/models\",status=\"200\"} 1\n")) << m;
+  EXPECT_TRUE(has("loom_completions_total 3\n")) << m;
+  EXPECT_TRUE(has("loom_queue_length 0\n")) << m;
+  EXPECT_TRUE(has("loom_active_slots 0\n")) << m;
+  EXPECT_TRUE(has("loom_slots 4\n")) << m;
+  EXPECT_TRUE(has("# TYPE loom_tokens_per_second gauge\n")) << m;
+  const auto stats = server.scheduler().stats();
+  EXPECT_TRUE(has(fmt::format("loom_generated_tokens_total {}\n", stats.generated_tokens))) << m;
+  EXPECT_GE(stats.generated_tokens, 3);
+  EXPECT_TRUE(has(fmt::format("loom_prompt_tokens_total {}\n", stats.prompt_tokens))) << m;
+  EXPECT_GT(stats.steps, 0);
+}
+
+TEST_F(Serve, ServeCommandRefusesBadInput) {
+  expect_one_line_error(run_loom("serve " + (tiny_->root / "nothing").string()), "no checkpoint");
+}
