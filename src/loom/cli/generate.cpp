@@ -65,7 +65,12 @@ void add_generate(CLI::App& app, const GlobalOptions& global) {
         printed = text.size();
       }
     };
-    generate(loaded.model, prompt, args->options, [&](int64_t token) {
+    // The engine's cache holds just this generation (an imported model's context may be long).
+    EngineOptions engine_options;
+    engine_options.context = std::min<int64_t>(loaded.recipe.model.max_seq_len,
+                                               static_cast<int64_t>(prompt.size()) + args->options.max_new_tokens);
+    auto engine = make_engine(loaded, engine_options);
+    generate(*engine, 0, prompt, args->options, [&](int64_t token) {
       if (token == tokenizer.eos_id() && !args->ignore_eos) return;
       ids.push_back(static_cast<int>(token));
       flush_new_text(false);

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "loom/core/error.h"
+#include "loom/infer/fast_engine.h"
 #include "loom/train/checkpoint.h"
 
 namespace loom {
@@ -106,6 +107,11 @@ std::unique_ptr<Engine> make_reference_engine(Model model, const EngineOptions& 
 }
 
 std::unique_ptr<Engine> make_engine(const LoadedModel& loaded, const EngineOptions& options) {
+  if (fast_engine_supports(loaded.model->config())) {
+    FastEngineOptions fast;
+    fast.engine = options;
+    return make_fast_engine(loaded.model, loaded.quantized, fast);
+  }
   return make_reference_engine(loaded.model, options);
 }
 
