@@ -24,6 +24,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "loom/quant/kernels.h"
@@ -36,9 +37,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Best of `batches` batches, each repeated until it lasts >= min_batch_s: the minimum is the
-// least disturbed by the other processes sharing this machine.
-double seconds_per_call(const std::function<void(int)>& call, double min_batch_s = 0.02, int batches = 7) {
+// Best of `batches` short batches, each repeated until it lasts >= min_batch_s: on a machine
+// shared with other processes, the minimum over many batches shorter than a scheduler time slice
+// is the closest to an undisturbed run.
+double seconds_per_call(const std::function<void(int)>& call, double min_batch_s = 0.002, int batches = 40) {
   call(0);  // warm-up (and first-call buffer growth)
   int reps = 1;
   for (;;) {
@@ -148,6 +150,10 @@ void run(Format f, const Weights& w, int64_t copy, const float* x, int64_t n, fl
   }
 }
 
+// OpenBLAS's worker threads busy-wait for up to 2^28 cycles (OPENBLAS_THREAD_TIMEOUT, ~0.1 s)
+// after each call; OpenMP threads started meanwhile would fight them for the two cores.
+void park_openblas() { std::this_thread::sleep_for(std::chrono::milliseconds(250)); }
+
 void set_threads(int t) {
   omp_set_num_threads(t);
   openblas_set_num_threads(t);
@@ -181,7 +187,7 @@ int main(int argc, char** argv) {
       for (int t : {1, 2}) {
         set_threads(t);
         double hot[kFormats], cold[kFormats];
-        for (int f = 0; f < kFormats; ++f) {
+        for (int f : {kInt8, kQ4, kF32}) {  // fp32 last, see park_openblas
           const Format fmt = static_cast<Format>(f);
           hot[f] = seconds_per_call([&](int) { run(fmt, w, 0, x.data(), n, y.data()); });
           cold[f] = n == 512 ? hot[f]  // compute-bound: the copies add nothing but time
@@ -191,6 +197,7 @@ int main(int argc, char** argv) {
             token_s[t - 1][f][1] += s.per_token * cold[f];
           }
         }
+        park_openblas();
         std::printf("%-8s %5lld %5lld %4lld %3d | %-10.1f %-10.1f %-10.1f |           %-6.1f %-6.1f %-6.1f |            %-6.1f %-6.1f %-6.1f\n",
                     s.name, static_cast<long long>(s.rows), static_cast<long long>(s.cols), static_cast<long long>(n), t,
                     cold[kF32] * 1e6, cold[kInt8] * 1e6, cold[kQ4] * 1e6,
@@ -201,6 +208,12 @@ int main(int argc, char** argv) {
                     weight_bytes(kInt8, s.rows, s.cols) / cold[kInt8] / 1e9,
                     weight_bytes(kQ4, s.rows, s.cols) / cold[kQ4] / 1e9);
         std::fflush(stdout);
+      }
+      if (n == 512) {  // the prefill alternative: dequantize (serial, once per call) then sgemm
+        std::vector<float> deq(s.rows * s.cols);
+        const double d8 = seconds_per_call([&](int) { q::dequantize_int8(w.i8_at(0), w.scale_at(0), s.rows, s.cols, deq.data()); });
+        const double d4 = seconds_per_call([&](int) { q::dequantize_q4_0(w.q4_at(0), s.rows * s.cols, deq.data()); });
+        std::printf("%-8s   dequantize before sgemm (1 thread): int8 %.1f us, q4_0 %.1f us\n", s.name, d8 * 1e6, d4 * 1e6);
       }
     }
   }
@@ -219,13 +232,14 @@ int main(int argc, char** argv) {
     for (int f = 0; f < kFormats; ++f) model_bytes[f] += weight_bytes(static_cast<Format>(f), s->rows, s->cols);
   for (int t : {1, 2}) {
     set_threads(t);
-    for (int f = 0; f < kFormats; ++f) {
+    for (int f : {kInt8, kQ4, kF32}) {
       const Format fmt = static_cast<Format>(f);
       const double chained = seconds_per_call(
           [&](int) {
             for (const Weights& w : layer_weights) run(fmt, w, 0, x.data(), 1, y.data());
           },
-          0.05, 7);
+          0.002, 40);
+      if (fmt == kF32) park_openblas();
       std::printf("  %s %d thread(s): sum of shapes hot %.1f us (%.0f tok/s), cold %.1f us (%.0f tok/s); "
                   "chained %.1f us = %.0f tok/s, %.1f GB/s (%.1f MB per token)\n",
                   kFormatName[f], t, token_s[t - 1][f][0] * 1e6, 1 / token_s[t - 1][f][0], token_s[t - 1][f][1] * 1e6,

@@ -450,27 +450,37 @@ TEST(QuantKernels, ZeroAndExtremeInputs) {
   }
 }
 
-// Rows are split between threads, but each output is computed the same way: bit-identical.
+// Rows are split between threads, but each output is computed the same way: bit-identical, in
+// both threaded modes (n = 1, 5: every thread quantizes the activations; n = 17: they share them).
 TEST(QuantKernels, ThreadCountDoesNotChangeResults) {
-  const int64_t rows = 300, cols = 512, n = 5;
+  const int64_t rows = 300, cols = 512;
   std::mt19937 rng(8);
-  auto w = random_vector(rows * cols, rng), x = random_vector(n * cols, rng);
+  auto w = random_vector(rows * cols, rng);
   std::vector<int8_t> qw(w.size());
   std::vector<float> scale(rows);
   std::vector<q::BlockQ4_0> w4(w.size() / 32);
   q::quantize_int8(w.data(), rows, cols, qw.data(), scale.data());
   q::quantize_q4_0(w.data(), rows * cols, w4.data());
   const int saved = omp_get_max_threads();
-  for (q::Isa isa : supported_isas()) {
-    std::vector<float> a8(n * rows), b8(n * rows), a4(n * rows), b4(n * rows);
-    omp_set_num_threads(1);
-    q::linear_int8(x.data(), n, cols, qw.data(), scale.data(), rows, a8.data(), isa);
-    q::linear_q4_0(x.data(), n, cols, w4.data(), rows, a4.data(), isa);
-    omp_set_num_threads(3);
-    q::linear_int8(x.data(), n, cols, qw.data(), scale.data(), rows, b8.data(), isa);
-    q::linear_q4_0(x.data(), n, cols, w4.data(), rows, b4.data(), isa);
-    EXPECT_EQ(a8, b8) << q::isa_name(isa);
-    EXPECT_EQ(a4, b4) << q::isa_name(isa);
+  for (int64_t n : {1, 5, 17}) {
+    auto x = random_vector(n * cols, rng);
+    for (q::Isa isa : supported_isas()) {
+      std::vector<float> a8(n * rows), b8(n * rows), a4(n * rows), b4(n * rows), r8(n * rows), r4(n * rows);
+      omp_set_num_threads(1);
+      q::linear_int8(x.data(), n, cols, qw.data(), scale.data(), rows, a8.data(), isa);
+      q::linear_q4_0(x.data(), n, cols, w4.data(), rows, a4.data(), isa);
+      omp_set_num_threads(3);
+      q::linear_int8(x.data(), n, cols, qw.data(), scale.data(), rows, b8.data(), isa);
+      q::linear_q4_0(x.data(), n, cols, w4.data(), rows, b4.data(), isa);
+      EXPECT_EQ(a8, b8) << q::isa_name(isa) << " n=" << n;
+      EXPECT_EQ(a4, b4) << q::isa_name(isa) << " n=" << n;
+      q::linear_int8_ref(x.data(), n, cols, qw.data(), scale.data(), rows, r8.data());
+      q::linear_q4_0_ref(x.data(), n, cols, w4.data(), rows, r4.data());
+      for (int64_t i = 0; i < n * rows; ++i) {
+        ASSERT_NEAR(b8[i], r8[i], 1e-4f * (1 + std::fabs(r8[i]))) << q::isa_name(isa) << " n=" << n;
+        ASSERT_NEAR(b4[i], r4[i], 1e-4f * (1 + std::fabs(r4[i]))) << q::isa_name(isa) << " n=" << n;
+      }
+    }
   }
   omp_set_num_threads(saved);
 }

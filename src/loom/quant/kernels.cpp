@@ -254,8 +254,9 @@ struct ActBuffer {
   }
 };
 
-// The calling thread's scratch, grown (never shrunk) to the largest call: OpenMP workers write
-// into the caller's buffer, so concurrent callers on different threads don't share one.
+// This thread's scratch, grown (never shrunk) to the largest call. Either each OpenMP thread
+// fills its own, or the workers fill the calling thread's (see drive); concurrent callers on
+// different threads never share one.
 ActBuffer activation_buffer(int64_t n, int64_t cols) {
   thread_local std::vector<uint8_t> storage;
   ActBuffer buf;
@@ -421,7 +422,7 @@ template <class Prep>
 void drive(Problem& p, Prep prep, const KernelTable& table) {
   constexpr int64_t kRowChunk = 16;
   const int64_t chunks = (p.rows + kRowChunk - 1) / kRowChunk;
-  auto run_chunk = [&](int64_t chunk) {
+  auto run_chunk = [&table](const Problem& p, int64_t chunk) {
     const int64_t r_end = std::min(p.rows, (chunk + 1) * kRowChunk);
     for (int64_t i0 = 0; i0 < p.n; i0 += kMaxA) {
       const int A = static_cast<int>(std::min<int64_t>(kMaxA, p.n - i0));
@@ -433,18 +434,34 @@ void drive(Problem& p, Prep prep, const KernelTable& table) {
   // Below ~64K multiply-adds the fork/join costs more than a second thread saves. A serial call
   // stays out of OpenMP entirely: even a one-thread parallel region costs libgomp a team
   // allocation and futex calls, a microsecond per call.
-  const bool parallel = p.n * p.rows * p.cols >= (int64_t{1} << 16) && chunks > 1 && omp_get_max_threads() > 1;
+  const bool parallel = p.n * p.rows * p.cols >= (int64_t{1} << 16) && chunks > 1 && omp_get_max_threads() > 1 &&
+                        !omp_in_parallel();  // nested: the caller already splits the work
   if (!parallel) {
+    p.act = activation_buffer(p.n, p.cols);
     for (int64_t i = 0; i < p.n; ++i) prep(p, i);
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(chunk);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(p, chunk);
     return;
   }
+  // Few activations (decoding): every thread quantizes them all into its own buffer, which costs
+  // less than the barrier that sharing one buffer needs, and leaves only the join to wait on.
+  if (p.n * p.cols <= 4096) {
+#pragma omp parallel
+    {
+      Problem mine = p;
+      mine.act = activation_buffer(p.n, p.cols);
+      for (int64_t i = 0; i < p.n; ++i) prep(mine, i);
+#pragma omp for schedule(static) nowait
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(mine, chunk);
+    }
+    return;
+  }
+  p.act = activation_buffer(p.n, p.cols);
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < p.n; ++i) prep(p, i);
 #pragma omp for schedule(static)
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(chunk);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(p, chunk);
   }
 }
 
@@ -732,7 +749,7 @@ void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const
                  int64_t rows, float* y, Isa isa) {
   check(n >= 0 && rows >= 0 && cols >= 1, "linear_int8 needs n >= 0, rows >= 0, cols >= 1");
   if (n == 0 || rows == 0) return;
-  Problem p{x, n, cols, rows, w, scale, y, activation_buffer(n, cols)};
+  Problem p{x, n, cols, rows, w, scale, y, ActBuffer{}};
   isa = resolve(isa);
 #if LOOM_QUANT_X86
   if (isa == Isa::kAvx512) {
@@ -754,7 +771,7 @@ void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, in
   check(n >= 0 && rows >= 0 && cols >= 1 && cols % kQ4Block == 0,
         "linear_q4_0 needs n >= 0, rows >= 0 and cols a positive multiple of 32");
   if (n == 0 || rows == 0) return;
-  Problem p{x, n, cols, rows, w, nullptr, y, activation_buffer(n, cols)};
+  Problem p{x, n, cols, rows, w, nullptr, y, ActBuffer{}};
   isa = resolve(isa);
 #if LOOM_QUANT_X86
   if (isa == Isa::kAvx512) {
