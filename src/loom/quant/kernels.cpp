@@ -180,9 +180,11 @@ bool isa_supported(Isa isa) {
       return true;
 #if LOOM_QUANT_X86
     case Isa::kAvx2:
+      __builtin_cpu_init();  // idempotent; needed if this runs before libgcc's own constructor
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("f16c");
     case Isa::kAvx512:
+      __builtin_cpu_init();
       // libgcc also checks that the OS saves the zmm state (XCR0) before reporting avx512*.
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
