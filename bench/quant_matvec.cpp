@@ -163,88 +163,121 @@ void set_threads(int t) {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
-  std::printf("kernel isa: %s\n", q::isa_name(q::best_isa()));
-  for (int t : {1, 2}) std::printf("read bandwidth, %d thread(s): %.1f GB/s (sum of a 256 MB float array)\n", t, read_bandwidth_gbs(t));
+  // Every measurement is repeated in `rounds` sweeps, minutes apart, and the best kept: a sweep
+  // that overlaps someone else's burst of work on this shared machine then costs nothing.
+  const int rounds = quick ? 1 : 3;
+  std::printf("kernel isa: %s, %d rounds\n", q::isa_name(q::best_isa()), rounds);
 
   const Shape shapes[] = {{"qkv", 1536, 512, 8}, {"o", 512, 512, 8}, {"gate_up", 3072, 512, 8},
                           {"down", 512, 1536, 8}, {"output", 8192, 512, 1}};
-  const int64_t ns[] = {1, 8, 512};
+  constexpr int kShapes = 5, kNs = 3;
+  const int64_t ns[kNs] = {1, 8, 512};
   const double cold_bytes = 96e6;  // 3x the 32 MB L3
   std::mt19937 rng(0);
-  // token_s[threads - 1][format][hot/cold]: the per-token sum at n = 1
-  double token_s[2][kFormats][2] = {};
-  std::printf("\n%-8s %5s %5s %4s %3s | %-10s %-10s %-10s | GB/s hot: %-6s %-6s %-6s | GB/s cold: %-6s %-6s %-6s\n",
-              "shape", "rows", "cols", "n", "thr", "fp32 us", "int8 us", "q4_0 us", "fp32", "int8", "q4_0", "fp32",
-              "int8", "q4_0");
-  for (const Shape& s : shapes) {
-    const int64_t copies = std::max<int64_t>(2, static_cast<int64_t>(cold_bytes / (4.0 * s.rows * s.cols)) + 1);
-    Weights w(s.rows, s.cols, copies, rng);
-    for (int64_t n : ns) {
-      if (quick && n == 512) continue;
-      std::normal_distribution<float> normal(0.0f, 1.0f);
-      std::vector<float> x(n * s.cols), y(n * s.rows);
-      for (auto& v : x) v = normal(rng);
-      for (int t : {1, 2}) {
-        set_threads(t);
-        double hot[kFormats], cold[kFormats];
-        for (int f : {kInt8, kQ4, kF32}) {  // fp32 last, see park_openblas
-          const Format fmt = static_cast<Format>(f);
-          hot[f] = seconds_per_call([&](int) { run(fmt, w, 0, x.data(), n, y.data()); });
-          cold[f] = n == 512 ? hot[f]  // compute-bound: the copies add nothing but time
-                             : seconds_per_call([&](int i) { run(fmt, w, 1 + i % (copies - 1), x.data(), n, y.data()); });
-          if (n == 1) {
-            token_s[t - 1][f][0] += s.per_token * hot[f];
-            token_s[t - 1][f][1] += s.per_token * cold[f];
+  std::vector<Weights> weights;
+  for (const Shape& s : shapes)
+    weights.emplace_back(s.rows, s.cols, std::max<int64_t>(2, static_cast<int64_t>(cold_bytes / (4.0 * s.rows * s.cols)) + 1), rng);
+  // One decode step over distinct weights for each of the 8 layers, as decoding sees them.
+  std::vector<Weights> layer_weights;
+  for (int layer = 0; layer < 8; ++layer)
+    for (int i = 0; i < 4; ++i) layer_weights.emplace_back(shapes[i].rows, shapes[i].cols, 1, rng);
+  layer_weights.emplace_back(shapes[4].rows, shapes[4].cols, 1, rng);
+
+  double bandwidth[2] = {0, 0};
+  double hot[kShapes][kNs][2][kFormats], cold[kShapes][kNs][2][kFormats], chained[2][kFormats];
+  double deq8[kShapes], deq4[kShapes];
+  for (auto* table : {&hot[0][0][0][0], &cold[0][0][0][0]})
+    std::fill(table, table + kShapes * kNs * 2 * kFormats, 1e30);
+  std::fill(&chained[0][0], &chained[0][0] + 2 * kFormats, 1e30);
+  std::fill(deq8, deq8 + kShapes, 1e30);
+  std::fill(deq4, deq4 + kShapes, 1e30);
+  for (int round = 0; round < rounds; ++round) {
+    for (int t : {1, 2}) bandwidth[t - 1] = std::max(bandwidth[t - 1], read_bandwidth_gbs(t));
+    for (int si = 0; si < kShapes; ++si) {
+      const Shape& s = shapes[si];
+      const Weights& w = weights[si];
+      for (int ni = 0; ni < kNs; ++ni) {
+        const int64_t n = ns[ni];
+        if (quick && n == 512) continue;
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        std::vector<float> x(n * s.cols), y(n * s.rows);
+        for (auto& v : x) v = normal(rng);
+        for (int t : {1, 2}) {
+          set_threads(t);
+          for (int f : {kInt8, kQ4, kF32}) {  // fp32 last, see park_openblas
+            const Format fmt = static_cast<Format>(f);
+            double& h = hot[si][ni][t - 1][f];
+            h = std::min(h, seconds_per_call([&](int) { run(fmt, w, 0, x.data(), n, y.data()); }));
+            double& c = cold[si][ni][t - 1][f];
+            c = n == 512 ? h  // compute-bound: the copies would add nothing but time
+                         : std::min(c, seconds_per_call([&](int i) {
+                             run(fmt, w, 1 + i % (w.copies - 1), x.data(), n, y.data());
+                           }));
           }
+          park_openblas();
         }
-        park_openblas();
-        std::printf("%-8s %5lld %5lld %4lld %3d | %-10.1f %-10.1f %-10.1f |           %-6.1f %-6.1f %-6.1f |            %-6.1f %-6.1f %-6.1f\n",
-                    s.name, static_cast<long long>(s.rows), static_cast<long long>(s.cols), static_cast<long long>(n), t,
-                    cold[kF32] * 1e6, cold[kInt8] * 1e6, cold[kQ4] * 1e6,
-                    weight_bytes(kF32, s.rows, s.cols) / hot[kF32] / 1e9,
-                    weight_bytes(kInt8, s.rows, s.cols) / hot[kInt8] / 1e9,
-                    weight_bytes(kQ4, s.rows, s.cols) / hot[kQ4] / 1e9,
-                    weight_bytes(kF32, s.rows, s.cols) / cold[kF32] / 1e9,
-                    weight_bytes(kInt8, s.rows, s.cols) / cold[kInt8] / 1e9,
-                    weight_bytes(kQ4, s.rows, s.cols) / cold[kQ4] / 1e9);
-        std::fflush(stdout);
-      }
-      if (n == 512) {  // the prefill alternative: dequantize (serial, once per call) then sgemm
-        std::vector<float> deq(s.rows * s.cols);
-        const double d8 = seconds_per_call([&](int) { q::dequantize_int8(w.i8_at(0), w.scale_at(0), s.rows, s.cols, deq.data()); });
-        const double d4 = seconds_per_call([&](int) { q::dequantize_q4_0(w.q4_at(0), s.rows * s.cols, deq.data()); });
-        std::printf("%-8s   dequantize before sgemm (1 thread): int8 %.1f us, q4_0 %.1f us\n", s.name, d8 * 1e6, d4 * 1e6);
+        if (n == 512) {  // the prefill alternative: dequantize (serial, once per call) then sgemm
+          std::vector<float> deq(s.rows * s.cols);
+          deq8[si] = std::min(deq8[si], seconds_per_call([&](int) {
+            q::dequantize_int8(w.i8_at(0), w.scale_at(0), s.rows, s.cols, deq.data());
+          }));
+          deq4[si] = std::min(deq4[si], seconds_per_call([&](int) { q::dequantize_q4_0(w.q4_at(0), s.rows * s.cols, deq.data()); }));
+        }
       }
     }
+    std::vector<float> x(8192, 0.5f), y(8192);
+    for (int t : {1, 2}) {
+      set_threads(t);
+      for (int f : {kInt8, kQ4, kF32}) {
+        const Format fmt = static_cast<Format>(f);
+        chained[t - 1][f] = std::min(chained[t - 1][f], seconds_per_call([&](int) {
+          for (const Weights& w : layer_weights) run(fmt, w, 0, x.data(), 1, y.data());
+        }));
+        if (fmt == kF32) park_openblas();
+      }
+    }
+    std::fprintf(stderr, "round %d done\n", round + 1);
   }
 
-  // One real decode step over distinct weights for each of the 8 layers.
-  std::printf("\nper-token decode step (n = 1, 31.5M weights):\n");
-  std::vector<Weights> layer_weights;
-  std::vector<const Shape*> step;
-  for (int layer = 0; layer < 8; ++layer)
-    for (int i = 0; i < 4; ++i) step.push_back(&shapes[i]);
-  step.push_back(&shapes[4]);
-  for (const Shape* s : step) layer_weights.emplace_back(s->rows, s->cols, 1, rng);
-  std::vector<float> x(8192, 0.5f), y(8192);
+  for (int t : {1, 2}) std::printf("read bandwidth, %d thread(s): %.1f GB/s (sum of a 256 MB float array)\n", t, bandwidth[t - 1]);
+  std::printf("\n%-8s %5s %5s %4s %3s | %-9s %-9s %-9s | GB/s hot: %-6s %-6s %-6s | GB/s cold: %-6s %-6s %-6s\n",
+              "shape", "rows", "cols", "n", "thr", "fp32 us", "int8 us", "q4_0 us", "fp32", "int8", "q4_0", "fp32",
+              "int8", "q4_0");
+  // token_s[threads - 1][format][hot/cold]: one decode step as the sum of its shapes at n = 1
+  double token_s[2][kFormats][2] = {};
+  for (int si = 0; si < kShapes; ++si) {
+    const Shape& s = shapes[si];
+    for (int ni = 0; ni < kNs; ++ni) {
+      if (quick && ns[ni] == 512) continue;
+      for (int t : {1, 2}) {
+        const double* h = hot[si][ni][t - 1];
+        const double* c = cold[si][ni][t - 1];
+        auto gbs = [&](int f, double sec) { return weight_bytes(static_cast<Format>(f), s.rows, s.cols) / sec / 1e9; };
+        std::printf("%-8s %5lld %5lld %4lld %3d | %-9.1f %-9.1f %-9.1f |           %-6.1f %-6.1f %-6.1f |            %-6.1f %-6.1f %-6.1f\n",
+                    s.name, static_cast<long long>(s.rows), static_cast<long long>(s.cols), static_cast<long long>(ns[ni]), t,
+                    c[kF32] * 1e6, c[kInt8] * 1e6, c[kQ4] * 1e6, gbs(kF32, h[kF32]), gbs(kInt8, h[kInt8]), gbs(kQ4, h[kQ4]),
+                    gbs(kF32, c[kF32]), gbs(kInt8, c[kInt8]), gbs(kQ4, c[kQ4]));
+        if (ns[ni] == 1)
+          for (int f = 0; f < kFormats; ++f) {
+            token_s[t - 1][f][0] += s.per_token * h[f];
+            token_s[t - 1][f][1] += s.per_token * c[f];
+          }
+      }
+      if (ns[ni] == 512)
+        std::printf("%-8s   dequantize before sgemm (1 thread): int8 %.1f us, q4_0 %.1f us\n", s.name, deq8[si] * 1e6, deq4[si] * 1e6);
+    }
+  }
   double model_bytes[kFormats] = {};
-  for (const Shape* s : step)
-    for (int f = 0; f < kFormats; ++f) model_bytes[f] += weight_bytes(static_cast<Format>(f), s->rows, s->cols);
+  for (const Weights& w : layer_weights)
+    for (int f = 0; f < kFormats; ++f) model_bytes[f] += weight_bytes(static_cast<Format>(f), w.rows, w.cols);
+  std::printf("\nper-token decode step (n = 1, 31.5M weights):\n");
   for (int t : {1, 2}) {
-    set_threads(t);
     for (int f : {kInt8, kQ4, kF32}) {
-      const Format fmt = static_cast<Format>(f);
-      const double chained = seconds_per_call(
-          [&](int) {
-            for (const Weights& w : layer_weights) run(fmt, w, 0, x.data(), 1, y.data());
-          },
-          0.002, 40);
-      if (fmt == kF32) park_openblas();
       std::printf("  %s %d thread(s): sum of shapes hot %.1f us (%.0f tok/s), cold %.1f us (%.0f tok/s); "
                   "chained %.1f us = %.0f tok/s, %.1f GB/s (%.1f MB per token)\n",
                   kFormatName[f], t, token_s[t - 1][f][0] * 1e6, 1 / token_s[t - 1][f][0], token_s[t - 1][f][1] * 1e6,
-                  1 / token_s[t - 1][f][1], chained * 1e6, 1 / chained, model_bytes[f] / chained / 1e9,
-                  model_bytes[f] / 1e6);
+                  1 / token_s[t - 1][f][1], chained[t - 1][f] * 1e6, 1 / chained[t - 1][f],
+                  model_bytes[f] / chained[t - 1][f] / 1e9, model_bytes[f] / 1e6);
     }
   }
   std::printf("(llama.cpp on this machine, whole model, 2 threads: Q8_0 868 tok/s, Q4_0 1391 tok/s)\n");
