@@ -99,24 +99,35 @@ struct Shape {
   int per_token;  // times per decode step
 };
 
-// One shape's weights in the three formats, `copies` times (the cold set) contiguous.
+// One shape's weights in the three formats, each format `copies` times contiguous, copies[f]
+// chosen so that each format's set exceeds cold_bytes (the cold rotation).
 struct Weights {
-  int64_t rows = 0, cols = 0, copies = 0;
+  int64_t rows = 0, cols = 0;
+  int64_t copies[3] = {1, 1, 1};  // fp32, int8, q4_0
   std::vector<float> f32;
   std::vector<int8_t> i8;
   std::vector<float> scale;
   std::vector<q::BlockQ4_0> q4;
 
-  Weights(int64_t rows_, int64_t cols_, int64_t copies_, std::mt19937& rng)
-      : rows(rows_), cols(cols_), copies(copies_) {
+  Weights(int64_t rows_, int64_t cols_, double cold_bytes, std::mt19937& rng) : rows(rows_), cols(cols_) {
+    const double bytes[3] = {4.0 * rows * cols, 1.0 * rows * cols, 18.0 * rows * cols / 32};
+    for (int f = 0; f < 3; ++f) copies[f] = cold_bytes > 0 ? static_cast<int64_t>(cold_bytes / bytes[f]) + 2 : 1;
     std::normal_distribution<float> normal(0.0f, 0.02f);
-    f32.resize(rows * cols * copies);
-    for (auto& v : f32) v = normal(rng);
-    i8.resize(f32.size());
-    scale.resize(rows * copies);
-    q4.resize(f32.size() / 32);
-    q::quantize_int8(f32.data(), rows * copies, cols, i8.data(), scale.data());
-    q::quantize_q4_0(f32.data(), rows * cols * copies, q4.data());
+    std::vector<float> w(rows * cols);
+    for (auto& v : w) v = normal(rng);
+    // The copies share values (the kernels don't care); what matters is distinct addresses.
+    f32.resize(rows * cols * copies[0]);
+    i8.resize(rows * cols * copies[1]);
+    scale.resize(rows * copies[1]);
+    q4.resize(rows * cols / 32 * copies[2]);
+    for (int64_t c = 0; c < copies[0]; ++c) std::copy(w.begin(), w.end(), f32.begin() + c * rows * cols);
+    q::quantize_int8(w.data(), rows, cols, i8.data(), scale.data());
+    q::quantize_q4_0(w.data(), rows * cols, q4.data());
+    for (int64_t c = 1; c < copies[1]; ++c) {
+      std::copy(i8.begin(), i8.begin() + rows * cols, i8.begin() + c * rows * cols);
+      std::copy(scale.begin(), scale.begin() + rows, scale.begin() + c * rows);
+    }
+    for (int64_t c = 1; c < copies[2]; ++c) std::copy(q4.begin(), q4.begin() + rows * cols / 32, q4.begin() + c * rows * cols / 32);
   }
   const float* f32_at(int64_t c) const { return f32.data() + c * rows * cols; }
   const int8_t* i8_at(int64_t c) const { return i8.data() + c * rows * cols; }
@@ -176,12 +187,12 @@ int main(int argc, char** argv) {
   std::mt19937 rng(0);
   std::vector<Weights> weights;
   for (const Shape& s : shapes)
-    weights.emplace_back(s.rows, s.cols, std::max<int64_t>(2, static_cast<int64_t>(cold_bytes / (4.0 * s.rows * s.cols)) + 1), rng);
+    weights.emplace_back(s.rows, s.cols, cold_bytes, rng);
   // One decode step over distinct weights for each of the 8 layers, as decoding sees them.
   std::vector<Weights> layer_weights;
   for (int layer = 0; layer < 8; ++layer)
-    for (int i = 0; i < 4; ++i) layer_weights.emplace_back(shapes[i].rows, shapes[i].cols, 1, rng);
-  layer_weights.emplace_back(shapes[4].rows, shapes[4].cols, 1, rng);
+    for (int i = 0; i < 4; ++i) layer_weights.emplace_back(shapes[i].rows, shapes[i].cols, 0.0, rng);
+  layer_weights.emplace_back(shapes[4].rows, shapes[4].cols, 0.0, rng);
 
   double bandwidth[2] = {0, 0};
   double hot[kShapes][kNs][2][kFormats], cold[kShapes][kNs][2][kFormats], chained[2][kFormats];
@@ -211,7 +222,7 @@ int main(int argc, char** argv) {
             double& c = cold[si][ni][t - 1][f];
             c = n == 512 ? h  // compute-bound: the copies would add nothing but time
                          : std::min(c, seconds_per_call([&](int i) {
-                             run(fmt, w, 1 + i % (w.copies - 1), x.data(), n, y.data());
+                             run(fmt, w, 1 + i % (w.copies[f] - 1), x.data(), n, y.data());
                            }));
           }
           park_openblas();

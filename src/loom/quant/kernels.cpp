@@ -1,16 +1,18 @@
 // Quantized linear kernels (see kernels.h for the formats and the arithmetic contract).
 //
-// Layout of the work: the activation rows are quantized once per call into a scratch buffer
-// (int8 + one fp32 scale per 32-block, plus the per-path lane arrays below), then OpenMP splits the
-// output rows into contiguous chunks; each thread walks its rows R at a time (R weight rows share
-// every activation load) and the activations A at a time (A activations share every weight unpack).
+// Layout of the work: the activation rows are quantized into a scratch buffer (int8 + one fp32
+// scale per 32-block, plus the per-path lane arrays below), then OpenMP splits the output rows
+// into contiguous chunks; each thread walks its rows R at a time (R weight rows share every
+// activation load) and the activations A at a time (A activations share every weight unpack).
 //
-// The integer trick shared by the vector paths: vpdpbusd (AVX-512 VNNI) multiplies an unsigned
-// byte by a signed byte. The weights are made unsigned by an offset (int8 w + 128 by flipping the
-// sign bit; Q4_0's nibbles q are already 0..15 with the offset 8 built in) and the activations
-// stay signed; the offset's contribution, -128 * xq or -8 * xq summed over the four bytes of each
-// int32 lane, depends on the activation only, so it is computed once per call ("lane_corr") and
-// used as the accumulator's initial value: the lane sums come out exact at no cost in the loop.
+// The integer trick of the AVX-512 paths and of AVX2's Q4_0: vpdpbusd / vpmaddubsw multiply an
+// unsigned byte by a signed byte. The weights are made unsigned by an offset (int8 w + 128 by
+// flipping the sign bit; Q4_0's nibbles q are already 0..15 with the offset 8 built in) and the
+// activations stay signed; the offset's contribution, -128 * xq or -8 * xq summed over the four
+// bytes of each int32 lane, depends on the activation only, so it is computed once per call
+// ("lane_corr") and used as the accumulator's initial value (AVX2: added once per block): the
+// lane sums come out exact at no cost in the loop. (AVX2's int8 path can't use it: 255 * 127 * 2
+// overflows vpmaddubsw's int16 pairs; it moves the weights' sign onto the activations instead.)
 #include "loom/quant/kernels.h"
 
 // GCC 12's AVX-512 intrinsic headers build their "undefined" vectors by self-initialization,
@@ -271,8 +273,8 @@ ActBuffer activation_buffer(int64_t n, int64_t cols) {
   return buf;
 }
 
-// The activation quantization every path shares (scalar, so all paths see identical xq and xs):
-// xs = max|x| / 127 per 32-block, xq = nearbyint(x * (1 / xs)) (ties to even), clamped.
+// The activation quantization of the reference and the AVX2/portable paths (prep_avx512 computes
+// the same bits): xs = max|x| / 127 per 32-block, xq = x * (1 / xs) rounded to nearest even.
 constexpr float kTinyActivation = 1e-30f;
 
 // Round to nearest, ties to even, for |v| < 2^22, as vcvtps2dq does under the default rounding
@@ -308,11 +310,10 @@ void q4_natural_corr(const ActRow& a, int64_t cols_p) {
 }
 
 // quantize_activation in AVX-512, bit-identical to it (the same max, the same scalar d and 1 / d,
-// one multiply per value, the same rounding: vcvtps2dq, ties to even), then the lane arrays:
-// natural order for int8 (split = false: lane l gets block l / 8's scale and -128 times the sum of
-// its 4 xq), or for Q4_0 (split =
-// true) xsplit with lane l of each four-block group holding block l / 4, bytes 4 * (l % 4) .. + 3
-// of both halves, its corr being -8 times the sum of those 8 values.
+// one multiply per value, the same rounding: vcvtps2dq, ties to even), then the lane arrays.
+// int8 (split = false), natural order: lane l gets block l / 8's scale and -128 times the sum of
+// its 4 xq. Q4_0 (split = true): xsplit, where lane l of each four-block group holds block l / 4,
+// bytes 4 * (l % 4) .. + 3 of both halves, its corr being -8 times the sum of those 8 values.
 LOOM_AVX512 void prep_avx512(const float* x, int64_t cols, const ActRow& a, int64_t cols_p, bool split) {
   const __m512i ones = _mm512_set1_epi8(1);
   for (int64_t b = 0; b < cols_p / kQ4Block; ++b) {
