@@ -422,7 +422,7 @@ struct Table {
 // rows. Rows go to threads in contiguous chunks of kRowChunk; a chunk's weights (8 to 24 KB at
 // cols 512 to 1536 in int8) stay in L1 while all n activations pass over them once.
 template <class Prep>
-void drive(Problem& p, Prep prep, const KernelTable& table) {
+void drive(Problem& p, Prep prep, const KernelTable& table, bool team) {
   constexpr int64_t kRowChunk = 16;
   const int64_t chunks = (p.rows + kRowChunk - 1) / kRowChunk;
   auto run_chunk = [&table](const Problem& p, int64_t chunk) {
@@ -434,6 +434,14 @@ void drive(Problem& p, Prep prep, const KernelTable& table) {
       }
     }
   };
+  if (team) {  // see linear_int8_team: every thread of the enclosing region is here
+    Problem mine = p;
+    mine.act = activation_buffer(p.n, p.cols);
+    for (int64_t i = 0; i < p.n; ++i) prep(mine, i);
+#pragma omp for schedule(static)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(mine, chunk);
+    return;  // after the omp for's barrier: y is complete
+  }
   // Below ~64K multiply-adds the fork/join costs more than a second thread saves. A serial call
   // stays out of OpenMP entirely: even a one-thread parallel region costs libgomp a team
   // allocation and futex calls, a microsecond per call.
@@ -748,8 +756,10 @@ Isa resolve(Isa isa) {
 
 // ---- entry points ------------------------------------------------------------------------------
 
-void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
-                 int64_t rows, float* y, Isa isa) {
+namespace {
+
+void int8_impl(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale, int64_t rows,
+               float* y, Isa isa, bool team) {
   check(n >= 0 && rows >= 0 && cols >= 1, "linear_int8 needs n >= 0, rows >= 0, cols >= 1");
   if (n == 0 || rows == 0) return;
   Problem p{x, n, cols, rows, w, scale, y, ActBuffer{}};
@@ -757,7 +767,7 @@ void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const
 #if LOOM_QUANT_X86
   if (isa == Isa::kAvx512) {
     auto prep = [](const Problem& p, int64_t i) { prep_avx512(p.x + i * p.cols, p.cols, p.act.row(i), p.act.cols_p, false); };
-    return drive(p, prep, Table<Int8Avx512>::table);
+    return drive(p, prep, Table<Int8Avx512>::table, team);
   }
 #endif
   auto prep = [](const Problem& p, int64_t i) {
@@ -765,12 +775,13 @@ void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const
     quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
   };
 #if LOOM_QUANT_X86
-  if (isa == Isa::kAvx2) return drive(p, prep, Table<Int8Avx2>::table);
+  if (isa == Isa::kAvx2) return drive(p, prep, Table<Int8Avx2>::table, team);
 #endif
-  drive(p, prep, Table<Int8Portable>::table);
+  drive(p, prep, Table<Int8Portable>::table, team);
 }
 
-void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y, Isa isa) {
+void q4_0_impl(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y, Isa isa,
+               bool team) {
   check(n >= 0 && rows >= 0 && cols >= 1 && cols % kQ4Block == 0,
         "linear_q4_0 needs n >= 0, rows >= 0 and cols a positive multiple of 32");
   if (n == 0 || rows == 0) return;
@@ -779,7 +790,7 @@ void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, in
 #if LOOM_QUANT_X86
   if (isa == Isa::kAvx512) {
     auto prep = [](const Problem& p, int64_t i) { prep_avx512(p.x + i * p.cols, p.cols, p.act.row(i), p.act.cols_p, true); };
-    return drive(p, prep, Table<Q4Avx512>::table);
+    return drive(p, prep, Table<Q4Avx512>::table, team);
   }
   if (isa == Isa::kAvx2) {
     auto prep = [](const Problem& p, int64_t i) {
@@ -787,14 +798,35 @@ void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, in
       quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
       q4_natural_corr(a, p.act.cols_p);
     };
-    return drive(p, prep, Table<Q4Avx2>::table);
+    return drive(p, prep, Table<Q4Avx2>::table, team);
   }
 #endif
   auto prep = [](const Problem& p, int64_t i) {
     const ActRow a = p.act.row(i);
     quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
   };
-  drive(p, prep, Table<Q4Portable>::table);
+  drive(p, prep, Table<Q4Portable>::table, team);
+}
+
+}  // namespace
+
+void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
+                 int64_t rows, float* y, Isa isa) {
+  int8_impl(x, n, cols, w, scale, rows, y, isa, false);
+}
+
+void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y, Isa isa) {
+  q4_0_impl(x, n, cols, w, rows, y, isa, false);
+}
+
+void linear_int8_team(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
+                      int64_t rows, float* y, Isa isa) {
+  int8_impl(x, n, cols, w, scale, rows, y, isa, true);
+}
+
+void linear_q4_0_team(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y,
+                      Isa isa) {
+  q4_0_impl(x, n, cols, w, rows, y, isa, true);
 }
 
 void linear_int8_ref(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
