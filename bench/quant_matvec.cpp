@@ -3,7 +3,8 @@
 // machine's read bandwidth measured in the same run. Torch-free; build and run by hand:
 //   nice -n 10 g++ -O2 -std=c++17 -fopenmp -Isrc src/loom/quant/kernels.cpp bench/quant_matvec.cpp
 //       -lopenblas -o /tmp/quant_matvec
-//   env -u OPENBLAS_CORETYPE /tmp/quant_matvec [--quick]
+//   env -u OPENBLAS_CORETYPE /tmp/quant_matvec [--quick | --decode]
+// (--quick: one sweep, no n = 512; --decode: only the per-token decode step, 5 sweeps)
 // (OPENBLAS_CORETYPE=Haswell, set in this environment for libtorch, would keep OpenBLAS off its
 // AVX-512 kernels.)
 //
@@ -173,10 +174,11 @@ void set_threads(int t) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  const std::string mode = argc > 1 ? argv[1] : "";
+  const bool quick = mode == "--quick", decode_only = mode == "--decode";
   // Every measurement is repeated in `rounds` sweeps, minutes apart, and the best kept: a sweep
   // that overlaps someone else's burst of work on this shared machine then costs nothing.
-  const int rounds = quick ? 1 : 3;
+  const int rounds = quick ? 1 : decode_only ? 5 : 3;
   std::printf("kernel isa: %s, %d rounds\n", q::isa_name(q::best_isa()), rounds);
 
   const Shape shapes[] = {{"qkv", 1536, 512, 8}, {"o", 512, 512, 8}, {"gate_up", 3072, 512, 8},
@@ -187,7 +189,7 @@ int main(int argc, char** argv) {
   std::mt19937 rng(0);
   std::vector<Weights> weights;
   for (const Shape& s : shapes)
-    weights.emplace_back(s.rows, s.cols, cold_bytes, rng);
+    if (!decode_only) weights.emplace_back(s.rows, s.cols, cold_bytes, rng);
   // One decode step over distinct weights for each of the 8 layers, as decoding sees them.
   std::vector<Weights> layer_weights;
   for (int layer = 0; layer < 8; ++layer)
@@ -195,16 +197,17 @@ int main(int argc, char** argv) {
   layer_weights.emplace_back(shapes[4].rows, shapes[4].cols, 0.0, rng);
 
   double bandwidth[2] = {0, 0};
-  double hot[kShapes][kNs][2][kFormats], cold[kShapes][kNs][2][kFormats], chained[2][kFormats];
+  double hot[kShapes][kNs][2][kFormats], cold[kShapes][kNs][2][kFormats], chained[2][kFormats], team[2][2];
   double deq8[kShapes], deq4[kShapes];
   for (auto* table : {&hot[0][0][0][0], &cold[0][0][0][0]})
     std::fill(table, table + kShapes * kNs * 2 * kFormats, 1e30);
   std::fill(&chained[0][0], &chained[0][0] + 2 * kFormats, 1e30);
+  std::fill(&team[0][0], &team[0][0] + 4, 1e30);
   std::fill(deq8, deq8 + kShapes, 1e30);
   std::fill(deq4, deq4 + kShapes, 1e30);
   for (int round = 0; round < rounds; ++round) {
     for (int t : {1, 2}) bandwidth[t - 1] = std::max(bandwidth[t - 1], read_bandwidth_gbs(t));
-    for (int si = 0; si < kShapes; ++si) {
+    for (int si = 0; si < kShapes && !decode_only; ++si) {
       const Shape& s = shapes[si];
       const Weights& w = weights[si];
       for (int ni = 0; ni < kNs; ++ni) {
@@ -246,6 +249,16 @@ int main(int argc, char** argv) {
         }));
         if (fmt == kF32) park_openblas();
       }
+      // The same step in one parallel region with the _team variants: no fork/join per call.
+      for (int f : {kInt8, kQ4}) {
+        team[t - 1][f - kInt8] = std::min(team[t - 1][f - kInt8], seconds_per_call([&](int) {
+#pragma omp parallel
+          for (const Weights& w : layer_weights) {
+            if (f == kInt8) q::linear_int8_team(x.data(), 1, w.cols, w.i8_at(0), w.scale_at(0), w.rows, y.data());
+            else q::linear_q4_0_team(x.data(), 1, w.cols, w.q4_at(0), w.rows, y.data());
+          }
+        }));
+      }
     }
     std::fprintf(stderr, "round %d done\n", round + 1);
   }
@@ -256,7 +269,7 @@ int main(int argc, char** argv) {
               "int8", "q4_0");
   // token_s[threads - 1][format][hot/cold]: one decode step as the sum of its shapes at n = 1
   double token_s[2][kFormats][2] = {};
-  for (int si = 0; si < kShapes; ++si) {
+  for (int si = 0; si < kShapes && !decode_only; ++si) {
     const Shape& s = shapes[si];
     for (int ni = 0; ni < kNs; ++ni) {
       if (quick && ns[ni] == 512) continue;
@@ -284,12 +297,18 @@ int main(int argc, char** argv) {
   std::printf("\nper-token decode step (n = 1, 31.5M weights):\n");
   for (int t : {1, 2}) {
     for (int f : {kInt8, kQ4, kF32}) {
-      std::printf("  %s %d thread(s): sum of shapes hot %.1f us (%.0f tok/s), cold %.1f us (%.0f tok/s); "
-                  "chained %.1f us = %.0f tok/s, %.1f GB/s (%.1f MB per token)\n",
-                  kFormatName[f], t, token_s[t - 1][f][0] * 1e6, 1 / token_s[t - 1][f][0], token_s[t - 1][f][1] * 1e6,
-                  1 / token_s[t - 1][f][1], chained[t - 1][f] * 1e6, 1 / chained[t - 1][f],
-                  model_bytes[f] / chained[t - 1][f] / 1e9, model_bytes[f] / 1e6);
+      if (!decode_only)
+        std::printf("  %s %d thread(s): sum of shapes hot %.1f us (%.0f tok/s), cold %.1f us (%.0f tok/s)\n",
+                    kFormatName[f], t, token_s[t - 1][f][0] * 1e6, 1 / token_s[t - 1][f][0],
+                    token_s[t - 1][f][1] * 1e6, 1 / token_s[t - 1][f][1]);
+      std::printf("  %s %d thread(s): chained %.1f us = %.0f tok/s, %.1f GB/s (%.1f MB per token)\n", kFormatName[f], t,
+                  chained[t - 1][f] * 1e6, 1 / chained[t - 1][f], model_bytes[f] / chained[t - 1][f] / 1e9,
+                  model_bytes[f] / 1e6);
     }
+    for (int f : {kInt8, kQ4})
+      std::printf("  %s %d thread(s), one parallel region per step (_team calls): %.1f us = %.0f tok/s, %.1f GB/s\n",
+                  kFormatName[f], t, team[t - 1][f - kInt8] * 1e6, 1 / team[t - 1][f - kInt8],
+                  model_bytes[f] / team[t - 1][f - kInt8] / 1e9);
   }
   std::printf("(llama.cpp on this machine, whole model, 2 threads: Q8_0 868 tok/s, Q4_0 1391 tok/s)\n");
 }
