@@ -78,9 +78,10 @@ Isa best_isa();  // never kAuto
 const char* isa_name(Isa isa);
 
 // y[i][r] = sum_c x[i][c] * W[r][c] with W[r][c] = scale[r] * w[r][c] (see quantize_int8); any
-// cols >= 1. Threads: OpenMP over output rows (the caller's omp_set_num_threads); no allocation
-// after the first calls (the quantized activations live in a per-calling-thread buffer that
-// grows to the largest n * cols seen).
+// cols >= 1; x finite; y must not overlap x. Threads: OpenMP over output rows (the caller's
+// omp_set_num_threads; calls too small to gain from a second thread, and calls from inside a
+// parallel region, run on the calling thread). No allocation after the first calls: the
+// quantized activations live in per-thread buffers that grow to the largest n * cols seen.
 void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
                  int64_t rows, float* y, Isa isa = Isa::kAuto);
 
