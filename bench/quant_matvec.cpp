@@ -264,7 +264,8 @@ int main(int argc, char** argv) {
   }
 
   for (int t : {1, 2}) std::printf("read bandwidth, %d thread(s): %.1f GB/s (sum of a 256 MB float array)\n", t, bandwidth[t - 1]);
-  std::printf("\n%-8s %5s %5s %4s %3s | %-9s %-9s %-9s | GB/s hot: %-6s %-6s %-6s | GB/s cold: %-6s %-6s %-6s\n",
+  if (!decode_only)
+    std::printf("\n%-8s %5s %5s %4s %3s | %-9s %-9s %-9s | GB/s hot: %-6s %-6s %-6s | GB/s cold: %-6s %-6s %-6s\n",
               "shape", "rows", "cols", "n", "thr", "fp32 us", "int8 us", "q4_0 us", "fp32", "int8", "q4_0", "fp32",
               "int8", "q4_0");
   // token_s[threads - 1][format][hot/cold]: one decode step as the sum of its shapes at n = 1
