@@ -450,27 +450,75 @@ TEST(QuantKernels, ZeroAndExtremeInputs) {
   }
 }
 
-// Rows are split between threads, but each output is computed the same way: bit-identical.
+// Rows are split between threads, but each output is computed the same way: bit-identical, in
+// both threaded modes (n = 1, 5: every thread quantizes the activations; n = 17: they share them).
 TEST(QuantKernels, ThreadCountDoesNotChangeResults) {
-  const int64_t rows = 300, cols = 512, n = 5;
+  const int64_t rows = 300, cols = 512;
   std::mt19937 rng(8);
-  auto w = random_vector(rows * cols, rng), x = random_vector(n * cols, rng);
+  auto w = random_vector(rows * cols, rng);
   std::vector<int8_t> qw(w.size());
   std::vector<float> scale(rows);
   std::vector<q::BlockQ4_0> w4(w.size() / 32);
   q::quantize_int8(w.data(), rows, cols, qw.data(), scale.data());
   q::quantize_q4_0(w.data(), rows * cols, w4.data());
   const int saved = omp_get_max_threads();
-  for (q::Isa isa : supported_isas()) {
-    std::vector<float> a8(n * rows), b8(n * rows), a4(n * rows), b4(n * rows);
-    omp_set_num_threads(1);
-    q::linear_int8(x.data(), n, cols, qw.data(), scale.data(), rows, a8.data(), isa);
-    q::linear_q4_0(x.data(), n, cols, w4.data(), rows, a4.data(), isa);
-    omp_set_num_threads(3);
-    q::linear_int8(x.data(), n, cols, qw.data(), scale.data(), rows, b8.data(), isa);
-    q::linear_q4_0(x.data(), n, cols, w4.data(), rows, b4.data(), isa);
-    EXPECT_EQ(a8, b8) << q::isa_name(isa);
-    EXPECT_EQ(a4, b4) << q::isa_name(isa);
+  for (int64_t n : {1, 5, 17}) {
+    auto x = random_vector(n * cols, rng);
+    for (q::Isa isa : supported_isas()) {
+      std::vector<float> a8(n * rows), b8(n * rows), a4(n * rows), b4(n * rows), r8(n * rows), r4(n * rows);
+      omp_set_num_threads(1);
+      q::linear_int8(x.data(), n, cols, qw.data(), scale.data(), rows, a8.data(), isa);
+      q::linear_q4_0(x.data(), n, cols, w4.data(), rows, a4.data(), isa);
+      omp_set_num_threads(3);
+      q::linear_int8(x.data(), n, cols, qw.data(), scale.data(), rows, b8.data(), isa);
+      q::linear_q4_0(x.data(), n, cols, w4.data(), rows, b4.data(), isa);
+      EXPECT_EQ(a8, b8) << q::isa_name(isa) << " n=" << n;
+      EXPECT_EQ(a4, b4) << q::isa_name(isa) << " n=" << n;
+      q::linear_int8_ref(x.data(), n, cols, qw.data(), scale.data(), rows, r8.data());
+      q::linear_q4_0_ref(x.data(), n, cols, w4.data(), rows, r4.data());
+      for (int64_t i = 0; i < n * rows; ++i) {
+        ASSERT_NEAR(b8[i], r8[i], 1e-4f * (1 + std::fabs(r8[i]))) << q::isa_name(isa) << " n=" << n;
+        ASSERT_NEAR(b4[i], r4[i], 1e-4f * (1 + std::fabs(r4[i]))) << q::isa_name(isa) << " n=" << n;
+      }
+    }
   }
   omp_set_num_threads(saved);
+}
+
+// The team variants inside one parallel region: same bits as the self-threaded calls, and the
+// second of two chained calls sees the first one's complete output (the barrier at the end).
+TEST(QuantKernels, TeamVariantsSplitRowsAndWaitForEachOther) {
+  const int64_t rows = 224, cols = 256;  // layer 1: [rows x cols], layer 2: [cols x rows]
+  std::mt19937 rng(9);
+  auto w1 = random_vector(rows * cols, rng), w2 = random_vector(cols * rows, rng);
+  std::vector<int8_t> q1(w1.size()), q2(w2.size());
+  std::vector<float> s1(rows), s2(cols);
+  std::vector<q::BlockQ4_0> b1(w1.size() / 32), b2(w2.size() / 32);
+  q::quantize_int8(w1.data(), rows, cols, q1.data(), s1.data());
+  q::quantize_int8(w2.data(), cols, rows, q2.data(), s2.data());
+  q::quantize_q4_0(w1.data(), rows * cols, b1.data());
+  q::quantize_q4_0(w2.data(), cols * rows, b2.data());
+  for (int64_t n : {1, 3}) {
+    auto x = random_vector(n * cols, rng);
+    for (q::Isa isa : supported_isas()) {
+      std::vector<float> h8(n * rows), e8(n * cols), h4(n * rows), e4(n * cols);  // expected
+      q::linear_int8(x.data(), n, cols, q1.data(), s1.data(), rows, h8.data(), isa);
+      q::linear_int8(h8.data(), n, rows, q2.data(), s2.data(), cols, e8.data(), isa);
+      q::linear_q4_0(x.data(), n, cols, b1.data(), rows, h4.data(), isa);
+      q::linear_q4_0(h4.data(), n, rows, b2.data(), cols, e4.data(), isa);
+      std::vector<float> g8(n * rows), y8(n * cols), g4(n * rows), y4(n * cols);
+#pragma omp parallel num_threads(3)
+      {
+        q::linear_int8_team(x.data(), n, cols, q1.data(), s1.data(), rows, g8.data(), isa);
+        q::linear_int8_team(g8.data(), n, rows, q2.data(), s2.data(), cols, y8.data(), isa);
+        q::linear_q4_0_team(x.data(), n, cols, b1.data(), rows, g4.data(), isa);
+        q::linear_q4_0_team(g4.data(), n, rows, b2.data(), cols, y4.data(), isa);
+      }
+      EXPECT_EQ(y8, e8) << q::isa_name(isa) << " n=" << n;
+      EXPECT_EQ(y4, e4) << q::isa_name(isa) << " n=" << n;
+      std::vector<float> alone(n * rows);  // outside a parallel region: the calling thread alone
+      q::linear_q4_0_team(x.data(), n, cols, b1.data(), rows, alone.data(), isa);
+      EXPECT_EQ(alone, h4) << q::isa_name(isa) << " n=" << n;
+    }
+  }
 }

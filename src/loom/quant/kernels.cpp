@@ -1,16 +1,18 @@
 // Quantized linear kernels (see kernels.h for the formats and the arithmetic contract).
 //
-// Layout of the work: the activation rows are quantized once per call into a scratch buffer
-// (int8 + one fp32 scale per 32-block, plus the per-path lane arrays below), then OpenMP splits the
-// output rows into contiguous chunks; each thread walks its rows R at a time (R weight rows share
-// every activation load) and the activations A at a time (A activations share every weight unpack).
+// Layout of the work: the activation rows are quantized into a scratch buffer (int8 + one fp32
+// scale per 32-block, plus the per-path lane arrays below), then OpenMP splits the output rows
+// into contiguous chunks; each thread walks its rows R at a time (R weight rows share every
+// activation load) and the activations A at a time (A activations share every weight unpack).
 //
-// The integer trick shared by the vector paths: vpdpbusd (AVX-512 VNNI) multiplies an unsigned
-// byte by a signed byte. The weights are made unsigned by an offset (int8 w + 128 by flipping the
-// sign bit; Q4_0's nibbles q are already 0..15 with the offset 8 built in) and the activations
-// stay signed; the offset's contribution, -128 * xq or -8 * xq summed over the four bytes of each
-// int32 lane, depends on the activation only, so it is computed once per call ("lane_corr") and
-// used as the accumulator's initial value: the lane sums come out exact at no cost in the loop.
+// The integer trick of the AVX-512 paths and of AVX2's Q4_0: vpdpbusd / vpmaddubsw multiply an
+// unsigned byte by a signed byte. The weights are made unsigned by an offset (int8 w + 128 by
+// flipping the sign bit; Q4_0's nibbles q are already 0..15 with the offset 8 built in) and the
+// activations stay signed; the offset's contribution, -128 * xq or -8 * xq summed over the four
+// bytes of each int32 lane, depends on the activation only, so it is computed once per call
+// ("lane_corr") and used as the accumulator's initial value (AVX2: added once per block): the
+// lane sums come out exact at no cost in the loop. (AVX2's int8 path can't use it: 255 * 127 * 2
+// overflows vpmaddubsw's int16 pairs; it moves the weights' sign onto the activations instead.)
 #include "loom/quant/kernels.h"
 
 // GCC 12's AVX-512 intrinsic headers build their "undefined" vectors by self-initialization,
@@ -180,9 +182,11 @@ bool isa_supported(Isa isa) {
       return true;
 #if LOOM_QUANT_X86
     case Isa::kAvx2:
+      __builtin_cpu_init();  // idempotent; needed if this runs before libgcc's own constructor
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("f16c");
     case Isa::kAvx512:
+      __builtin_cpu_init();
       // libgcc also checks that the OS saves the zmm state (XCR0) before reporting avx512*.
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
@@ -254,8 +258,9 @@ struct ActBuffer {
   }
 };
 
-// The calling thread's scratch, grown (never shrunk) to the largest call: OpenMP workers write
-// into the caller's buffer, so concurrent callers on different threads don't share one.
+// This thread's scratch, grown (never shrunk) to the largest call. Either each OpenMP thread
+// fills its own, or the workers fill the calling thread's (see drive); concurrent callers on
+// different threads never share one.
 ActBuffer activation_buffer(int64_t n, int64_t cols) {
   thread_local std::vector<uint8_t> storage;
   ActBuffer buf;
@@ -268,8 +273,8 @@ ActBuffer activation_buffer(int64_t n, int64_t cols) {
   return buf;
 }
 
-// The activation quantization every path shares (scalar, so all paths see identical xq and xs):
-// xs = max|x| / 127 per 32-block, xq = nearbyint(x * (1 / xs)) (ties to even), clamped.
+// The activation quantization of the reference and the AVX2/portable paths (prep_avx512 computes
+// the same bits): xs = max|x| / 127 per 32-block, xq = x * (1 / xs) rounded to nearest even.
 constexpr float kTinyActivation = 1e-30f;
 
 // Round to nearest, ties to even, for |v| < 2^22, as vcvtps2dq does under the default rounding
@@ -305,11 +310,10 @@ void q4_natural_corr(const ActRow& a, int64_t cols_p) {
 }
 
 // quantize_activation in AVX-512, bit-identical to it (the same max, the same scalar d and 1 / d,
-// one multiply per value, the same rounding: vcvtps2dq, ties to even), then the lane arrays:
-// natural order for int8 (split = false: lane l gets block l / 8's scale and -128 times the sum of
-// its 4 xq), or for Q4_0 (split =
-// true) xsplit with lane l of each four-block group holding block l / 4, bytes 4 * (l % 4) .. + 3
-// of both halves, its corr being -8 times the sum of those 8 values.
+// one multiply per value, the same rounding: vcvtps2dq, ties to even), then the lane arrays.
+// int8 (split = false), natural order: lane l gets block l / 8's scale and -128 times the sum of
+// its 4 xq. Q4_0 (split = true): xsplit, where lane l of each four-block group holds block l / 4,
+// bytes 4 * (l % 4) .. + 3 of both halves, its corr being -8 times the sum of those 8 values.
 LOOM_AVX512 void prep_avx512(const float* x, int64_t cols, const ActRow& a, int64_t cols_p, bool split) {
   const __m512i ones = _mm512_set1_epi8(1);
   for (int64_t b = 0; b < cols_p / kQ4Block; ++b) {
@@ -418,10 +422,10 @@ struct Table {
 // rows. Rows go to threads in contiguous chunks of kRowChunk; a chunk's weights (8 to 24 KB at
 // cols 512 to 1536 in int8) stay in L1 while all n activations pass over them once.
 template <class Prep>
-void drive(Problem& p, Prep prep, const KernelTable& table) {
+void drive(Problem& p, Prep prep, const KernelTable& table, bool team) {
   constexpr int64_t kRowChunk = 16;
   const int64_t chunks = (p.rows + kRowChunk - 1) / kRowChunk;
-  auto run_chunk = [&](int64_t chunk) {
+  auto run_chunk = [&table](const Problem& p, int64_t chunk) {
     const int64_t r_end = std::min(p.rows, (chunk + 1) * kRowChunk);
     for (int64_t i0 = 0; i0 < p.n; i0 += kMaxA) {
       const int A = static_cast<int>(std::min<int64_t>(kMaxA, p.n - i0));
@@ -430,21 +434,45 @@ void drive(Problem& p, Prep prep, const KernelTable& table) {
       }
     }
   };
+  if (team) {  // see linear_int8_team: every thread of the enclosing region is here
+    Problem mine = p;
+    mine.act = activation_buffer(p.n, p.cols);
+    for (int64_t i = 0; i < p.n; ++i) prep(mine, i);
+#pragma omp for schedule(static)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(mine, chunk);
+    return;  // after the omp for's barrier: y is complete
+  }
   // Below ~64K multiply-adds the fork/join costs more than a second thread saves. A serial call
   // stays out of OpenMP entirely: even a one-thread parallel region costs libgomp a team
   // allocation and futex calls, a microsecond per call.
-  const bool parallel = p.n * p.rows * p.cols >= (int64_t{1} << 16) && chunks > 1 && omp_get_max_threads() > 1;
+  const bool parallel = p.n * p.rows * p.cols >= (int64_t{1} << 16) && chunks > 1 && omp_get_max_threads() > 1 &&
+                        !omp_in_parallel();  // nested: the caller already splits the work
   if (!parallel) {
+    p.act = activation_buffer(p.n, p.cols);
     for (int64_t i = 0; i < p.n; ++i) prep(p, i);
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(chunk);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(p, chunk);
     return;
   }
+  // Few activations (decoding): every thread quantizes them all into its own buffer, which costs
+  // less than the barrier that sharing one buffer needs, and leaves only the join to wait on.
+  if (p.n * p.cols <= 4096) {
+#pragma omp parallel
+    {
+      Problem mine = p;
+      mine.act = activation_buffer(p.n, p.cols);
+      for (int64_t i = 0; i < p.n; ++i) prep(mine, i);
+#pragma omp for schedule(static) nowait
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(mine, chunk);
+    }
+    return;
+  }
+  p.act = activation_buffer(p.n, p.cols);
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < p.n; ++i) prep(p, i);
 #pragma omp for schedule(static)
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(chunk);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(p, chunk);
   }
 }
 
@@ -728,16 +756,18 @@ Isa resolve(Isa isa) {
 
 // ---- entry points ------------------------------------------------------------------------------
 
-void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
-                 int64_t rows, float* y, Isa isa) {
+namespace {
+
+void int8_impl(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale, int64_t rows,
+               float* y, Isa isa, bool team) {
   check(n >= 0 && rows >= 0 && cols >= 1, "linear_int8 needs n >= 0, rows >= 0, cols >= 1");
   if (n == 0 || rows == 0) return;
-  Problem p{x, n, cols, rows, w, scale, y, activation_buffer(n, cols)};
+  Problem p{x, n, cols, rows, w, scale, y, ActBuffer{}};
   isa = resolve(isa);
 #if LOOM_QUANT_X86
   if (isa == Isa::kAvx512) {
     auto prep = [](const Problem& p, int64_t i) { prep_avx512(p.x + i * p.cols, p.cols, p.act.row(i), p.act.cols_p, false); };
-    return drive(p, prep, Table<Int8Avx512>::table);
+    return drive(p, prep, Table<Int8Avx512>::table, team);
   }
 #endif
   auto prep = [](const Problem& p, int64_t i) {
@@ -745,21 +775,22 @@ void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const
     quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
   };
 #if LOOM_QUANT_X86
-  if (isa == Isa::kAvx2) return drive(p, prep, Table<Int8Avx2>::table);
+  if (isa == Isa::kAvx2) return drive(p, prep, Table<Int8Avx2>::table, team);
 #endif
-  drive(p, prep, Table<Int8Portable>::table);
+  drive(p, prep, Table<Int8Portable>::table, team);
 }
 
-void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y, Isa isa) {
+void q4_0_impl(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y, Isa isa,
+               bool team) {
   check(n >= 0 && rows >= 0 && cols >= 1 && cols % kQ4Block == 0,
         "linear_q4_0 needs n >= 0, rows >= 0 and cols a positive multiple of 32");
   if (n == 0 || rows == 0) return;
-  Problem p{x, n, cols, rows, w, nullptr, y, activation_buffer(n, cols)};
+  Problem p{x, n, cols, rows, w, nullptr, y, ActBuffer{}};
   isa = resolve(isa);
 #if LOOM_QUANT_X86
   if (isa == Isa::kAvx512) {
     auto prep = [](const Problem& p, int64_t i) { prep_avx512(p.x + i * p.cols, p.cols, p.act.row(i), p.act.cols_p, true); };
-    return drive(p, prep, Table<Q4Avx512>::table);
+    return drive(p, prep, Table<Q4Avx512>::table, team);
   }
   if (isa == Isa::kAvx2) {
     auto prep = [](const Problem& p, int64_t i) {
@@ -767,14 +798,35 @@ void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, in
       quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
       q4_natural_corr(a, p.act.cols_p);
     };
-    return drive(p, prep, Table<Q4Avx2>::table);
+    return drive(p, prep, Table<Q4Avx2>::table, team);
   }
 #endif
   auto prep = [](const Problem& p, int64_t i) {
     const ActRow a = p.act.row(i);
     quantize_activation(p.x + i * p.cols, p.cols, p.act.cols_p, a.xq, a.xs);
   };
-  drive(p, prep, Table<Q4Portable>::table);
+  drive(p, prep, Table<Q4Portable>::table, team);
+}
+
+}  // namespace
+
+void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
+                 int64_t rows, float* y, Isa isa) {
+  int8_impl(x, n, cols, w, scale, rows, y, isa, false);
+}
+
+void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y, Isa isa) {
+  q4_0_impl(x, n, cols, w, rows, y, isa, false);
+}
+
+void linear_int8_team(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
+                      int64_t rows, float* y, Isa isa) {
+  int8_impl(x, n, cols, w, scale, rows, y, isa, true);
+}
+
+void linear_q4_0_team(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y,
+                      Isa isa) {
+  q4_0_impl(x, n, cols, w, rows, y, isa, true);
 }
 
 void linear_int8_ref(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,

@@ -78,9 +78,10 @@ Isa best_isa();  // never kAuto
 const char* isa_name(Isa isa);
 
 // y[i][r] = sum_c x[i][c] * W[r][c] with W[r][c] = scale[r] * w[r][c] (see quantize_int8); any
-// cols >= 1. Threads: OpenMP over output rows (the caller's omp_set_num_threads); no allocation
-// after the first calls (the quantized activations live in a per-calling-thread buffer that
-// grows to the largest n * cols seen).
+// cols >= 1; x finite; y must not overlap x. Threads: OpenMP over output rows (the caller's
+// omp_set_num_threads; calls too small to gain from a second thread, and calls from inside a
+// parallel region, run on the calling thread). No allocation after the first calls: the
+// quantized activations live in per-thread buffers that grow to the largest n * cols seen.
 void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
                  int64_t rows, float* y, Isa isa = Isa::kAuto);
 
@@ -88,6 +89,19 @@ void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const
 // cols % 32 == 0.
 void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y,
                  Isa isa = Isa::kAuto);
+
+// The same, for callers that run a whole decode step inside one OpenMP parallel region (saving
+// a fork/join, ~1-3 us, per call): every thread of the enclosing team must call it with the same
+// arguments, like a collective; the rows are split among the team (an orphaned "omp for") and
+// every thread returns once all of y is written. Each thread quantizes all n activations itself,
+// so this is meant for small n. Outside a parallel region it runs on the calling thread alone.
+// Never call it from code that only some threads of a team execute (omp single, a loop body
+// of omp for): OpenMP worksharing must be met by the whole team. Validate arguments first: an
+// exception cannot leave a parallel region.
+void linear_int8_team(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
+                      int64_t rows, float* y, Isa isa = Isa::kAuto);
+void linear_q4_0_team(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y,
+                      Isa isa = Isa::kAuto);
 
 // The plain scalar references, single-threaded, defining the arithmetic every path computes:
 // each activation row is quantized per block b of 32 (xs_b = max|x_b| / 127, xq = nearbyint(x / xs_b)
