@@ -365,8 +365,8 @@ ImportSummary import_hf(const std::string& dir, const std::string& out_dir) {
   if (fs::exists(index)) {
     std::set<std::string> shards;
     try {
-      for (const auto& [name, file] : nlohmann::json::parse(read_file(index.string())).at("weight_map").items())
-        shards.insert(file.get<std::string>());
+      const auto j = nlohmann::json::parse(read_file(index.string()));  // kept alive for items()
+      for (const auto& [name, file] : j.at("weight_map").items()) shards.insert(file.get<std::string>());
     } catch (const nlohmann::json::exception& e) {
       fail("{}: {}", index.string(), e.what());
     }
