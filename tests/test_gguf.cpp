@@ -540,6 +540,7 @@ TEST_F(LlamaFormat, GgufMetadataHasLlamaCppsKeysAndTypes) {
                            "kv llama.rope.dimension_count UINT32 16", "kv llama.rope.freq_base FLOAT32 500.0",
                            "kv tokenizer.ggml.model STRING 'llama'", "kv tokenizer.ggml.bos_token_id UINT32 1",
                            "kv tokenizer.ggml.eos_token_id UINT32 2", "kv tokenizer.ggml.unknown_token_id UINT32 0",
+                           "kv tokenizer.ggml.add_space_prefix BOOL True", "kv tokenizer.ggml.add_bos_token BOOL False",
                            "tensor token_embd.weight [300, 64] Q8_0 aligned=True sequential=True",
                            "tensor blk.0.attn_norm.weight [64] F32 aligned=True sequential=True",
                            "tensor blk.0.attn_q.weight [64, 64] Q8_0", "tensor blk.0.attn_k.weight [32, 64] Q8_0",
@@ -715,6 +716,7 @@ TEST_F(LlamaFormat, GgufWithGpt2VocabularyKeepsItAsJson) {
   const std::string e = error_message([&] { require_tokenizer(back, "generate"); });
   EXPECT_NE(e.find("tokenizer.gguf.json"), std::string::npos) << e;
   expect_one_line_error(run_loom("generate '" + s.dir + "' --prompt hi"), "tokenizer.gguf.json");
+  expect_one_line_error(run_loom("eval '" + s.dir + "'"), "tokenizer.gguf.json");
 }
 
 TEST(SpmModel, ParsesAndRebuildsATrainedTokenizer) {

@@ -482,7 +482,8 @@ void export_gguf(LoadedModel& loaded, GgmlType type, const std::string& path, co
   if (vocab.unk_id >= 0) g.add("tokenizer.ggml.unknown_token_id", u32(vocab.unk_id));
   if (vocab.pad_id >= 0) g.add("tokenizer.ggml.padding_token_id", u32(vocab.pad_id));
   g.add("tokenizer.ggml.add_space_prefix", GgufValue::boolean(vocab.add_dummy_prefix));
-  g.add("tokenizer.ggml.add_bos_token", GgufValue::boolean(true));
+  // loom trains on paragraphs each ended by eos, never with bos (`loom generate` starts from eos).
+  g.add("tokenizer.ggml.add_bos_token", GgufValue::boolean(false));
   g.add("tokenizer.ggml.add_eos_token", GgufValue::boolean(false));
 
   add_gguf_tensor(g, "token_embd.weight", w.embed, type);
@@ -570,7 +571,7 @@ void export_hf(LoadedModel& loaded, const std::string& out_dir, GgmlType dtype) 
       {"eos_token", piece(eos)},
       {"unk_token", piece(vocab.unk_id)},
       {"pad_token", piece(vocab.pad_id)},
-      {"add_bos_token", true},
+      {"add_bos_token", false},  // loom trains without bos (paragraphs ended by eos)
       {"add_eos_token", false},
       {"legacy", true},  // plain SentencePiece encoding, as loom's tokenizer
       {"clean_up_tokenization_spaces", false},
