@@ -717,6 +717,25 @@ TEST_F(LlamaFormat, GgufWithGpt2VocabularyKeepsItAsJson) {
   EXPECT_NE(e.find("tokenizer.gguf.json"), std::string::npos) << e;
   expect_one_line_error(run_loom("generate '" + s.dir + "' --prompt hi"), "tokenizer.gguf.json");
   expect_one_line_error(run_loom("eval '" + s.dir + "'"), "tokenizer.gguf.json");
+  // Exported again, the file carries the same vocabulary keys with the same types.
+  export_gguf(back, GgmlType::kF32, *dir_ / "smol-again.gguf", "smol");
+  const GgufFile again = read_gguf(*dir_ / "smol-again.gguf"), original = read_gguf(*dir_ / "smol.gguf");
+  int keys = 0;
+  for (const auto& [key, value] : original.metadata) {
+    if (key.rfind("tokenizer.", 0) != 0) continue;
+    ++keys;
+    const GgufValue* v = again.find(key);
+    ASSERT_NE(v, nullptr) << key;
+    EXPECT_EQ(v->type, value.type) << key;
+    EXPECT_EQ(v->element_type, value.element_type) << key;
+    EXPECT_EQ(v->ints, value.ints) << key;
+    EXPECT_EQ(v->floats, value.floats) << key;
+    EXPECT_EQ(v->strings, value.strings) << key;
+  }
+  EXPECT_EQ(keys, 9);
+  EXPECT_LT(relative_error(python_logits("gguf", *dir_ / "smol-again.gguf"), logits(back)), 1e-5);
+  expect_one_line_error(run_loom("export '" + s.dir + "' --format hf --out '" + (*dir_ / "smol-hf") + "'"),
+                        "tokenizer.gguf.json");
 }
 
 TEST(SpmModel, ParsesAndRebuildsATrainedTokenizer) {
