@@ -738,6 +738,23 @@ TEST_F(LlamaFormat, GgufWithGpt2VocabularyKeepsItAsJson) {
                         "tokenizer.gguf.json");
 }
 
+TEST_F(LlamaFormat, GgufVocabularyThatSentencePieceRejectsIsAnImportError) {
+  auto loaded = load_checkpoint(make_checkpoint("novocab", llama("rope", true)));
+  const std::string plain = *dir_ / "novocab-plain.gguf";
+  export_gguf(loaded, GgmlType::kF32, plain, "x");
+  const GgufFile src = read_gguf(plain);
+  GgufWriter w;
+  for (auto [key, value] : src.metadata) {
+    if (key == "tokenizer.ggml.token_type") value.ints[0] = 1;  // <unk> no longer UNKNOWN: no unk piece
+    w.add(key, value);
+  }
+  for (const auto& t : src.tensors) w.add_tensor(t.name, t.shape, t.type, std::string(src.data(t), t.nbytes));
+  w.write(*dir_ / "novocab.gguf");
+  expect_one_line_error(run_loom("import '" + (*dir_ / "novocab.gguf") + "' --out '" + (*dir_ / "novocab-back") + "'"),
+                        "does not make a SentencePiece model");
+  EXPECT_FALSE(fs::exists(*dir_ / "novocab-back"));
+}
+
 TEST(SpmModel, ParsesAndRebuildsATrainedTokenizer) {
   TempDir dir;
   std::ofstream(dir / "t.txt") << "hello world, hello there.\nthe world is wide and the sea is deep.\n";

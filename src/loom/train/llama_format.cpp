@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "loom/data/spm_model.h"
+#include "loom/data/tokenizer.h"
 #include "loom/io/checkpoint.h"
 #include "loom/io/fs.h"
 #include "loom/io/safetensors.h"
@@ -283,6 +284,11 @@ ImportSummary import_gguf(const std::string& path, const std::string& out_dir) {
     summary.tokenizer = "none";
   } else if (model->as_string("tokenizer.ggml.model") == "llama") {
     files["tokenizer.model"] = spm_from_gguf(f);
+    try {  // SentencePiece itself validates the rebuilt model now rather than at the first load
+      Tokenizer::from_bytes(files["tokenizer.model"]);
+    } catch (const Error& e) {
+      fail("{}: the tokenizer.ggml.* vocabulary does not make a SentencePiece model: {}", path, e.what());
+    }
     summary.tokenizer = "sentencepiece";
   } else {
     nlohmann::json j = nlohmann::json::object();
