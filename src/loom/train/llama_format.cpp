@@ -17,7 +17,8 @@ namespace fs = std::filesystem;
 namespace {
 
 // A LLaMA decoder's weights with the fused loom projections split, [out, in] as nn.Linear
-// stores them; q and k rows in the pairing `adjacent` says.
+// stores them; q and k rows in one RoPE pairing (split_model: the one asked for; imports: the
+// file's own).
 struct LlamaLayer {
   torch::Tensor attn_norm, q, k, v, o, ffn_norm, gate, up, down;
 };
