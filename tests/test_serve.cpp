@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
+#include <fstream>
 #include <future>
 #include <thread>
 
@@ -95,6 +97,11 @@ std::vector<std::string> events(const std::string& body) {
     at = end + 2;
   }
   return out;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 void expect_error(const httplib::Result& r, int status, const std::string& code) {
@@ -431,4 +438,38 @@ TEST_F(Serve, ModelsHealthAndMetrics) {
 
 TEST_F(Serve, ServeCommandRefusesBadInput) {
   expect_one_line_error(run_loom("serve " + (tiny_->root / "nothing").string()), "no checkpoint");
+}
+
+// The command: serves on the port it logs, answers, and on SIGTERM finishes and exits with 0.
+TEST_F(Serve, ServeCommandAnswersAndStopsOnSigterm) {
+  const std::string log = (tiny_->root / "serve.log").string();
+  // Built before fork: the child of a threaded process may only exec.
+  const std::string command = "exec " + std::string(LOOM_BINARY) + " --threads 1 serve " + served_->dir +
+                              " --port 0 --model-name tiny --slots 2 2> " + log;
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // The log names the port once the server listens.
+  int port = 0;
+  for (int i = 0; i < 6000 && port == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const std::string text = read_text(log);
+    const size_t at = text.find("http://127.0.0.1:");
+    if (at != std::string::npos && text.find('\n', at) != std::string::npos) port = std::stoi(text.substr(at + 17));
+  }
+  ASSERT_GT(port, 0) << read_text(log);
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(120, 0);
+  auto r = client.Post("/v1/completions", json{{"prompt", "the cat"}, {"max_tokens", 4}}.dump(), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["model"], "tiny");
+  kill(pid, SIGTERM);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status << "\n" << read_text(log);
+  EXPECT_NE(read_text(log).find("finishing the requests in flight"), std::string::npos) << read_text(log);
 }
