@@ -171,6 +171,23 @@ TEST_F(Serve, GreedyCompletionEqualsGenerate) {
   EXPECT_FALSE(expected.text.empty());
 }
 
+// A prompt fed a few tokens per step (chunked prefill) ends in the same state as one fed whole.
+TEST_F(Serve, ChunkedPrefillGivesTheSameCompletion) {
+  SchedulerOptions scheduler;
+  scheduler.prefill_chunk = 2;
+  Running server(*served_, {}, scheduler);
+  const std::string prompt = "the cat sat on a mat and the dog ran to the hall";
+  const auto expected = greedy(*reference_, prompt, 12);
+  ASSERT_GT(expected.prompt_tokens, 6);
+  auto r = server.post("/v1/completions", {{"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["choices"][0]["text"], expected.text);
+  // Every step but the last of the prefill samples nothing.
+  const auto stats = server.scheduler().stats();
+  EXPECT_EQ(stats.steps, (expected.prompt_tokens + 1) / 2 + expected.completion_tokens - 1);
+}
+
 TEST_F(Serve, StreamedDeltasConcatenateToTheWholeText) {
   Running server(*served_, {});
   const auto expected = greedy(*reference_, "a dog ran", 14);
@@ -237,7 +254,7 @@ TEST_F(Serve, ChatCompletionUsesTheTemplateAndStreamsDeltas) {
 TEST_F(Serve, ConcurrentClientsEachGetWhatTheyGetAlone) {
   Running server(*served_, {});
   const std::vector<std::string> prompts{"the cat", "a dog ran to", "on the mat", "quickly", "hall and dog sat",
-                                         "the the the", "7.", "mat cat sat on a"};
+                                         "the the the", "7. café — naïve", "mat cat sat on a"};
   std::vector<Expected> expected;
   for (size_t i = 0; i < prompts.size(); ++i) expected.push_back(greedy(*reference_, prompts[i], 6 + 3 * static_cast<int64_t>(i % 4)));
   // Held until all eight wait, so that they overlap however the threads are scheduled.
