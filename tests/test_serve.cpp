@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
+#include <fstream>
 #include <future>
 #include <thread>
 
@@ -97,6 +99,11 @@ std::vector<std::string> events(const std::string& body) {
   return out;
 }
 
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
 void expect_error(const httplib::Result& r, int status, const std::string& code) {
   ASSERT_TRUE(r) << "no response";
   EXPECT_EQ(r->status, status) << r->body;
@@ -111,8 +118,7 @@ void expect_error(const httplib::Result& r, int status, const std::string& code)
 
 class Serve : public testing::Test {
  protected:
-  // A tiny model trained a few steps on the generated corpus, with its SentencePiece tokenizer:
-  // random enough to write varied text, trained enough to end some of it with eos.
+  // A tiny model with the SentencePiece tokenizer of a short training run on the generated corpus.
   static void SetUpTestSuite() {
     tiny_ = new TinyRun;
     TrainOptions options;
@@ -121,6 +127,15 @@ class Serve : public testing::Test {
     const auto checkpoint = train(recipe, options).checkpoint;
     served_ = new LoadedModel(load_checkpoint(checkpoint));
     reference_ = new LoadedModel(load_checkpoint(checkpoint));  // for generate(), off the server's threads
+    // Six steps leave the model writing much the same text after any prompt, which would hide
+    // rows mixed up between requests: large random weights make every prompt's continuation its own.
+    torch::manual_seed(11);
+    torch::NoGradGuard no_grad;
+    auto reference = reference_->model->named_parameters();
+    for (auto& item : served_->model->named_parameters()) {
+      item.value().normal_(0, 0.3);
+      reference[item.key()].copy_(item.value());
+    }
   }
   static void TearDownTestSuite() {
     delete served_;
@@ -154,6 +169,23 @@ TEST_F(Serve, GreedyCompletionEqualsGenerate) {
   EXPECT_EQ(body["usage"]["completion_tokens"], expected.completion_tokens);
   EXPECT_EQ(body["usage"]["total_tokens"], expected.prompt_tokens + expected.completion_tokens);
   EXPECT_FALSE(expected.text.empty());
+}
+
+// A prompt fed a few tokens per step (chunked prefill) ends in the same state as one fed whole.
+TEST_F(Serve, ChunkedPrefillGivesTheSameCompletion) {
+  SchedulerOptions scheduler;
+  scheduler.prefill_chunk = 2;
+  Running server(*served_, {}, scheduler);
+  const std::string prompt = "the cat sat on a mat and the dog ran to the hall";
+  const auto expected = greedy(*reference_, prompt, 12);
+  ASSERT_GT(expected.prompt_tokens, 6);
+  auto r = server.post("/v1/completions", {{"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["choices"][0]["text"], expected.text);
+  // Every step but the last of the prefill samples nothing.
+  const auto stats = server.scheduler().stats();
+  EXPECT_EQ(stats.steps, (expected.prompt_tokens + 1) / 2 + expected.completion_tokens - 1);
 }
 
 TEST_F(Serve, StreamedDeltasConcatenateToTheWholeText) {
@@ -222,7 +254,7 @@ TEST_F(Serve, ChatCompletionUsesTheTemplateAndStreamsDeltas) {
 TEST_F(Serve, ConcurrentClientsEachGetWhatTheyGetAlone) {
   Running server(*served_, {});
   const std::vector<std::string> prompts{"the cat", "a dog ran to", "on the mat", "quickly", "hall and dog sat",
-                                         "the the the", "7.", "mat cat sat on a"};
+                                         "the the the", "7. café — naïve", "mat cat sat on a"};
   std::vector<Expected> expected;
   for (size_t i = 0; i < prompts.size(); ++i) expected.push_back(greedy(*reference_, prompts[i], 6 + 3 * static_cast<int64_t>(i % 4)));
   // Held until all eight wait, so that they overlap however the threads are scheduled.
@@ -431,4 +463,38 @@ TEST_F(Serve, ModelsHealthAndMetrics) {
 
 TEST_F(Serve, ServeCommandRefusesBadInput) {
   expect_one_line_error(run_loom("serve " + (tiny_->root / "nothing").string()), "no checkpoint");
+}
+
+// The command: serves on the port it logs, answers, and on SIGTERM finishes and exits with 0.
+TEST_F(Serve, ServeCommandAnswersAndStopsOnSigterm) {
+  const std::string log = (tiny_->root / "serve.log").string();
+  // Built before fork: the child of a threaded process may only exec.
+  const std::string command = "exec " + std::string(LOOM_BINARY) + " --threads 1 serve " + served_->dir +
+                              " --port 0 --model-name tiny --slots 2 2> " + log;
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // The log names the port once the server listens.
+  int port = 0;
+  for (int i = 0; i < 6000 && port == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const std::string text = read_text(log);
+    const size_t at = text.find("http://127.0.0.1:");
+    if (at != std::string::npos && text.find('\n', at) != std::string::npos) port = std::stoi(text.substr(at + 17));
+  }
+  ASSERT_GT(port, 0) << read_text(log);
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(120, 0);
+  auto r = client.Post("/v1/completions", json{{"prompt", "the cat"}, {"max_tokens", 4}}.dump(), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["model"], "tiny");
+  kill(pid, SIGTERM);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status << "\n" << read_text(log);
+  EXPECT_NE(read_text(log).find("finishing the requests in flight"), std::string::npos) << read_text(log);
 }

@@ -300,7 +300,9 @@ struct Server::Impl {
     if (!parsed.stream) {
       const std::string text = completion->wait_all();
       const auto reason = completion->finish_reason();
-      if (reason == FinishReason::cancelled) throw ApiError{503, "the server is shutting down", "shutting_down"};
+      if (reason == FinishReason::cancelled)
+        throw ApiError{503, "the request was dropped before it finished: the server is shutting down (or its engine "
+                       "failed: see the server's log)", "shutting_down"};
       json choice{{"index", 0}, {"finish_reason", finish_reason_name(reason)}};
       if (chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
       else choice["text"] = text, choice["logprobs"] = nullptr;
