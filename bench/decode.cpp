@@ -79,7 +79,8 @@ double weight_bytes_per_token(const loom::ModelConfig& c, loom::WeightFormat for
 }  // namespace
 
 int main(int argc, char** argv) {
-  loom::ensure_runtime_environment(argc, argv);
+  // OpenMP threads spin between kernel calls, as llama.cpp's threads do.
+  loom::ensure_runtime_environment(argc, argv, loom::WaitPolicy::kActive);
   try {
     const std::string path = argc > 1 ? argv[1] : "recipes/bench/llama-512.yaml";
     const int threads = loom::configure_threads(argc > 2 ? std::atoi(argv[2]) : 2);

@@ -324,7 +324,7 @@ TEST(FastEngine, GptqThroughTheEngineLowersEveryLayersError) {
     if (weights.count(p.key())) EXPECT_FALSE(torch::equal(p.value(), dequantize(weights.at(p.key())))) << p.key();
 }
 
-TEST(Cli, QuantizeEvalAndRefuseToRequantize) {
+TEST(QuantizeCli, QuantizeEvalAndRefuseToRequantize) {
   TinyRun run;
   const std::string recipe = (run.root / "recipe.yaml").string();
   {

@@ -1,5 +1,6 @@
 // loom: one binary, one table of subcommands.
 #include <cstdio>
+#include <cstring>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -35,7 +36,18 @@ const Command kCommands[] = {
 }  // namespace
 
 int main(int argc, char** argv) {
-  loom::ensure_runtime_environment(argc, argv);
+  // Decoding commands keep OpenMP's threads spinning between the many short kernel calls of a
+  // token; a server spins a while, then sleeps between requests.
+  auto policy = loom::WaitPolicy::kPassive;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--threads") == 0) ++i;  // skip its value
+    else if (argv[i][0] != '-') {                      // the subcommand
+      if (std::strcmp(argv[i], "generate") == 0) policy = loom::WaitPolicy::kActive;
+      if (std::strcmp(argv[i], "serve") == 0) policy = loom::WaitPolicy::kSpinThenSleep;
+      break;
+    }
+  }
+  loom::ensure_runtime_environment(argc, argv, policy);
   // Logs and progress go to stderr; stdout carries results (generated text, scores).
   spdlog::set_default_logger(spdlog::stderr_color_mt("loom"));
   spdlog::set_pattern("[%H:%M:%S] %^%l%$: %v");

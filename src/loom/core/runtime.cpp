@@ -12,10 +12,11 @@
 
 namespace loom {
 
-void ensure_runtime_environment(int argc, char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  // Passive waiting keeps idle OpenMP workers off the cores OpenBLAS is using.
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+void ensure_runtime_environment(int argc, char** argv, WaitPolicy policy) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("LOOM_RUNTIME_READY") != nullptr) return;
+  setenv("LOOM_RUNTIME_READY", "1", 1);  // the re-executed program leaves things as they are
+  if (policy == WaitPolicy::kPassive) setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  if (policy == WaitPolicy::kActive) setenv("OMP_WAIT_POLICY", "ACTIVE", 1);
   std::vector<char*> args(argv, argv + argc);
   args.push_back(nullptr);
   execv("/proc/self/exe", args.data());

@@ -8,10 +8,17 @@
 
 namespace loom {
 
+// How idle OpenMP threads wait for the next parallel region.
+//   kPassive: they sleep at once (training: keeps them off the cores OpenBLAS's threads use);
+//   kActive: they spin (decoding: a token's many short kernel calls would otherwise each pay a
+//            futex wake-up, about a millisecond per token here);
+//   kSpinThenSleep: libgomp's default, spin a while then sleep (a server between requests).
+enum class WaitPolicy { kPassive, kActive, kSpinThenSleep };
+
 // Call first thing in main(). OpenMP reads OMP_WAIT_POLICY when its library loads, before
-// main(), so when it is unset this sets it to PASSIVE and re-executes the program; returns
-// only if no re-exec was needed (or it failed).
-void ensure_runtime_environment(int argc, char** argv);
+// main(), so unless the user set OMP_WAIT_POLICY this sets it as `policy` says and re-executes
+// the program once; returns only if no re-exec was needed (or it failed).
+void ensure_runtime_environment(int argc, char** argv, WaitPolicy policy = WaitPolicy::kPassive);
 
 struct BlasInfo {
   std::string name;              // "OpenBLAS", "reference BLAS", ...
