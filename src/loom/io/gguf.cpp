@@ -1,5 +1,7 @@
 #include "loom/io/gguf.h"
 
+#include "loom/quant/kernels.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -161,14 +163,6 @@ constexpr int64_t kQK = 32;  // weights per Q4_0/Q4_1/Q8_0 block
 constexpr int64_t kQK_K = 256;
 
 #pragma pack(push, 1)
-struct BlockQ8_0 {
-  uint16_t d;
-  int8_t qs[kQK];
-};
-struct BlockQ4_0 {
-  uint16_t d;
-  uint8_t qs[kQK / 2];
-};
 struct BlockQ4_1 {
   uint16_t d, m;
   uint8_t qs[kQK / 2];
@@ -180,36 +174,14 @@ struct BlockQ6_K {
   uint16_t d;
 };
 #pragma pack(pop)
-static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 &&
-              sizeof(BlockQ6_K) == 210);
-
-void quantize_q8_0(const float* x, int64_t n, BlockQ8_0* y) {
-  for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
-    float amax = 0;
-    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
-    const float d = amax / 127.0f;
-    const float id = d != 0 ? 1.0f / d : 0.0f;
-    y[b].d = fp32_to_fp16(d);
-    for (int j = 0; j < kQK; ++j) y[b].qs[j] = static_cast<int8_t>(std::round(x[j] * id));  // roundf
-  }
-}
-
-void quantize_q4_0(const float* x, int64_t n, BlockQ4_0* y) {
-  for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
-    float amax = 0, max = 0;  // max: the signed value of largest magnitude (the first one)
-    for (int j = 0; j < kQK; ++j) {
-      if (amax < std::fabs(x[j])) amax = std::fabs(x[j]), max = x[j];
-    }
-    const float d = max / -8.0f;
-    const float id = d != 0 ? 1.0f / d : 0.0f;
-    y[b].d = fp32_to_fp16(d);
-    for (int j = 0; j < kQK / 2; ++j) {
-      const int lo = std::min(15, static_cast<int>(static_cast<int8_t>(x[j] * id + 8.5f)));
-      const int hi = std::min(15, static_cast<int>(static_cast<int8_t>(x[j + kQK / 2] * id + 8.5f)));
-      y[b].qs[j] = static_cast<uint8_t>(lo | (hi << 4));
-    }
-  }
-}
+static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ6_K) == 210);
+// Q8_0 and Q4_0 (blocks, quantizers, fp16) are quant/kernels.h's, which the matrix kernels share.
+using quant::BlockQ4_0;
+using quant::BlockQ8_0;
+using quant::dequantize_q4_0;
+using quant::dequantize_q8_0;
+using quant::quantize_q4_0;
+using quant::quantize_q8_0;
 
 void quantize_q4_1(const float* x, int64_t n, BlockQ4_1* y) {
   for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
@@ -223,23 +195,6 @@ void quantize_q4_1(const float* x, int64_t n, BlockQ4_1* y) {
       const int lo = std::min(15, static_cast<int>(static_cast<int8_t>((x[j] - min) * id + 0.5f)));
       const int hi = std::min(15, static_cast<int>(static_cast<int8_t>((x[j + kQK / 2] - min) * id + 0.5f)));
       y[b].qs[j] = static_cast<uint8_t>(lo | (hi << 4));
-    }
-  }
-}
-
-void dequantize_q8_0(const BlockQ8_0* x, int64_t n, float* y) {
-  for (int64_t b = 0; b < n / kQK; ++b) {
-    const float d = fp16_to_fp32(x[b].d);
-    for (int j = 0; j < kQK; ++j) *y++ = x[b].qs[j] * d;
-  }
-}
-
-void dequantize_q4_0(const BlockQ4_0* x, int64_t n, float* y) {
-  for (int64_t b = 0; b < n / kQK; ++b, y += kQK) {
-    const float d = fp16_to_fp32(x[b].d);
-    for (int j = 0; j < kQK / 2; ++j) {
-      y[j] = static_cast<float>((x[b].qs[j] & 0x0F) - 8) * d;
-      y[j + kQK / 2] = static_cast<float>((x[b].qs[j] >> 4) - 8) * d;
     }
   }
 }
@@ -393,37 +348,8 @@ uint64_t ggml_nbytes(GgmlType type, int64_t n) {
   return static_cast<uint64_t>(n / info.block_size) * static_cast<uint64_t>(info.type_size);
 }
 
-// ggml's fp32 <-> fp16 (ggml-impl.h, after Maratyszcza's FP16 library): exact, round to nearest
-// even, NaN kept NaN. Relies on IEEE float arithmetic (no -ffast-math).
-uint16_t fp32_to_fp16(float f) {
-  const float scale_to_inf = bits_float(0x77800000u);   // 2^112
-  const float scale_to_zero = bits_float(0x08800000u);  // 2^-110
-  float base = (std::fabs(f) * scale_to_inf) * scale_to_zero;
-  const uint32_t w = float_bits(f);
-  const uint32_t shl1_w = w + w;
-  const uint32_t sign = w & 0x80000000u;
-  uint32_t bias = shl1_w & 0xFF000000u;
-  if (bias < 0x71000000u) bias = 0x71000000u;
-  base = bits_float((bias >> 1) + 0x07800000u) + base;
-  const uint32_t bits = float_bits(base);
-  const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
-  const uint32_t mantissa_bits = bits & 0x00000FFFu;
-  const uint32_t nonsign = exp_bits + mantissa_bits;
-  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
-}
-
-float fp16_to_fp32(uint16_t h) {
-  const uint32_t w = static_cast<uint32_t>(h) << 16;
-  const uint32_t sign = w & 0x80000000u;
-  const uint32_t two_w = w + w;
-  const uint32_t exp_offset = 0xE0u << 23;
-  const float exp_scale = bits_float(0x07800000u);  // 2^-112
-  const float normalized = bits_float((two_w >> 4) + exp_offset) * exp_scale;
-  const uint32_t magic_mask = 126u << 23;
-  const float denormalized = bits_float((two_w >> 17) | magic_mask) - 0.5f;
-  const uint32_t denormalized_cutoff = 1u << 27;
-  return bits_float(sign | (two_w < denormalized_cutoff ? float_bits(denormalized) : float_bits(normalized)));
-}
+uint16_t fp32_to_fp16(float f) { return quant::fp32_to_fp16(f); }
+float fp16_to_fp32(uint16_t h) { return quant::fp16_to_fp32(h); }
 
 std::string ggml_quantize(GgmlType type, const float* x, int64_t n) {
   std::string out(ggml_nbytes(type, n), '\0');

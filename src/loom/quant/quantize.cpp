@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "loom/core/error.h"
+#include "loom/quant/kernels.h"
 #include "loom/core/shape.h"
 
 namespace loom {
@@ -12,14 +13,12 @@ namespace {
 constexpr int64_t kGroup = 32;       // weights per Q4_0 block
 constexpr int64_t kBlockBytes = 18;  // fp16 d + 16 bytes of nibbles
 
-uint16_t half_bits(float x) {
-  const c10::Half h(x);  // round to nearest even
-  return h.x;
-}
-float half_value(uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); }
+uint16_t half_bits(float x) { return quant::fp32_to_fp16(x); }
+float half_value(uint16_t bits) { return quant::fp16_to_fp32(bits); }
 
-// llama.cpp's Q4_0 rounding of one value with inverse scale id: (int8)(x * id + 8.5), at most 15.
-// Values below the range (only GPTQ's updated columns can be) clamp to 0.
+// GPTQ quantizes column by column, so it needs Q4_0's rounding per value (quant::quantize_q4_0
+// does whole blocks). llama.cpp's rule with inverse scale id: (int8)(x * id + 8.5), at most 15;
+// values below the range (only GPTQ's updated columns can be) clamp to 0.
 uint8_t q4_level(float x, float id) {
   const float v = x * id + 8.5f;
   if (v < 1.0f) return 0;
@@ -60,43 +59,25 @@ QuantizedLinear quantize_rtn(const torch::Tensor& weight, QuantFormat format) {
   out.format = format;
   out.rows = w.size(0), out.cols = w.size(1);
   if (format == QuantFormat::kInt8) {
-    auto amax = w.abs().amax(1);  // [rows]
-    out.scale = amax / 127.0;
-    auto inv = torch::where(amax > 0, 127.0 / amax, torch::zeros_like(amax));
-    out.q = (w * inv.unsqueeze(1)).round().clamp(-127, 127).to(torch::kChar);
+    out.q = torch::empty({out.rows, out.cols}, torch::kChar);
+    out.scale = torch::empty({out.rows}, torch::kFloat);
+    quant::quantize_int8(w.data_ptr<float>(), out.rows, out.cols, out.q.data_ptr<int8_t>(), out.scale.data_ptr<float>());
     return out;
   }
-  const int64_t blocks = out.cols / kGroup;
-  out.q = torch::empty({out.rows, blocks * kBlockBytes}, torch::kByte);
-  const float* src = w.data_ptr<float>();
-  uint8_t* dst = out.q.data_ptr<uint8_t>();
-  uint8_t levels[kGroup];
-  for (int64_t b = 0; b < out.rows * blocks; ++b) {
-    const float* x = src + b * kGroup;
-    const float d = q4_scale(x, 1);
-    const float id = d != 0 ? 1.0f / d : 0.0f;
-    for (int64_t j = 0; j < kGroup; ++j) levels[j] = q4_level(x[j], id);
-    write_block(dst + b * kBlockBytes, d, levels);
-  }
+  out.q = torch::empty({out.rows, out.cols / kGroup * kBlockBytes}, torch::kByte);
+  quant::quantize_q4_0(w.data_ptr<float>(), w.numel(), reinterpret_cast<quant::BlockQ4_0*>(out.q.data_ptr<uint8_t>()));
   return out;
 }
 
 torch::Tensor dequantize(const QuantizedLinear& q) {
-  if (q.format == QuantFormat::kInt8) return q.q.to(torch::kFloat) * q.scale.unsqueeze(1);
   auto out = torch::empty({q.rows, q.cols}, torch::kFloat);
-  const uint8_t* src = q.q.contiguous().data_ptr<uint8_t>();
-  float* dst = out.data_ptr<float>();
-  for (int64_t b = 0; b < q.rows * q.cols / kGroup; ++b) {
-    const uint8_t* block = src + b * kBlockBytes;
-    uint16_t bits;
-    std::memcpy(&bits, block, 2);
-    const float d = half_value(bits);
-    float* y = dst + b * kGroup;
-    for (int j = 0; j < 16; ++j) {
-      y[j] = d * static_cast<float>((block[2 + j] & 0x0F) - 8);
-      y[j + 16] = d * static_cast<float>((block[2 + j] >> 4) - 8);
-    }
-  }
+  const auto data = q.q.contiguous();
+  if (q.format == QuantFormat::kInt8)
+    quant::dequantize_int8(data.data_ptr<int8_t>(), q.scale.contiguous().data_ptr<float>(), q.rows, q.cols,
+                           out.data_ptr<float>());
+  else
+    quant::dequantize_q4_0(reinterpret_cast<const quant::BlockQ4_0*>(data.data_ptr<uint8_t>()), q.rows * q.cols,
+                           out.data_ptr<float>());
   return out;
 }
 
