@@ -129,7 +129,11 @@ def full_logits(path):
 def main():
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "tokens":
-        json.dump(tokens(), sys.stdout, ensure_ascii=False, indent=1)
+        out = tokens()
+        cases = out.pop("cases")
+        head = json.dumps(out, ensure_ascii=False)[:-1]
+        lines = [json.dumps(c, ensure_ascii=False) for c in cases]  # one case a line
+        sys.stdout.write(head + ', "cases": [\n' + ",\n".join(lines) + "\n]}")
     elif cmd == "logits":
         json.dump(logits(), sys.stdout, indent=None, separators=(",", ":"))
     elif cmd == "full-logits":
