@@ -6,13 +6,18 @@ scripts/fetch_smollm2.sh fetches.
   .venv/bin/python scripts/smollm2_reference.py tokens  > tests/data/smollm2_tokens.json
   .venv/bin/python scripts/smollm2_reference.py logits  > tests/data/smollm2_logits.json
   .venv/bin/python scripts/smollm2_reference.py full-logits OUT.npz   (every logit, not committed)
+  .venv/bin/python scripts/smollm2_reference.py compare DIR  (every logit against loom's, written to
+      DIR by `LOOM_SMOLLM2_LOGITS_OUT=DIR build/loom_tests --gtest_filter=SmolLM2.Logits*`)
 
 tokens: for each text of TEXTS, llama.cpp's ids with special tokens parsed and not
 (Llama.tokenize(text, add_bos=False, special=...)).
 logits: for each prompt of PROMPTS (ids as llama.cpp tokenizes them, no bos: the GGUF says
 add_bos_token = false), llama.cpp's logits over the prompt (logits_all, 2 threads): per position
 the top-K ids and logits and the logits of a fixed sample of ids; then the greedy continuation
-(argmax of each step's logits, up to N_NEW tokens or eos)."""
+(argmax of each step's logits, up to N_NEW tokens or eos) with each step's top-K. Twice: on the
+Q4_1 file ("prompts") and on the same weights dequantized to F32 by gguf-py ("prompts_f32",
+data/smollm2/SmolLM2-135M-Instruct.F32.gguf, written on first use): llama.cpp rounds activations to
+8 bits for Q4_1/Q8_0 dot products but computes F32 weights in fp32."""
 import json
 import os
 import sys
@@ -62,9 +67,39 @@ PROMPTS = [
 ]
 
 
-def llama(**kw):
+GGUF_F32 = os.path.join(ROOT, "data", "smollm2", "SmolLM2-135M-Instruct.F32.gguf")
+
+
+def llama(path=GGUF, **kw):
     from llama_cpp import Llama
-    return Llama(model_path=GGUF, n_threads=THREADS, n_threads_batch=THREADS, verbose=False, **kw)
+    return Llama(model_path=path, n_threads=THREADS, n_threads_batch=THREADS, verbose=False, **kw)
+
+
+def write_f32_gguf():
+    """The Q4_1 file with every tensor dequantized to F32 by gguf-py (the weights loom imports).
+    llama.cpp multiplies F32 weights in fp32, so this separates its 8-bit activation rounding
+    (Q4_1/Q8_0 dot products) from any difference in the model itself."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from gguf.quants import dequantize
+    r = GGUFReader(GGUF)
+    w = GGUFWriter(GGUF_F32 + ".tmp", "llama")
+    for k, f in r.fields.items():
+        if k.startswith("GGUF.") or k == "general.architecture":
+            continue
+        if k == "general.file_type":
+            w.add_uint32(k, 0)  # ALL_F32
+        elif f.types[0] == GGUFValueType.ARRAY:
+            w.add_key_value(k, f.contents(), f.types[0], sub_type=f.types[-1])
+        else:
+            w.add_key_value(k, f.contents(), f.types[0])
+    for t in r.tensors:
+        w.add_tensor(t.name, dequantize(t.data, t.tensor_type).astype(np.float32)
+                     .reshape([int(x) for x in reversed(t.shape)]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(GGUF_F32 + ".tmp", GGUF_F32)
 
 
 def tokens():
@@ -79,15 +114,20 @@ def tokens():
     return out
 
 
-def run_prompt(llm, ids):
-    """Logits over the prompt (rows of llm.scores) and the greedy continuation."""
+def run_prompt(llm, ids, steps=None):
+    """Logits over the prompt (rows of llm.scores) and the greedy continuation; `steps`, if a list,
+    gets each greedy step's top-K ids and logits."""
     llm.reset()
     llm.eval(ids)
     logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
     new, eos = [], llm.token_eos()
     for _ in range(N_NEW):
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        tok = int(np.argmax(row))
         new.append(tok)
+        if steps is not None:
+            top = np.argsort(-row, kind="stable")[:TOP_K]
+            steps.append({"top_ids": top.tolist(), "top_logits": [round(float(row[i]), 4) for i in top]})
         if tok == eos:
             break
         llm.eval([tok])
@@ -95,23 +135,33 @@ def run_prompt(llm, ids):
 
 
 def logits():
+    """Both files: "prompts" from the Q4_1 GGUF, "prompts_f32" from its F32 dequantization."""
     import llama_cpp
-    llm = llama(n_ctx=512, logits_all=True)
-    vocab = llm.n_vocab()
+    if not os.path.exists(GGUF_F32):
+        write_f32_gguf()
+    vocab = llama(vocab_only=True).n_vocab()
     sample = np.random.default_rng(1234).choice(vocab, N_SAMPLE, replace=False).tolist()
     out = {"llama_cpp_python": llama_cpp.__version__, "gguf": os.path.basename(GGUF), "threads": THREADS,
-           "sample_ids": sorted(sample), "prompts": []}
+           "sample_ids": sorted(sample)}
+    out["prompts"] = prompt_logits(llama(GGUF, n_ctx=512, logits_all=True), out["sample_ids"])
+    out["prompts_f32"] = prompt_logits(llama(GGUF_F32, n_ctx=512, logits_all=True), out["sample_ids"])
+    return out
+
+
+def prompt_logits(llm, sample_ids):
+    prompts = []
     for p in PROMPTS:
         ids = llm.tokenize(p["text"].encode(), add_bos=False, special=True)
-        lg, new = run_prompt(llm, ids)
+        steps = []
+        lg, new = run_prompt(llm, ids, steps)
         positions = []
         for row in lg:
             top = np.argsort(-row, kind="stable")[:TOP_K]
             positions.append({"top_ids": top.tolist(), "top_logits": [round(float(row[i]), 4) for i in top],
-                              "sample_logits": [round(float(row[i]), 4) for i in out["sample_ids"]]})
-        out["prompts"].append({"name": p["name"], "text": p["text"], "ids": ids, "positions": positions,
-                               "greedy": new})
-    return out
+                              "sample_logits": [round(float(row[i]), 4) for i in sample_ids]})
+        prompts.append({"name": p["name"], "text": p["text"], "ids": ids, "positions": positions,
+                        "greedy": new, "greedy_steps": steps})
+    return prompts
 
 
 def full_logits(path):
@@ -126,6 +176,32 @@ def full_logits(path):
     np.savez(path, **arrays)
 
 
+def compare(loom_dir):
+    """Every logit: loom's (LOOM_SMOLLM2_LOGITS_OUT=DIR of tests/test_smollm2.cpp) vs llama.cpp's,
+    on the Q4_1 file and on its F32 dequantization."""
+    if not os.path.exists(GGUF_F32):
+        write_f32_gguf()
+    for path in (GGUF, GGUF_F32):
+        print(os.path.basename(path))
+        compare_file(llama(path, n_ctx=512, logits_all=True), loom_dir)
+
+
+def compare_file(llm, loom_dir):
+    for p in PROMPTS:
+        ids = llm.tokenize(p["text"].encode(), add_bos=False, special=True)
+        ref, _ = run_prompt(llm, ids)
+        got = np.fromfile(os.path.join(loom_dir, p["name"] + ".f32"), dtype=np.float32).reshape(ref.shape)
+        diff = np.abs(got - ref)
+        agree = int((got.argmax(1) == ref.argmax(1)).sum())
+        # The same logits up to a shift matter for sampling: compare log-softmax too.
+        def lsm(x):
+            x = x - x.max(1, keepdims=True)
+            return x - np.log(np.exp(x).sum(1, keepdims=True))
+        print(f"{p['name']}: {len(ids)} positions x {ref.shape[1]} logits: max |diff| {diff.max():.4f}, "
+              f"mean {diff.mean():.4f}, logit range {ref.min():.1f}..{ref.max():.1f}, argmax agrees {agree}/{len(ids)}, "
+              f"max |log-softmax diff| {np.abs(lsm(got) - lsm(ref)).max():.4f}")
+
+
 def main():
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "tokens":
@@ -138,6 +214,8 @@ def main():
         json.dump(logits(), sys.stdout, indent=None, separators=(",", ":"))
     elif cmd == "full-logits":
         full_logits(sys.argv[2])
+    elif cmd == "compare":
+        compare(sys.argv[2])
     else:
         sys.exit(__doc__)
     if cmd in ("tokens", "logits"):
