@@ -233,7 +233,7 @@ from gguf import quants
 out, d = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(5)
 w = gguf.GGUFWriter(out, 'llama')   # adds general.architecture
-w.add_uint32('general.alignment', 64)
+w.add_custom_alignment(64)  # sets the key and the writer's padding
 w.add_uint8('k.u8', 7); w.add_int16('k.i16', -5); w.add_uint64('k.u64', 2**40 + 3)
 w.add_float32('k.f32', 1e-5); w.add_float64('k.f64', -2.5); w.add_bool('k.bool', False)
 w.add_string('k.str', 'smollm'); w.add_array('k.strs', ['Ġ t', 'i n'])
@@ -249,7 +249,7 @@ for qt in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0, gguf.
 # Q6_K blocks of random bytes with a sane fp16 scale, and gguf-py's decoding of them.
 q6 = rng.integers(0, 256, size=(2, 210), dtype=np.uint8)
 q6[:, 208:210] = np.array([0.01, -0.02], dtype=np.float16).view(np.uint8).reshape(2, 2)
-w.add_tensor('q6_k', q6, raw_shape=(1, 512), raw_dtype=gguf.GGMLQuantizationType.Q6_K)
+w.add_tensor('q6_k', q6.reshape(1, 420), raw_shape=(1, 420), raw_dtype=gguf.GGMLQuantizationType.Q6_K)
 quants.dequantize(q6.reshape(1, 420), gguf.GGMLQuantizationType.Q6_K).astype(np.float32).tofile(d + '/q6_k.f32')
 w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 )PY";
@@ -540,13 +540,14 @@ TEST_F(LlamaFormat, GgufMetadataHasLlamaCppsKeysAndTypes) {
                            "kv llama.rope.dimension_count UINT32 16", "kv llama.rope.freq_base FLOAT32 500.0",
                            "kv tokenizer.ggml.model STRING 'llama'", "kv tokenizer.ggml.bos_token_id UINT32 1",
                            "kv tokenizer.ggml.eos_token_id UINT32 2", "kv tokenizer.ggml.unknown_token_id UINT32 0",
+                           "kv tokenizer.ggml.add_space_prefix BOOL True", "kv tokenizer.ggml.add_bos_token BOOL False",
                            "tensor token_embd.weight [300, 64] Q8_0 aligned=True sequential=True",
                            "tensor blk.0.attn_norm.weight [64] F32 aligned=True sequential=True",
                            "tensor blk.0.attn_q.weight [64, 64] Q8_0", "tensor blk.0.attn_k.weight [32, 64] Q8_0",
                            "tensor blk.1.ffn_down.weight [64, 96] Q8_0", "tensor blk.1.ffn_gate.weight [96, 64] Q8_0",
                            "tensor output_norm.weight [64] F32"})
     EXPECT_NE(out.find(line), std::string::npos) << line << "\nin:\n" << out;
-  EXPECT_EQ(out.find("output.weight"), std::string::npos) << "tied: no output.weight";
+  EXPECT_EQ(out.find("tensor output.weight"), std::string::npos) << "tied: no output.weight";
   EXPECT_NE(out.find("kv tokenizer.ggml.tokens ARRAY/STRING ['<unk>', '<s>', '</s>', '<0x00>'"), std::string::npos) << out;
   EXPECT_NE(out.find("kv tokenizer.ggml.token_type ARRAY/INT32 [2, 3, 3, 6, 6"), std::string::npos) << out;
   EXPECT_EQ(out.find("bitexact=False"), std::string::npos) << out;
@@ -556,8 +557,11 @@ TEST_F(LlamaFormat, GgufMetadataHasLlamaCppsKeysAndTypes) {
 TEST_F(LlamaFormat, QuantizedGgufExportsStayClose) {
   auto original = load_checkpoint(make_checkpoint("quant", llama("rope", /*tied=*/true)));
   const auto want = logits(original);
-  for (const auto& [type, tolerance] : {std::pair{GgmlType::kF16, 2e-3}, std::pair{GgmlType::kQ8_0, 2e-2},
-                                        std::pair{GgmlType::kQ4_0, 0.25}}) {
+  // These random weights make a sensitive model (peaked attention): the bounds are loose, the
+  // order of the errors is the point.
+  double previous = 0;
+  for (const auto& [type, tolerance] : {std::pair{GgmlType::kF16, 5e-3}, std::pair{GgmlType::kQ8_0, 0.08},
+                                        std::pair{GgmlType::kQ4_0, 0.6}}) {
     SCOPED_TRACE(ggml_type_info(type).name);
     const std::string file = *dir_ / (std::string("q-") + ggml_type_info(type).name + ".gguf");
     export_gguf(original, type, file, "q");
@@ -565,7 +569,8 @@ TEST_F(LlamaFormat, QuantizedGgufExportsStayClose) {
     EXPECT_TRUE(back.recipe.model.tie_embeddings);
     const double error = relative_error(logits(back), want);
     EXPECT_LT(error, tolerance);
-    EXPECT_GT(error, 0.0);
+    EXPECT_GT(error, 2 * previous);
+    previous = error;
     // What loom imports is what gguf-py decodes.
     EXPECT_LT(relative_error(python_logits("gguf", file), logits(back)), 1e-5);
   }
@@ -712,6 +717,25 @@ TEST_F(LlamaFormat, GgufWithGpt2VocabularyKeepsItAsJson) {
   EXPECT_EQ(back.tokenizer.prompt_prefix(), std::vector<int>{});  // add_bos_token false: no start token
   // The weights are those of the Q4_1 file, decoded as gguf-py decodes them.
   EXPECT_LT(relative_error(python_logits("gguf", *dir_ / "smol.gguf"), logits(back)), 1e-5);
+  // Exported again, the file carries the same vocabulary keys with the same types.
+  export_gguf(back, GgmlType::kF32, *dir_ / "smol-again.gguf", "smol");
+  const GgufFile again = read_gguf(*dir_ / "smol-again.gguf"), original = read_gguf(*dir_ / "smol.gguf");
+  int keys = 0;
+  for (const auto& [key, value] : original.metadata) {
+    if (key.rfind("tokenizer.", 0) != 0) continue;
+    ++keys;
+    const GgufValue* v = again.find(key);
+    ASSERT_NE(v, nullptr) << key;
+    EXPECT_EQ(v->type, value.type) << key;
+    EXPECT_EQ(v->element_type, value.element_type) << key;
+    EXPECT_EQ(v->ints, value.ints) << key;
+    EXPECT_EQ(v->floats, value.floats) << key;
+    EXPECT_EQ(v->strings, value.strings) << key;
+  }
+  EXPECT_EQ(keys, 9);
+  EXPECT_LT(relative_error(python_logits("gguf", *dir_ / "smol-again.gguf"), logits(back)), 1e-5);
+  expect_one_line_error(run_loom("export '" + s.dir + "' --format hf --out '" + (*dir_ / "smol-hf") + "'"),
+                        "tokenizer.gguf.json");
   // Any other kind of GGUF vocabulary loads without a tokenizer; commands that need text say why.
   auto other = j;
   other["model"] = "bert";
@@ -721,6 +745,24 @@ TEST_F(LlamaFormat, GgufWithGpt2VocabularyKeepsItAsJson) {
   const std::string e = error_message([&] { require_tokenizer(foreign, "generate"); });
   EXPECT_NE(e.find("tokenizer.gguf.json"), std::string::npos) << e;
   expect_one_line_error(run_loom("generate '" + s.dir + "' --prompt hi"), "tokenizer.gguf.json");
+  expect_one_line_error(run_loom("eval '" + s.dir + "'"), "tokenizer.gguf.json");
+}
+
+TEST_F(LlamaFormat, GgufVocabularyThatSentencePieceRejectsIsAnImportError) {
+  auto loaded = load_checkpoint(make_checkpoint("novocab", llama("rope", true)));
+  const std::string plain = *dir_ / "novocab-plain.gguf";
+  export_gguf(loaded, GgmlType::kF32, plain, "x");
+  const GgufFile src = read_gguf(plain);
+  GgufWriter w;
+  for (auto [key, value] : src.metadata) {
+    if (key == "tokenizer.ggml.token_type") value.ints[0] = 1;  // <unk> no longer UNKNOWN: no unk piece
+    w.add(key, value);
+  }
+  for (const auto& t : src.tensors) w.add_tensor(t.name, t.shape, t.type, std::string(src.data(t), t.nbytes));
+  w.write(*dir_ / "novocab.gguf");
+  expect_one_line_error(run_loom("import '" + (*dir_ / "novocab.gguf") + "' --out '" + (*dir_ / "novocab-back") + "'"),
+                        "does not make a SentencePiece model");
+  EXPECT_FALSE(fs::exists(*dir_ / "novocab-back"));
 }
 
 TEST(SpmModel, ParsesAndRebuildsATrainedTokenizer) {

@@ -138,6 +138,7 @@ void add_eval(CLI::App& app, const GlobalOptions& global) {
       return;
     }
     // Encode the split with the checkpoint's own tokenizer, whatever the data cache holds.
+    require_tokenizer(loaded, "eval");  // an import may carry a vocabulary loom cannot run yet
     const CorpusFiles files = fetch_corpus(recipe.data.corpus, recipe.data.dir);
     const std::string text = args->split == "test" ? files.test : files.valid;
     const auto tokens_path = std::filesystem::temp_directory_path() /

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "loom/data/spm_model.h"
+#include "loom/data/tokenizer.h"
 #include "loom/io/checkpoint.h"
 #include "loom/io/fs.h"
 #include "loom/io/safetensors.h"
@@ -16,7 +17,8 @@ namespace fs = std::filesystem;
 namespace {
 
 // A LLaMA decoder's weights with the fused loom projections split, [out, in] as nn.Linear
-// stores them; q and k rows in the pairing `adjacent` says.
+// stores them; q and k rows in one RoPE pairing (split_model: the one asked for; imports: the
+// file's own).
 struct LlamaLayer {
   torch::Tensor attn_norm, q, k, v, o, ffn_norm, gate, up, down;
 };
@@ -283,6 +285,11 @@ ImportSummary import_gguf(const std::string& path, const std::string& out_dir) {
     summary.tokenizer = "none";
   } else if (model->as_string("tokenizer.ggml.model") == "llama") {
     files["tokenizer.model"] = spm_from_gguf(f);
+    try {  // SentencePiece itself validates the rebuilt model now rather than at the first load
+      Tokenizer::from_bytes(files["tokenizer.model"]);
+    } catch (const Error& e) {
+      fail("{}: the tokenizer.ggml.* vocabulary does not make a SentencePiece model: {}", path, e.what());
+    }
     summary.tokenizer = "sentencepiece";
   } else {
     nlohmann::json j = nlohmann::json::object();
@@ -365,8 +372,8 @@ ImportSummary import_hf(const std::string& dir, const std::string& out_dir) {
   if (fs::exists(index)) {
     std::set<std::string> shards;
     try {
-      for (const auto& [name, file] : nlohmann::json::parse(read_file(index.string())).at("weight_map").items())
-        shards.insert(file.get<std::string>());
+      const auto j = nlohmann::json::parse(read_file(index.string()));  // kept alive for items()
+      for (const auto& [name, file] : j.at("weight_map").items()) shards.insert(file.get<std::string>());
     } catch (const nlohmann::json::exception& e) {
       fail("{}: {}", index.string(), e.what());
     }
@@ -415,6 +422,70 @@ ImportSummary import_hf(const std::string& dir, const std::string& out_dir) {
   return summary;
 }
 
+// tokenizer.ggml.* for a SentencePiece vocabulary (tokenizer.ggml.model "llama").
+void add_spm_vocab(GgufWriter& g, const SpmVocab& vocab, int64_t vocab_size, const std::string& dir) {
+  if (static_cast<int64_t>(vocab.pieces.size()) != vocab_size)
+    fail("{}: the tokenizer has {} pieces but the model's vocab_size is {}", dir, vocab.pieces.size(), vocab_size);
+  std::vector<std::string> tokens;
+  std::vector<double> scores;
+  std::vector<int64_t> types;
+  for (const auto& p : vocab.pieces) {
+    tokens.push_back(p.piece);
+    scores.push_back(p.score);
+    types.push_back(static_cast<int64_t>(p.type));
+  }
+  auto u32 = [](int64_t v) { return GgufValue::u32(static_cast<uint32_t>(v)); };
+  g.add("tokenizer.ggml.model", GgufValue::string("llama"));
+  g.add("tokenizer.ggml.tokens", GgufValue::string_array(std::move(tokens)));
+  g.add("tokenizer.ggml.scores", GgufValue::float_array(GgufType::kF32, std::move(scores)));
+  g.add("tokenizer.ggml.token_type", GgufValue::int_array(GgufType::kI32, std::move(types)));
+  if (vocab.bos_id >= 0) g.add("tokenizer.ggml.bos_token_id", u32(vocab.bos_id));
+  if (vocab.eos_id >= 0) g.add("tokenizer.ggml.eos_token_id", u32(vocab.eos_id));
+  if (vocab.unk_id >= 0) g.add("tokenizer.ggml.unknown_token_id", u32(vocab.unk_id));
+  if (vocab.pad_id >= 0) g.add("tokenizer.ggml.padding_token_id", u32(vocab.pad_id));
+  g.add("tokenizer.ggml.add_space_prefix", GgufValue::boolean(vocab.add_dummy_prefix));
+  // loom trains on paragraphs each ended by eos, never with bos (`loom generate` starts from eos).
+  g.add("tokenizer.ggml.add_bos_token", GgufValue::boolean(false));
+  g.add("tokenizer.ggml.add_eos_token", GgufValue::boolean(false));
+}
+
+void add_foreign_keys(GgufWriter& g, const nlohmann::json& j, const std::string& path);
+
+// tokenizer.ggml.* back from the kForeignVocabFile an import wrote, with llama.cpp's value types:
+// strings and bools as such, integers u32 (token ids), integer arrays i32 (token_type), float
+// arrays f32 (scores), string arrays (tokens, merges); "chat_template" -> tokenizer.chat_template.
+void add_foreign_vocab(GgufWriter& g, const std::string& path, int64_t vocab_size) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON ({})", path, e.what());
+  }
+  if (!j.is_object() || !j.contains("tokens") || !j["tokens"].is_array())
+    fail("{}: no \"tokens\" array", path);
+  if (static_cast<int64_t>(j["tokens"].size()) != vocab_size)
+    fail("{}: {} tokens but the model's vocab_size is {}", path, j["tokens"].size(), vocab_size);
+  try {
+    add_foreign_keys(g, j, path);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: {}", path, e.what());
+  }
+}
+
+void add_foreign_keys(GgufWriter& g, const nlohmann::json& j, const std::string& path) {
+  for (const auto& [key, v] : j.items()) {
+    const std::string name = key == "chat_template" ? "tokenizer.chat_template" : "tokenizer.ggml." + key;
+    if (v.is_string()) g.add(name, GgufValue::string(v.get<std::string>()));
+    else if (v.is_boolean()) g.add(name, GgufValue::boolean(v.get<bool>()));
+    else if (v.is_number_integer()) g.add(name, GgufValue::u32(static_cast<uint32_t>(v.get<int64_t>())));
+    else if (v.is_number()) g.add(name, GgufValue::f32(v.get<float>()));
+    else if (v.is_array() && (v.empty() || v[0].is_string())) g.add(name, GgufValue::string_array(v.get<std::vector<std::string>>()));
+    else if (v.is_array() && v[0].is_number_integer()) g.add(name, GgufValue::int_array(GgufType::kI32, v.get<std::vector<int64_t>>()));
+    else if (v.is_array() && v[0].is_number()) g.add(name, GgufValue::float_array(GgufType::kF32, v.get<std::vector<double>>()));
+    else fail("{}: key '{}' is not a string, number, bool or flat array", path, key);
+  }
+}
+
 }  // namespace
 
 void check_llama_style(const ModelConfig& c, const std::string& what) {
@@ -440,13 +511,14 @@ void check_llama_style(const ModelConfig& c, const std::string& what) {
 void export_gguf(LoadedModel& loaded, GgmlType type, const std::string& path, const std::string& name) {
   const ModelConfig& c = loaded.recipe.model;
   check_llama_style(c, loaded.dir);
-  require_tokenizer(loaded, "GGUF export");
+  // The vocabulary: the SentencePiece tokenizer, or the foreign GGUF vocabulary an import kept.
+  const std::string foreign = (fs::path(loaded.dir) / kForeignVocabFile).string();
+  // (A "gpt2" one loads as a byte-level BPE Tokenizer, whose file is that same JSON.)
+  const bool has_foreign = fs::exists(foreign) && (!loaded.has_tokenizer || loaded.tokenizer.file_name() == std::string(kForeignVocabFile));
+  if (!has_foreign) require_tokenizer(loaded, "GGUF export");
   const uint32_t file_type = file_type_of(type);
   torch::NoGradGuard no_grad;
   const LlamaWeights w = split_model(loaded.model, /*want_adjacent=*/true);
-  const SpmVocab vocab = parse_spm_model(loaded.tokenizer.serialized());
-  if (static_cast<int64_t>(vocab.pieces.size()) != c.vocab_size)
-    fail("{}: the tokenizer has {} pieces but the model's vocab_size is {}", loaded.dir, vocab.pieces.size(), c.vocab_size);
 
   GgufWriter g;
   auto u32 = [](int64_t v) { return GgufValue::u32(static_cast<uint32_t>(v)); };
@@ -465,25 +537,8 @@ void export_gguf(LoadedModel& loaded, GgmlType type, const std::string& path, co
   g.add("llama.rope.dimension_count", u32(c.head_dim()));
   g.add("llama.rope.freq_base", GgufValue::f32(static_cast<float>(c.rope_theta)));
   g.add("llama.vocab_size", u32(c.vocab_size));
-  std::vector<std::string> tokens;
-  std::vector<double> scores;
-  std::vector<int64_t> types;
-  for (const auto& p : vocab.pieces) {
-    tokens.push_back(p.piece);
-    scores.push_back(p.score);
-    types.push_back(static_cast<int64_t>(p.type));
-  }
-  g.add("tokenizer.ggml.model", GgufValue::string("llama"));
-  g.add("tokenizer.ggml.tokens", GgufValue::string_array(std::move(tokens)));
-  g.add("tokenizer.ggml.scores", GgufValue::float_array(GgufType::kF32, std::move(scores)));
-  g.add("tokenizer.ggml.token_type", GgufValue::int_array(GgufType::kI32, std::move(types)));
-  if (vocab.bos_id >= 0) g.add("tokenizer.ggml.bos_token_id", u32(vocab.bos_id));
-  if (vocab.eos_id >= 0) g.add("tokenizer.ggml.eos_token_id", u32(vocab.eos_id));
-  if (vocab.unk_id >= 0) g.add("tokenizer.ggml.unknown_token_id", u32(vocab.unk_id));
-  if (vocab.pad_id >= 0) g.add("tokenizer.ggml.padding_token_id", u32(vocab.pad_id));
-  g.add("tokenizer.ggml.add_space_prefix", GgufValue::boolean(vocab.add_dummy_prefix));
-  g.add("tokenizer.ggml.add_bos_token", GgufValue::boolean(true));
-  g.add("tokenizer.ggml.add_eos_token", GgufValue::boolean(false));
+  if (has_foreign) add_foreign_vocab(g, foreign, c.vocab_size);
+  else add_spm_vocab(g, parse_spm_model(loaded.tokenizer.serialized()), c.vocab_size, loaded.dir);
 
   add_gguf_tensor(g, "token_embd.weight", w.embed, type);
   for (size_t i = 0; i < w.layers.size(); ++i) {
@@ -508,6 +563,9 @@ void export_hf(LoadedModel& loaded, const std::string& out_dir, GgmlType dtype) 
   const ModelConfig& c = loaded.recipe.model;
   check_llama_style(c, loaded.dir);
   require_tokenizer(loaded, "Hugging Face export");
+  if (loaded.tokenizer.file_name() == std::string(kForeignVocabFile))
+    fail("{}: Hugging Face export needs a SentencePiece tokenizer, but this checkpoint's vocabulary is {} "
+         "(a GGUF byte-level BPE)", loaded.dir, kForeignVocabFile);
   torch::ScalarType st;
   std::string torch_dtype;
   switch (dtype) {
@@ -570,7 +628,7 @@ void export_hf(LoadedModel& loaded, const std::string& out_dir, GgmlType dtype) 
       {"eos_token", piece(eos)},
       {"unk_token", piece(vocab.unk_id)},
       {"pad_token", piece(vocab.pad_id)},
-      {"add_bos_token", true},
+      {"add_bos_token", false},  // loom trains without bos (paragraphs ended by eos)
       {"add_eos_token", false},
       {"legacy", true},  // plain SentencePiece encoding, as loom's tokenizer
       {"clean_up_tokenization_spaces", false},

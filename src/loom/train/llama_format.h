@@ -27,8 +27,9 @@ void check_llama_style(const ModelConfig& config, const std::string& what);
 
 // Writes a GGUF v3 file (general.architecture llama). `type`: F32, F16, BF16, Q8_0, Q4_0 or Q4_1
 // for the 2-D weights (quantized types only where the row length is a multiple of 32, else F16);
-// 1-D tensors (norms) are always F32. `name` goes to general.name. Needs a SentencePiece tokenizer
-// (written as tokenizer.ggml.model llama).
+// 1-D tensors (norms) are always F32. `name` goes to general.name. The vocabulary: the
+// checkpoint's SentencePiece tokenizer (tokenizer.ggml.model llama), or the kGgufVocabFile a GGUF
+// import kept (its tokenizer.ggml.* keys written back, so SmolLM2 -> loom -> GGUF keeps its BPE).
 void export_gguf(LoadedModel& loaded, GgmlType type, const std::string& path, const std::string& name);
 
 // Writes a Hugging Face LlamaForCausalLM directory (atomically): model.safetensors (dtype F32, F16
