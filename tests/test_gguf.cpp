@@ -717,16 +717,6 @@ TEST_F(LlamaFormat, GgufWithGpt2VocabularyKeepsItAsJson) {
   EXPECT_EQ(back.tokenizer.prompt_prefix(), std::vector<int>{});  // add_bos_token false: no start token
   // The weights are those of the Q4_1 file, decoded as gguf-py decodes them.
   EXPECT_LT(relative_error(python_logits("gguf", *dir_ / "smol.gguf"), logits(back)), 1e-5);
-  // Any other kind of GGUF vocabulary loads without a tokenizer; commands that need text say why.
-  auto other = j;
-  other["model"] = "bert";
-  std::ofstream(s.dir + "/tokenizer.gguf.json") << other.dump();
-  auto foreign = load_checkpoint(s.dir);
-  EXPECT_FALSE(foreign.has_tokenizer);
-  const std::string e = error_message([&] { require_tokenizer(foreign, "generate"); });
-  EXPECT_NE(e.find("tokenizer.gguf.json"), std::string::npos) << e;
-  expect_one_line_error(run_loom("generate '" + s.dir + "' --prompt hi"), "tokenizer.gguf.json");
-  expect_one_line_error(run_loom("eval '" + s.dir + "'"), "tokenizer.gguf.json");
   // Exported again, the file carries the same vocabulary keys with the same types.
   export_gguf(back, GgmlType::kF32, *dir_ / "smol-again.gguf", "smol");
   const GgufFile again = read_gguf(*dir_ / "smol-again.gguf"), original = read_gguf(*dir_ / "smol.gguf");
@@ -746,6 +736,16 @@ TEST_F(LlamaFormat, GgufWithGpt2VocabularyKeepsItAsJson) {
   EXPECT_LT(relative_error(python_logits("gguf", *dir_ / "smol-again.gguf"), logits(back)), 1e-5);
   expect_one_line_error(run_loom("export '" + s.dir + "' --format hf --out '" + (*dir_ / "smol-hf") + "'"),
                         "tokenizer.gguf.json");
+  // Any other kind of GGUF vocabulary loads without a tokenizer; commands that need text say why.
+  auto other = j;
+  other["model"] = "bert";
+  std::ofstream(s.dir + "/tokenizer.gguf.json") << other.dump();
+  auto foreign = load_checkpoint(s.dir);
+  EXPECT_FALSE(foreign.has_tokenizer);
+  const std::string e = error_message([&] { require_tokenizer(foreign, "generate"); });
+  EXPECT_NE(e.find("tokenizer.gguf.json"), std::string::npos) << e;
+  expect_one_line_error(run_loom("generate '" + s.dir + "' --prompt hi"), "tokenizer.gguf.json");
+  expect_one_line_error(run_loom("eval '" + s.dir + "'"), "tokenizer.gguf.json");
 }
 
 TEST_F(LlamaFormat, GgufVocabularyThatSentencePieceRejectsIsAnImportError) {

@@ -513,7 +513,8 @@ void export_gguf(LoadedModel& loaded, GgmlType type, const std::string& path, co
   check_llama_style(c, loaded.dir);
   // The vocabulary: the SentencePiece tokenizer, or the foreign GGUF vocabulary an import kept.
   const std::string foreign = (fs::path(loaded.dir) / kForeignVocabFile).string();
-  const bool has_foreign = !loaded.has_tokenizer && fs::exists(foreign);
+  // (A "gpt2" one loads as a byte-level BPE Tokenizer, whose file is that same JSON.)
+  const bool has_foreign = fs::exists(foreign) && (!loaded.has_tokenizer || loaded.tokenizer.file_name() == std::string(kForeignVocabFile));
   if (!has_foreign) require_tokenizer(loaded, "GGUF export");
   const uint32_t file_type = file_type_of(type);
   torch::NoGradGuard no_grad;
@@ -562,6 +563,9 @@ void export_hf(LoadedModel& loaded, const std::string& out_dir, GgmlType dtype) 
   const ModelConfig& c = loaded.recipe.model;
   check_llama_style(c, loaded.dir);
   require_tokenizer(loaded, "Hugging Face export");
+  if (loaded.tokenizer.file_name() == std::string(kForeignVocabFile))
+    fail("{}: Hugging Face export needs a SentencePiece tokenizer, but this checkpoint's vocabulary is {} "
+         "(a GGUF byte-level BPE)", loaded.dir, kForeignVocabFile);
   torch::ScalarType st;
   std::string torch_dtype;
   switch (dtype) {
