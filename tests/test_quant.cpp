@@ -345,8 +345,10 @@ TEST(QuantizeCli, QuantizeEvalAndRefuseToRequantize) {
     ASSERT_EQ(r.status, 0) << r.output;
     auto loaded = load_checkpoint(q);
     EXPECT_EQ(loaded.quantization, method);
-    // d_model 32 and d_ff 64: every linear qualifies for both formats (the output is tied).
-    EXPECT_EQ(loaded.quantized.size(), 4u * 2);
+    // d_model 32 and d_ff 64: every linear qualifies for both formats, and the tied embedding
+    // (the output projection) is quantized too.
+    EXPECT_EQ(loaded.quantized.size(), 4u * 2 + 1);
+    EXPECT_EQ(loaded.quantized.count("tok_emb.weight"), 1u);
     auto e = run_loom("--threads 1 eval " + q);
     ASSERT_EQ(e.status, 0) << e.output;
     EXPECT_NE(e.output.find("quantized weights: " + method), std::string::npos) << e.output;

@@ -187,8 +187,13 @@ class FastEngine : public Engine {
     }
     norm_f_ = norm("norm_f");
     if (c_.tie_embeddings) {
+      lm_head_.name = "tok_emb.weight";
       lm_head_.w = embedding_;
       lm_head_.rows = embedding_.size(0), lm_head_.cols = embedding_.size(1);
+      // A quantized checkpoint of a tied model stores the embedding quantized: the output
+      // projection runs on it (the rows looked up at the input are the dequantized ones).
+      auto stored = quantized.find("tok_emb.weight");
+      if (options.weights == WeightFormat::kAsStored && stored != quantized.end()) use_quantized(lm_head_, stored->second);
     } else {
       lm_head_ = linear("lm_head");
     }

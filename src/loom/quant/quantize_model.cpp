@@ -34,8 +34,14 @@ std::map<std::string, QuantizedLinear> quantize_model(const LoadedModel& loaded,
   torch::NoGradGuard no_grad;
   const QuantFormat format = method == QuantMethod::kInt8 ? QuantFormat::kInt8 : QuantFormat::kQ4_0;
   std::map<std::string, QuantizedLinear> out;
-  for (const auto& p : loaded.model->named_parameters())
-    if (is_quantizable(p.key(), p.value(), format)) out[p.key()] = quantize_rtn(p.value(), format);
+  const bool tied = loaded.model->config().tie_embeddings && loaded.model->config().arch == "decoder";
+  for (const auto& p : loaded.model->named_parameters()) {
+    // A tied embedding is also the output projection, the largest matrix a decode step reads:
+    // it is quantized too (as llama.cpp's files do), and the input embedding reads its
+    // dequantized rows.
+    const bool output = tied && p.key() == "tok_emb.weight" && (format == QuantFormat::kInt8 || p.value().size(1) % 32 == 0);
+    if (output || is_quantizable(p.key(), p.value(), format)) out[p.key()] = quantize_rtn(p.value(), format);
+  }
   if (method != QuantMethod::kGptq) return out;
 
   const auto& config = loaded.model->config();
