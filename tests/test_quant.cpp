@@ -7,6 +7,7 @@
 
 #include "loom/infer/fast_engine.h"
 #include "loom/infer/generate.h"
+#include "loom/io/checkpoint.h"
 #include "loom/io/safetensors.h"
 #include "loom/quant/quantize.h"
 #include "loom/quant/quantize_model.h"
@@ -345,6 +346,11 @@ TEST(QuantizeCli, QuantizeEvalAndRefuseToRequantize) {
     ASSERT_EQ(r.status, 0) << r.output;
     auto loaded = load_checkpoint(q);
     EXPECT_EQ(loaded.quantization, method);
+    // Every file of the float checkpoint but its weights and optimizer state comes along.
+    for (const auto& entry : std::filesystem::directory_iterator(resolve_checkpoint(out))) {
+      const auto name = entry.path().filename().string();
+      EXPECT_EQ(std::filesystem::exists(std::filesystem::path(q) / name), name != "optimizer.safetensors") << name;
+    }
     // d_model 32 and d_ff 64: every linear qualifies for both formats, and the tied embedding
     // (the output projection) is quantized too.
     EXPECT_EQ(loaded.quantized.size(), 4u * 2 + 1);

@@ -95,8 +95,13 @@ std::string save_quantized_checkpoint(const LoadedModel& loaded, const std::map<
                    {{"format", "loom-" + std::to_string(kCheckpointFormat)},
                     {"step", std::to_string(loaded.state.step)},
                     {"quantization", method_name(method)}});
-  for (const char* file : {"recipe.yaml", "tokenizer.model", "trainer.json"})
-    if (fs::exists(fs::path(loaded.dir) / file)) writer.add(file, read_file((fs::path(loaded.dir) / file).string()));
+  // Every other file (recipe, trainer state, whichever tokenizer) as it is; the weights are new
+  // and a quantized checkpoint has no optimizer state.
+  for (const auto& entry : fs::directory_iterator(loaded.dir)) {
+    const std::string file = entry.path().filename().string();
+    if (!entry.is_regular_file() || file == "model.safetensors" || file == "optimizer.safetensors") continue;
+    writer.add(file, read_file(entry.path().string()));
+  }
   return writer.commit();
 }
 
