@@ -132,6 +132,9 @@ TEST(Quantize, Q4_0MatchesLlamaCppBlockByBlock) {
         EXPECT_LE(std::fabs(x - y), bound + 4e-3 * step + 1e-6) << r << " " << b << " " << j;
       }
     }
+  // Rounding the dequantized weights again gives the same blocks (what `export --type q4_0` of an
+  // RTN checkpoint relies on).
+  EXPECT_TRUE(torch::equal(quantize_rtn(deq, QuantFormat::kQ4_0).q, q.q));
   EXPECT_NE(error_message([&] { quantize_rtn(torch::randn({2, 40}), QuantFormat::kQ4_0); }).find("multiple of 32"),
             std::string::npos);
 }
