@@ -354,7 +354,8 @@ class FastEngine : public Engine {
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 #pragma omp parallel
     {
-      std::vector<float> scores;  // per thread, reused across its rows
+      // Per thread and kept across calls: grows to the longest context seen, then allocates no more.
+      thread_local std::vector<float> scores;
 #pragma omp for collapse(2) schedule(dynamic)
       for (int64_t r = 0; r < n; ++r) {
         for (int64_t head = 0; head < h; ++head) {
