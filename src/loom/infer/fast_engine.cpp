@@ -1,5 +1,8 @@
 #include "loom/infer/fast_engine.h"
 
+#include <dlfcn.h>
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -31,6 +34,22 @@ void matvec_f32(const float* w, const float* x, int64_t cols, int64_t begin, int
   }
 }
 
+// CBLAS's sgemm when the process has it (Debian's libtorch links OpenBLAS, which exports it),
+// with OpenBLAS's threading turned off so that OpenMP's threads can each run one; null otherwise
+// (then libtorch's mm does the work).
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+Sgemm cblas_sgemm() {
+  static const Sgemm sgemm = [] {
+    auto f = reinterpret_cast<Sgemm>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
+    auto set_threads = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    if (f == nullptr || set_threads == nullptr) return Sgemm{nullptr};
+    set_threads(1);
+    return f;
+  }();
+  return sgemm;
+}
+
 // A linear layer in the format it runs in: y[n, rows] = x[n, cols] W^T + bias.
 struct Linear {
   std::string name;  // the weight's parameter name
@@ -58,6 +77,19 @@ struct Linear {
           constexpr int64_t kChunk = 64;
 #pragma omp parallel for schedule(static) if (rows * cols >= (int64_t{1} << 16))
           for (int64_t r = 0; r < rows; r += kChunk) matvec_f32(wp, x, cols, r, std::min(rows, r + kChunk), y);
+        } else if (const auto sgemm = cblas_sgemm()) {
+          // Several rows: each OpenMP thread runs a single-threaded BLAS GEMM on its share of W's
+          // rows (OpenBLAS's own threads would compete with OpenMP's spinning ones).
+          const float* wp = w.data_ptr<float>();
+#pragma omp parallel
+          {
+            const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+            const int64_t begin = rows * t / threads, end = rows * (t + 1) / threads;
+            if (end > begin)  // y[:, begin:end] = x W[begin:end]^T, row-major, ldc = rows
+              sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(n), static_cast<int>(end - begin),
+                    static_cast<int>(cols), 1.0f, x, static_cast<int>(cols), wp + begin * cols,
+                    static_cast<int>(cols), 0.0f, y + begin, static_cast<int>(rows));
+          }
         } else {
           auto out = torch::from_blob(y, {n, rows});
           torch::mm_out(out, torch::from_blob(const_cast<float*>(x), {n, cols}), w.t());

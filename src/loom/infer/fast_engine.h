@@ -3,8 +3,11 @@
 // ReLU/GELU MLPs or SwiGLU/GeGLU, with fp32, int8 or Q4_0 linear weights (quant/quantize.h).
 // Everything runs as explicit loops over preallocated buffers: one call processes the new tokens of
 // every slot as the rows of one batch (a prompt's tokens and other slots' single decode tokens
-// alike), so each weight matrix is read once per call. Linear layers: fp32 through libtorch's GEMM,
-// int8 and Q4_0 through the hand-written kernels of quant/kernels.h. Attention reads each slot's
+// alike), so each weight matrix is read once per call. Linear layers: one fp32 row through an
+// OpenMP matrix-vector loop; several fp32 rows (a prompt) through CBLAS sgemm, one call per OpenMP
+// thread on its share of the weight's rows, which turns OpenBLAS's own threading off for the
+// process (libtorch's mm where there is no CBLAS); int8 and Q4_0 through the hand-written kernels
+// of quant/kernels.h. Attention reads each slot's
 // own cache [kv_heads, context, head_dim] per layer. Once the buffers have grown to a call's size,
 // later calls of that size allocate nothing but the returned logits.
 #pragma once
