@@ -363,6 +363,10 @@ TEST(QuantizeCli, QuantizeEvalAndRefuseToRequantize) {
     EXPECT_NE(e.output.find("quantized weights: " + method), std::string::npos) << e.output;
     const double delta = loss_of(e.output) - loss_of(base.output);
     EXPECT_LT(std::fabs(delta), method == "int8" ? 0.01 : 0.2) << method << "\n" << e.output << base.output;
+    // generate runs the stored quantized weights on the fast engine.
+    auto g = run_loom("--threads 1 generate " + q + " --prompt the --max-new-tokens 6 --temperature 0");
+    EXPECT_EQ(g.status, 0) << g.output;
+    EXPECT_EQ(g.output.rfind("the", 0), 0u) << g.output;
     if (method == "gptq") expect_one_line_error(run_loom("quantize " + q + " --method q4 --out " + q + "-again"), "already quantized");
   }
   expect_one_line_error(run_loom("average " + (run.root / "q-int8").string() + " " + (run.root / "q-q4").string() +
