@@ -16,6 +16,18 @@ namespace loom {
 namespace fs = std::filesystem;
 namespace {
 
+// The blocks of a LLaMA-architecture model, whichever file it comes from; `position` is the RoPE
+// pairing of that file's q/k rows.
+void set_llama_blocks(ModelConfig& c, const std::string& position) {
+  c.position = position;
+  c.norm = "rmsnorm";
+  c.norm_placement = "pre";
+  c.ffn = "swiglu";
+  c.mixer = "attention";
+  c.bias = false;
+  c.dropout = 0;
+}
+
 // A LLaMA decoder's weights with the fused loom projections split, [out, in] as nn.Linear
 // stores them; q and k rows in one RoPE pairing (split_model: the one asked for; imports: the
 // file's own).
@@ -232,13 +244,7 @@ ImportSummary import_gguf(const std::string& path, const std::string& out_dir) {
   // Stored as f32: round to the nearest short decimal (9.99999974738e-06 -> 1e-05) so recipes read well.
   c.norm_eps = std::stod(fmt::format("{:.6g}", c.norm_eps));
   c.rope_theta = f.find("llama.rope.freq_base") ? f.get("llama.rope.freq_base").as_float("llama.rope.freq_base") : 10000.0;
-  c.position = "rope_adjacent";
-  c.norm = "rmsnorm";
-  c.norm_placement = "pre";
-  c.ffn = "swiglu";
-  c.mixer = "attention";
-  c.bias = false;
-  c.dropout = 0;
+  set_llama_blocks(c, "rope_adjacent");  // llama.cpp rotates adjacent pairs
   if (c.n_heads <= 0 || c.d_model % c.n_heads != 0)
     fail("{}: embedding_length {} is not a multiple of head_count {}", path, c.d_model, c.n_heads);
   const int64_t head_dim = c.d_model / c.n_heads;
@@ -357,13 +363,7 @@ ImportSummary import_hf(const std::string& dir, const std::string& out_dir) {
   } catch (const nlohmann::json::exception& e) {
     fail("{}: {}", config_path, e.what());
   }
-  c.position = "rope";  // HF LLaMA rotates halves
-  c.norm = "rmsnorm";
-  c.norm_placement = "pre";
-  c.ffn = "swiglu";
-  c.mixer = "attention";
-  c.bias = false;
-  c.dropout = 0;
+  set_llama_blocks(c, "rope");  // HF LLaMA rotates halves
   c.validate(config_path);
 
   // The weights: one file, or the shards an index lists.
