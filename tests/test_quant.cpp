@@ -369,6 +369,11 @@ TEST(QuantizeCli, QuantizeEvalAndRefuseToRequantize) {
     EXPECT_EQ(g.output.rfind("the", 0), 0u) << g.output;
     if (method == "gptq") expect_one_line_error(run_loom("quantize " + q + " --method q4 --out " + q + "-again"), "already quantized");
   }
+  // --out naming an existing directory (here the float checkpoint itself) is refused, and the
+  // checkpoint keeps its float weights.
+  const std::string float_ckpt = resolve_checkpoint(out);
+  expect_one_line_error(run_loom("quantize " + float_ckpt + " --method int8 --out " + float_ckpt), "already exists");
+  EXPECT_TRUE(load_checkpoint(float_ckpt).quantized.empty());
   expect_one_line_error(run_loom("average " + (run.root / "q-int8").string() + " " + (run.root / "q-q4").string() +
                                  " --out " + (run.root / "avg").string()),
                         "quantized checkpoint");

@@ -83,6 +83,8 @@ std::map<std::string, QuantizedLinear> quantize_model(const LoadedModel& loaded,
 
 std::string save_quantized_checkpoint(const LoadedModel& loaded, const std::map<std::string, QuantizedLinear>& weights,
                                       QuantMethod method, const std::string& out_dir) {
+  // Never replace a directory: --out naming the float checkpoint itself would lose it.
+  if (fs::exists(out_dir)) fail("{} already exists; quantize writes a new checkpoint directory", out_dir);
   NamedTensors tensors;
   for (auto& [name, t] : module_state(*loaded.model)) {
     auto it = weights.find(name);

@@ -30,7 +30,8 @@ std::map<std::string, QuantizedLinear> quantize_model(const LoadedModel& loaded,
                                                       std::vector<QuantizeStats>* stats = nullptr);
 
 // Writes a checkpoint directory (atomically): the float checkpoint's files with model.safetensors
-// holding the quantized weights in their stored form. Returns out_dir.
+// holding the quantized weights in their stored form; an existing out_dir is an error (it might be
+// the float checkpoint itself). Returns out_dir.
 std::string save_quantized_checkpoint(const LoadedModel& loaded, const std::map<std::string, QuantizedLinear>& weights,
                                       QuantMethod method, const std::string& out_dir);
 
