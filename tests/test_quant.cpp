@@ -246,6 +246,36 @@ TEST_P(FastEngineMatchesModel, PiecesAndSlots) {
   expect_row(out[0], ref_b, 2, "b after reset");
 }
 
+// Long prompts go through attention in blocks of 64 rows (two GEMMs and a masked softmax each):
+// two slots' prompts in one call, 150 and 70 rows (blocks of 64, 64, 22 and 64, 6, with a sliding
+// window cutting into them in llama_window), then single steps, all equal to the Model's forward.
+TEST_P(FastEngineMatchesModel, LongPromptsInBlocks) {
+  auto config = tiny_config(GetParam());
+  config.max_seq_len = 160;
+  config.validate("test");
+  auto model = random_model(config, 3);
+  FastEngineOptions options;
+  options.engine.slots = 2;
+  options.weights = WeightFormat::kF32;
+  auto engine = make_fast_engine(model, {}, options);
+  const auto a = random_tokens(153, config.vocab_size, 4), b = random_tokens(72, config.vocab_size, 5);
+  const auto ref_a = model_logits(model, a), ref_b = model_logits(model, b);
+  auto expect_row = [&](const torch::Tensor& got, const torch::Tensor& ref, int64_t position) {
+    EXPECT_TRUE(torch::allclose(got, ref[position], 1e-4, 1e-4))
+        << "at " << position << ": max diff " << (got - ref[position]).abs().max().item<float>();
+  };
+  auto out = engine->forward({1, 0}, {{a.begin(), a.begin() + 150}, {b.begin(), b.begin() + 70}});
+  expect_row(out[0], ref_a, 149);
+  expect_row(out[1], ref_b, 69);
+  for (int64_t i = 0; i < 2; ++i) {
+    out = engine->forward({0, 1}, {{b[70 + i]}, {a[150 + i]}});
+    expect_row(out[0], ref_b, 70 + i);
+    expect_row(out[1], ref_a, 150 + i);
+  }
+  out = engine->forward({1}, {{a[152]}});
+  expect_row(out[0], ref_a, 152);
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, FastEngineMatchesModel,
                          ::testing::Values("llama", "llama_adjacent", "llama_window", "gpt", "sinusoidal", "relu_nopos"));
 

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "loom/core/error.h"
+#include "loom/infer/cpu_ops.h"
 #include "loom/quant/kernels.h"
 
 namespace loom {
@@ -122,15 +123,16 @@ float activate(Act act, float x) {
   }
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  // 8 independent partial sums: vectorizable without reassociating one chain.
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
+// f(r) for r in [0, n): on OpenMP's threads when the rows hold enough work (`width` floats each)
+// to pay for a fork/join, on the calling thread otherwise (a decode step's one row).
+template <class F>
+void for_rows(int64_t n, int64_t width, F f) {
+  if (n > 1 && n * width >= (int64_t{1} << 14) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n; ++r) f(r);
+  } else {
+    for (int64_t r = 0; r < n; ++r) f(r);
+  }
 }
 
 class FastEngine : public Engine {
@@ -331,22 +333,12 @@ class FastEngine : public Engine {
   void normalize(const NormWeights& w, const float* x, int64_t n, float* y) const {
     const int64_t d = c_.d_model;
     const float eps = static_cast<float>(c_.norm_eps);
-    for (int64_t r = 0; r < n; ++r) {
-      const float* xr = x + r * d;
-      float* yr = y + r * d;
-      if (norm_ == Norm::kRmsNorm) {
-        const float inv = 1.0f / std::sqrt(dot(xr, xr, d) / d + eps);
-        for (int64_t i = 0; i < d; ++i) yr[i] = xr[i] * inv * w.weight[i];
-      } else {
-        float mean = 0;
-        for (int64_t i = 0; i < d; ++i) mean += xr[i];
-        mean /= d;
-        float var = 0;
-        for (int64_t i = 0; i < d; ++i) var += (xr[i] - mean) * (xr[i] - mean);
-        const float inv = 1.0f / std::sqrt(var / d + eps);
-        for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * inv * w.weight[i] + (w.bias ? w.bias[i] : 0.0f);
-      }
-    }
+    for_rows(n, d, [&](int64_t r) {
+      if (norm_ == Norm::kRmsNorm)
+        cpu::rms_norm(x + r * d, w.weight, d, eps, y + r * d);
+      else
+        cpu::layer_norm(x + r * d, w.weight, w.bias, d, eps, y + r * d);
+    });
   }
 
   void rotate(float* v, int64_t heads, int64_t position) const {
@@ -366,7 +358,7 @@ class FastEngine : public Engine {
   }
 
   void run_layer(Layer& layer, int64_t n) {
-    const int64_t d = c_.d_model, hd = head_dim_, h = heads_, kh = kv_heads_, g = h / kh;
+    const int64_t d = c_.d_model, hd = head_dim_, h = heads_, kh = kv_heads_;
     const int64_t qkv_width = (h + 2 * kh) * hd;
     float* x = x_.data();
     normalize(layer.norm1, x, n, h_.data());
@@ -374,7 +366,7 @@ class FastEngine : public Engine {
     apply(layer.qkv, h_.data(), n, qkv);
     // RoPE, then every row's key and value into its slot's cache (before any row attends, so
     // that a prompt's rows see each other).
-    for (int64_t r = 0; r < n; ++r) {
+    for_rows(n, qkv_width, [&](int64_t r) {
       float* row = qkv + r * qkv_width;
       if (rope_ != Rope::kNone) rotate(row, h + kh, rows_[r].position);
       for (int64_t j = 0; j < kh; ++j) {
@@ -382,59 +374,102 @@ class FastEngine : public Engine {
         std::copy_n(row + (h + j) * hd, hd, layer.k.data() + at);
         std::copy_n(row + (h + kh + j) * hd, hd, layer.v.data() + at);
       }
-    }
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-#pragma omp parallel
-    {
-      // Per thread and kept across calls: grows to the longest context seen, then allocates no more.
-      thread_local std::vector<float> scores;
-#pragma omp for collapse(2) schedule(dynamic)
-      for (int64_t r = 0; r < n; ++r) {
-        for (int64_t head = 0; head < h; ++head) {
-          const Row& row = rows_[r];
-          const int64_t first = layer.window > 0 ? std::max<int64_t>(0, row.position - layer.window + 1) : 0;
-          const int64_t count = row.position - first + 1;
-          if (static_cast<int64_t>(scores.size()) < count) scores.resize(std::max<int64_t>(count, 256));
-          const float* q = qkv + r * qkv_width + head * hd;
-          const int64_t base = (row.slot * kh + head / g) * context_ * hd;
-          const float* k = layer.k.data() + base;
-          const float* v = layer.v.data() + base;
-          float top = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < count; ++j) {
-            scores[j] = dot(q, k + (first + j) * hd, hd) * scale;
-            top = std::max(top, scores[j]);
-          }
-          float total = 0;
-          for (int64_t j = 0; j < count; ++j) total += (scores[j] = std::exp(scores[j] - top));
-          float* o = attn_.data() + (r * h + head) * hd;
-          std::fill_n(o, hd, 0.0f);
-          for (int64_t j = 0; j < count; ++j) {
-            const float p = scores[j] / total;
-            const float* vj = v + (first + j) * hd;
-            for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
-          }
-        }
-      }
-    }
+    });
+    attend(layer, qkv);
     apply(layer.out, attn_.data(), n, tmp_.data());
-    for (int64_t i = 0; i < n * d; ++i) x[i] += tmp_[i];
+    for_rows(n, d, [&](int64_t r) { cpu::add(tmp_.data() + r * d, x + r * d, d); });
 
     normalize(layer.norm2, x, n, h_.data());
     const int64_t ff = c_.d_ff;
     float* hidden = wide_.data();
     apply(layer.ffn_in, h_.data(), n, hidden);
     float* mid = gated_ ? mid_.data() : hidden;
-    for (int64_t r = 0; r < n; ++r) {
+    for_rows(n, gated_ ? 2 * ff : ff, [&](int64_t r) {
+      float* out = mid + r * ff;
       if (gated_) {
         const float* gate = hidden + r * 2 * ff;
         const float* up = gate + ff;
-        for (int64_t i = 0; i < ff; ++i) mid[r * ff + i] = activate(act_, gate[i]) * up[i];
+        if (act_ == Act::kSilu) {
+          cpu::silu_mul(gate, up, ff, out);
+        } else {
+          for (int64_t i = 0; i < ff; ++i) out[i] = activate(act_, gate[i]) * up[i];
+        }
+      } else if (act_ == Act::kSilu) {
+        cpu::silu(out, ff);
       } else {
-        for (int64_t i = 0; i < ff; ++i) mid[r * ff + i] = activate(act_, hidden[r * ff + i]);
+        for (int64_t i = 0; i < ff; ++i) out[i] = activate(act_, out[i]);
       }
-    }
+    });
     apply(layer.ffn_out, mid, n, tmp_.data());
-    for (int64_t i = 0; i < n * d; ++i) x[i] += tmp_[i];
+    for_rows(n, d, [&](int64_t r) { cpu::add(tmp_.data() + r * d, x + r * d, d); });
+  }
+
+  // Causal softmax attention of every row over its slot's cache (keys and values already written),
+  // into attn_ [n, heads * head_dim]. The work items, spread over OpenMP's threads: (block of up to
+  // kQueryBlock consecutive rows of one slot, head), each as two GEMMs when CBLAS is there
+  // (scores = Q K^T over the keys the block's last row sees, a masked softmax per row, O = P V),
+  // and (row, head) dot-product loops for rows decoding alone.
+  void attend(const Layer& layer, const float* qkv) {
+    const int64_t hd = head_dim_, h = heads_, kh = kv_heads_, g = h / kh;
+    const int64_t qkv_width = (h + 2 * kh) * hd;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const auto sgemm = cblas_sgemm();
+    // Blocks: runs of consecutive rows of one slot (a prompt's), split every kQueryBlock rows.
+    blocks_.clear();
+    const int64_t n = static_cast<int64_t>(rows_.size());
+    for (int64_t r = 0; r < n;) {
+      int64_t end = r + 1;
+      const int64_t limit = sgemm ? std::min(n, r + kQueryBlock) : end;
+      while (end < limit && rows_[end].slot == rows_[r].slot) ++end;
+      blocks_.push_back({r, end});
+      r = end;
+    }
+    const int64_t items = static_cast<int64_t>(blocks_.size()) * h;
+    auto run = [&](int64_t item) {
+      // Per thread and kept across calls: grows to the largest block seen, then allocates no more.
+      thread_local std::vector<float> scores;
+      const auto [r0, r1] = blocks_[item / h];
+      const int64_t head = item % h, m = r1 - r0;
+      const Row& first_row = rows_[r0];
+      const int64_t p0 = first_row.position, last = p0 + m - 1;
+      const int64_t k0 = layer.window > 0 ? std::max<int64_t>(0, p0 - layer.window + 1) : 0;
+      const int64_t keys = last - k0 + 1;
+      const int64_t base = (first_row.slot * kh + head / g) * context_ * hd;
+      const float* k = layer.k.data() + base + k0 * hd;
+      const float* v = layer.v.data() + base + k0 * hd;
+      const float* q = qkv + r0 * qkv_width + head * hd;
+      float* o = attn_.data() + (r0 * h + head) * hd;
+      if (static_cast<int64_t>(scores.size()) < m * keys) scores.resize(std::max<int64_t>(m * keys, 1024));
+      float* s = scores.data();
+      if (m > 1) {  // s[m, keys] = scale * q k^T
+        sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(keys), static_cast<int>(hd), scale,
+              q, static_cast<int>(qkv_width), k, static_cast<int>(hd), 0.0f, s, static_cast<int>(keys));
+      } else {
+        for (int64_t j = 0; j < keys; ++j) s[j] = cpu::dot(q, k + j * hd, hd) * scale;
+      }
+      for (int64_t i = 0; i < m; ++i) {  // row i sees keys [lo, hi] of the block's range
+        float* si = s + i * keys;
+        const int64_t p = p0 + i, hi = p - k0;
+        const int64_t lo = layer.window > 0 ? std::max<int64_t>(0, p - layer.window + 1) - k0 : 0;
+        std::fill(si, si + lo, 0.0f);
+        std::fill(si + hi + 1, si + keys, 0.0f);
+        const float total = cpu::exp_shifted(si + lo, hi - lo + 1, cpu::max(si + lo, hi - lo + 1));
+        cpu::scale(si + lo, hi - lo + 1, 1.0f / total);
+      }
+      if (m > 1) {  // o[m, hd] (row stride heads * hd) = s v
+        sgemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(m), static_cast<int>(hd), static_cast<int>(keys), 1.0f,
+              s, static_cast<int>(keys), v, static_cast<int>(hd), 0.0f, o, static_cast<int>(h * hd));
+      } else {
+        std::fill_n(o, hd, 0.0f);
+        for (int64_t j = 0; j < keys; ++j) cpu::axpy(s[j], v + j * hd, o, hd);
+      }
+    };
+    if (items > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(dynamic)
+      for (int64_t item = 0; item < items; ++item) run(item);
+    } else {
+      for (int64_t item = 0; item < items; ++item) run(item);
+    }
   }
 
   Model model_;  // owns the float weights the fp32 layers point into
@@ -450,6 +485,11 @@ class FastEngine : public Engine {
   Linear lm_head_;
   std::vector<int64_t> lengths_;
   std::vector<Row> rows_;
+  static constexpr int64_t kQueryBlock = 64;  // rows per attention GEMM
+  struct Block {
+    int64_t begin, end;  // rows [begin, end) of one slot, consecutive positions
+  };
+  std::vector<Block> blocks_;
   std::vector<int64_t> last_row_;
   std::vector<float> x_, h_, tmp_, wide_, mid_, attn_;  // [rows, width] work buffers
   decltype(FastEngineOptions::before_linear) before_linear_;

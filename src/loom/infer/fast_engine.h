@@ -7,9 +7,12 @@
 // OpenMP matrix-vector loop; several fp32 rows (a prompt) through CBLAS sgemm, one call per OpenMP
 // thread on its share of the weight's rows, which turns OpenBLAS's own threading off for the
 // process (libtorch's mm where there is no CBLAS); int8 and Q4_0 through the hand-written kernels
-// of quant/kernels.h. Attention reads each slot's
-// own cache [kv_heads, context, head_dim] per layer. Once the buffers have grown to a call's size,
-// later calls of that size allocate nothing but the returned logits.
+// of quant/kernels.h. Attention reads each slot's own cache [kv_heads, context, head_dim] per layer:
+// a prompt's rows in blocks of 64 as two CBLAS GEMMs per head (scores, then scores x values) around
+// a masked softmax, a lone decode row as dot-product loops. Norms, activations and softmax use the
+// vector loops of infer/cpu_ops.h, split over rows among OpenMP's threads when a call has enough
+// rows. Once the buffers have grown to a call's size, later calls of that size allocate nothing
+// but the returned logits.
 #pragma once
 #include <functional>
 #include <map>
