@@ -1,10 +1,12 @@
 #include "loom/infer/fast_engine.h"
 
 #include <dlfcn.h>
+#include <sys/mman.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "loom/core/error.h"
@@ -50,6 +52,39 @@ Sgemm cblas_sgemm() {
   }();
   return sgemm;
 }
+
+// Weights the engine streams every step, copied into one region backed by 2 MiB pages where the
+// kernel allows (transparent huge pages in "madvise" mode, Debian's default): decoding reads every
+// weight once per token, and on 4 KiB pages that is a TLB miss every 4 KiB.
+class Arena {
+ public:
+  explicit Arena(int64_t bytes) : size_(round_up(std::max<int64_t>(bytes, 1), kHuge)) {
+    void* p = nullptr;
+    if (posix_memalign(&p, kHuge, static_cast<size_t>(size_)) != 0) throw std::bad_alloc();
+    base_ = static_cast<uint8_t*>(p);
+#ifdef MADV_HUGEPAGE
+    madvise(base_, static_cast<size_t>(size_), MADV_HUGEPAGE);
+#endif
+  }
+  ~Arena() { free(base_); }
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  static int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
+  // A copy of t (contiguous) at the arena's next 64-byte boundary; the tensor keeps the arena alive.
+  static torch::Tensor copy(const std::shared_ptr<Arena>& arena, const torch::Tensor& t) {
+    const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+    if (arena->used_ + bytes > arena->size_) fail("internal: weight arena overflow");
+    uint8_t* at = arena->base_ + arena->used_;
+    std::memcpy(at, t.data_ptr(), static_cast<size_t>(bytes));
+    arena->used_ = round_up(arena->used_ + bytes, 64);
+    return torch::from_blob(at, t.sizes(), [arena](void*) {}, t.options());
+  }
+  static constexpr int64_t kHuge = int64_t{2} << 20;
+
+ private:
+  int64_t size_ = 0, used_ = 0;
+  uint8_t* base_ = nullptr;
+};
 
 // A linear layer in the format it runs in: y[n, rows] = x[n, cols] W^T + bias.
 struct Linear {
@@ -231,6 +266,7 @@ class FastEngine : public Engine {
     } else {
       lm_head_ = linear("lm_head");
     }
+    pack_weights();
     lengths_.assign(slots_, 0);
     before_linear_ = options.before_linear;
   }
@@ -290,6 +326,31 @@ class FastEngine : public Engine {
     if (l.q.scale.defined()) l.q.scale = l.q.scale.contiguous();
     l.format = l.q.format == QuantFormat::kInt8 ? WeightFormat::kInt8 : WeightFormat::kQ4_0;
     l.w = torch::Tensor();  // only the quantized form is kept
+  }
+
+  // Every linear's weights into one arena, in the order a step reads them. A float weight moves:
+  // the Model's parameter is pointed at the copy too, so the weights are not held twice.
+  void pack_weights() {
+    std::vector<Linear*> all;
+    for (auto& layer : layers_)
+      for (Linear* l : {&layer.qkv, &layer.out, &layer.ffn_in, &layer.ffn_out}) all.push_back(l);
+    all.push_back(&lm_head_);
+    int64_t bytes = 0;
+    auto size = [](const torch::Tensor& t) {
+      return t.defined() ? Arena::round_up(t.numel() * static_cast<int64_t>(t.element_size()), 64) : int64_t{0};
+    };
+    for (Linear* l : all) bytes += size(l->w) + size(l->q.q) + size(l->q.scale);
+    auto arena = std::make_shared<Arena>(bytes);
+    auto params = model_->named_parameters();
+    for (Linear* l : all) {
+      if (l->w.defined()) {
+        l->w = Arena::copy(arena, l->w);
+        if (auto* p = params.find(l->name)) p->set_data(l->w);
+      }
+      if (l->q.q.defined()) l->q.q = Arena::copy(arena, l->q.q);
+      if (l->q.scale.defined()) l->q.scale = Arena::copy(arena, l->q.scale);
+    }
+    if (c_.tie_embeddings && lm_head_.w.defined()) embedding_ = lm_head_.w;
   }
 
   // A layer's linear, through the before_linear hook while it is still fp32.
@@ -472,7 +533,7 @@ class FastEngine : public Engine {
     }
   }
 
-  Model model_;  // owns the float weights the fp32 layers point into
+  Model model_;  // holds the float weights (the fp32 layers' in the weight arena)
   const ModelConfig& c_;
   int64_t slots_ = 1, context_ = 0, heads_ = 0, kv_heads_ = 0, head_dim_ = 0;
   Norm norm_ = Norm::kLayerNorm;
