@@ -616,6 +616,13 @@ struct Q4Avx2 {
 
 // ---- AVX-512 (VNNI + VBMI) ---------------------------------------------------------------------
 
+// Decoding (one activation row) streams the weights from DRAM, and every matrix is a new stream
+// that the hardware prefetcher has to pick up again; a software prefetch of the same bytes this
+// many rows ahead raised decode speed by a fifth to a third on the bench model (bench/decode.sh,
+// A/B runs alternated on a noisy machine). Past a matrix's end it fetches the next one's first
+// rows (the fast engine keeps them consecutive) or nothing: prefetches never fault.
+constexpr int64_t kInt8PrefetchRows = 16, kQ4PrefetchRows = 32;
+
 // int8: 64 weights (two blocks) per vpdpbusd; w + 128 (sign bit flipped) times xq, started from
 // lane_corr = -128 * xq summed per lane, gives sum w * xq exactly per lane.
 template <int R, int A>
@@ -649,6 +656,10 @@ struct Int8Avx512 {
       __m512i wu[R];
       LOOM_UNROLL
       for (int r = 0; r < R; ++r) wu[r] = _mm512_xor_si512(_mm512_loadu_si512(w + r * p.cols + c), flip);
+      if (A == 1)
+        LOOM_UNROLL
+        for (int r = 0; r < R; ++r)
+          _mm_prefetch(reinterpret_cast<const char*>(w + (r + kInt8PrefetchRows) * p.cols + c), _MM_HINT_T0);
       step(wu, c);
     }
     if (full < p.cols) {  // masked-off bytes load as 0 (+128 after the flip) against xq = 0
@@ -725,6 +736,10 @@ struct Q4Avx512 {
         const uint8_t* src = w + r * row_bytes + g * 72;
         head[r] = _mm512_loadu_si512(src);
         rest[r] = _mm512_castsi128_si512(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 64)));
+        if (A == 1) {
+          _mm_prefetch(reinterpret_cast<const char*>(src + kQ4PrefetchRows * row_bytes), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(src + kQ4PrefetchRows * row_bytes + 71), _MM_HINT_T0);
+        }
       }
       step(head, rest, g);
     }
