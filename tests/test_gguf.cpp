@@ -19,6 +19,7 @@
 #include "loom/io/fs.h"
 #include "loom/io/gguf.h"
 #include "loom/io/safetensors.h"
+#include "loom/quant/quantize_model.h"
 #include "loom/train/checkpoint.h"
 #include "loom/train/llama_format.h"
 #include "test_util.h"
@@ -573,6 +574,41 @@ TEST_F(LlamaFormat, QuantizedGgufExportsStayClose) {
     previous = error;
     // What loom imports is what gguf-py decodes.
     EXPECT_LT(relative_error(python_logits("gguf", file), logits(back)), 1e-5);
+  }
+}
+
+// A Q4_0 export of a GPTQ checkpoint carries its blocks unchanged (split and RoPE-permuted by rows):
+// every Q4_0 tensor of the file decodes to exactly the weights the checkpoint holds (those of an
+// F32 export of it). Re-rounding the dequantized weights would not: GPTQ's codes are not the
+// nearest ones, and a block whose largest weight is not at code 0 gets another scale.
+TEST_F(LlamaFormat, Q4_0ExportOfAGptqCheckpointKeepsItsBlocks) {
+  for (const bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied" : "untied");
+    const std::string name = tied ? "gptq-tied" : "gptq";
+    auto original = load_checkpoint(make_checkpoint(name + "-float", llama("rope", tied)));
+    torch::manual_seed(3);
+    const auto calibration = torch::randint(kVocab, {8, 16});
+    const auto weights = quantize_model(original, QuantMethod::kGptq, calibration);
+    auto quantized = load_checkpoint(save_quantized_checkpoint(original, weights, QuantMethod::kGptq, *dir_ / name));
+    ASSERT_FALSE(quantized.quantized.empty());
+    const std::string q4 = *dir_ / (name + "-q4_0.gguf"), f32 = *dir_ / (name + "-f32.gguf");
+    export_gguf(quantized, GgmlType::kQ4_0, q4, "gptq");
+    export_gguf(quantized, GgmlType::kF32, f32, "gptq");
+    const GgufFile a = read_gguf(q4), b = read_gguf(f32);
+    int q4_tensors = 0, would_differ = 0;
+    for (const auto& t : a.tensors) {
+      // An untied embedding is not quantized by `quantize` (only looked up): the export rounds it.
+      if (t.type != GgmlType::kQ4_0 || (!tied && t.name == "token_embd.weight")) continue;
+      ++q4_tensors;
+      const auto* plain = b.find_tensor(t.name);
+      ASSERT_NE(plain, nullptr) << t.name;
+      const std::vector<float> got = a.dequantize(t), want = b.dequantize(*plain);
+      EXPECT_EQ(got, want) << t.name;
+      if (ggml_quantize(GgmlType::kQ4_0, want.data(), static_cast<int64_t>(want.size())) != std::string(a.data(t), t.nbytes))
+        ++would_differ;
+    }
+    EXPECT_EQ(q4_tensors, 2 * 7 + 1);  // q, k, v, o, gate, up, down per layer; output (tied: token_embd)
+    EXPECT_GT(would_differ, 0) << "re-rounding happens to reproduce GPTQ's blocks: the test shows nothing";
   }
 }
 

@@ -55,16 +55,19 @@ torch::Tensor adjacent_to_half(const torch::Tensor& w, int64_t heads) {
 
 std::string layer_name(int64_t i, const char* rest) { return fmt::format("layers.{}.{}", i, rest); }
 
-// Splits a loom model's state into LLaMA tensors (fp32 copies), with q/k in the pairing asked
-// for; every loom tensor must be used.
-LlamaWeights split_model(Model& model, bool want_adjacent) {
-  const ModelConfig& c = model->config();
-  std::map<std::string, torch::Tensor> state;
-  for (auto& [name, t] : module_state(*model)) state[name] = t.detach().to(torch::kFloat).contiguous();
+// Splits loom tensors into LLaMA tensors by rows, with q/k in the pairing asked for: fp32 copies
+// of a model's state (every loom tensor must be used), or (partial) any row-major tensors such as
+// the raw Q4_0 block rows of a quantized checkpoint [rows, cols / 32 * 18] bytes, where a tensor
+// that is missing stays undefined.
+LlamaWeights split_state(const ModelConfig& c, const std::map<std::string, torch::Tensor>& state, bool want_adjacent,
+                         bool partial) {
   std::set<std::string> used;
   auto take = [&](const std::string& name) {
     auto it = state.find(name);
-    if (it == state.end()) fail("the model has no tensor '{}'", name);
+    if (it == state.end()) {
+      if (partial) return torch::Tensor();
+      fail("the model has no tensor '{}'", name);
+    }
     used.insert(name);
     return it->second;
   };
@@ -79,23 +82,34 @@ LlamaWeights split_model(Model& model, bool want_adjacent) {
   for (int64_t i = 0; i < c.n_layers; ++i) {
     LlamaLayer l;
     l.attn_norm = take(layer_name(i, "norm1.weight"));
-    const auto qkv = take(layer_name(i, "mixer.wqkv.weight")).split_with_sizes({h * d, kv * d, kv * d}, 0);
-    l.q = pair(qkv[0], h);
-    l.k = pair(qkv[1], kv);
-    l.v = qkv[2].contiguous();
+    if (const auto wqkv = take(layer_name(i, "mixer.wqkv.weight")); wqkv.defined()) {
+      const auto qkv = wqkv.split_with_sizes({h * d, kv * d, kv * d}, 0);
+      l.q = pair(qkv[0], h);
+      l.k = pair(qkv[1], kv);
+      l.v = qkv[2].contiguous();
+    }
     l.o = take(layer_name(i, "mixer.wo.weight"));
     l.ffn_norm = take(layer_name(i, "norm2.weight"));
-    const auto gate_up = take(layer_name(i, "ffn.w_in.weight")).chunk(2, 0);
-    l.gate = gate_up[0].contiguous();
-    l.up = gate_up[1].contiguous();
+    if (const auto w_in = take(layer_name(i, "ffn.w_in.weight")); w_in.defined()) {
+      const auto gate_up = w_in.chunk(2, 0);
+      l.gate = gate_up[0].contiguous();
+      l.up = gate_up[1].contiguous();
+    }
     l.down = take(layer_name(i, "ffn.w_out.weight"));
     out.layers.push_back(l);
   }
   out.norm = take("norm_f.weight");
   if (!c.tie_embeddings) out.output = take("lm_head.weight");
-  for (const auto& [name, t] : state)
-    if (!used.count(name)) fail("tensor '{}' has no place in a LLaMA model", name);
+  if (!partial)
+    for (const auto& [name, t] : state)
+      if (!used.count(name)) fail("tensor '{}' has no place in a LLaMA model", name);
   return out;
+}
+
+LlamaWeights split_model(Model& model, bool want_adjacent) {
+  std::map<std::string, torch::Tensor> state;
+  for (auto& [name, t] : module_state(*model)) state[name] = t.detach().to(torch::kFloat).contiguous();
+  return split_state(model->config(), state, want_adjacent, /*partial=*/false);
 }
 
 // A loom model of `config` holding `w` (q/k rows already in the config's pairing); shapes checked.
@@ -159,12 +173,24 @@ uint32_t file_type_of(GgmlType t) {  // llama_ftype: ALL_F32 0, MOSTLY_F16 1, Q4
   }
 }
 
-void add_gguf_tensor(GgufWriter& writer, const std::string& name, const torch::Tensor& t, GgmlType type) {
+// `raw`, when defined: the tensor's Q4_0 block rows as stored by `loom quantize`, written as they
+// are when the file's type is Q4_0 (GPTQ's blocks would not survive re-rounding the dequantized
+// weights: its codes are not the nearest ones on the grid).
+void add_gguf_tensor(GgufWriter& writer, const std::string& name, const torch::Tensor& t, GgmlType type,
+                     const torch::Tensor& raw = {}) {
   const auto x = t.to(torch::kFloat).contiguous();
   GgmlType chosen = type;
   if (x.dim() < 2) chosen = GgmlType::kF32;  // llama.cpp keeps 1-D tensors (norms) in F32
   else if (x.size(-1) % ggml_type_info(type).block_size != 0) chosen = GgmlType::kF16;
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  if (raw.defined() && chosen == GgmlType::kQ4_0) {
+    const auto bytes = raw.contiguous();
+    if (bytes.numel() != static_cast<int64_t>(ggml_nbytes(chosen, x.numel())))
+      fail("internal: stored Q4_0 blocks of {} have {} bytes for {} weights", name, bytes.numel(), x.numel());
+    writer.add_tensor(name, shape, chosen,
+                      std::string(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), bytes.numel()));
+    return;
+  }
   writer.add_tensor(name, shape, chosen, ggml_quantize(chosen, x.data_ptr<float>(), x.numel()));
 }
 
@@ -519,6 +545,13 @@ void export_gguf(LoadedModel& loaded, GgmlType type, const std::string& path, co
   const uint32_t file_type = file_type_of(type);
   torch::NoGradGuard no_grad;
   const LlamaWeights w = split_model(loaded.model, /*want_adjacent=*/true);
+  // A Q4_0 export of a Q4_0 checkpoint (q4 or gptq) copies the stored blocks, split and permuted
+  // by rows like the float weights.
+  std::map<std::string, torch::Tensor> blocks;
+  if (type == GgmlType::kQ4_0)
+    for (const auto& [tensor, q] : loaded.quantized)
+      if (q.format == QuantFormat::kQ4_0) blocks[tensor] = q.q.reshape({q.rows, -1});
+  const LlamaWeights raw = split_state(c, blocks, /*want_adjacent=*/true, /*partial=*/true);
 
   GgufWriter g;
   auto u32 = [](int64_t v) { return GgufValue::u32(static_cast<uint32_t>(v)); };
@@ -540,22 +573,23 @@ void export_gguf(LoadedModel& loaded, GgmlType type, const std::string& path, co
   if (has_foreign) add_foreign_vocab(g, foreign, c.vocab_size);
   else add_spm_vocab(g, parse_spm_model(loaded.tokenizer.serialized()), c.vocab_size, loaded.dir);
 
-  add_gguf_tensor(g, "token_embd.weight", w.embed, type);
+  add_gguf_tensor(g, "token_embd.weight", w.embed, type, raw.embed);
   for (size_t i = 0; i < w.layers.size(); ++i) {
     const LlamaLayer& l = w.layers[i];
+    const LlamaLayer& r = raw.layers[i];
     auto blk = [&](const char* n) { return fmt::format("blk.{}.{}.weight", i, n); };
     add_gguf_tensor(g, blk("attn_norm"), l.attn_norm, type);
-    add_gguf_tensor(g, blk("attn_q"), l.q, type);
-    add_gguf_tensor(g, blk("attn_k"), l.k, type);
-    add_gguf_tensor(g, blk("attn_v"), l.v, type);
-    add_gguf_tensor(g, blk("attn_output"), l.o, type);
+    add_gguf_tensor(g, blk("attn_q"), l.q, type, r.q);
+    add_gguf_tensor(g, blk("attn_k"), l.k, type, r.k);
+    add_gguf_tensor(g, blk("attn_v"), l.v, type, r.v);
+    add_gguf_tensor(g, blk("attn_output"), l.o, type, r.o);
     add_gguf_tensor(g, blk("ffn_norm"), l.ffn_norm, type);
-    add_gguf_tensor(g, blk("ffn_gate"), l.gate, type);
-    add_gguf_tensor(g, blk("ffn_up"), l.up, type);
-    add_gguf_tensor(g, blk("ffn_down"), l.down, type);
+    add_gguf_tensor(g, blk("ffn_gate"), l.gate, type, r.gate);
+    add_gguf_tensor(g, blk("ffn_up"), l.up, type, r.up);
+    add_gguf_tensor(g, blk("ffn_down"), l.down, type, r.down);
   }
   add_gguf_tensor(g, "output_norm.weight", w.norm, type);
-  if (w.output.defined()) add_gguf_tensor(g, "output.weight", w.output, type);
+  if (w.output.defined()) add_gguf_tensor(g, "output.weight", w.output, type, raw.output);
   g.write(path);
 }
 
