@@ -213,6 +213,19 @@ TEST_F(Serve, ChatCompletionUsesTheTemplateAndStreamsDeltas) {
   Running server(*served_, {});
   const std::vector<ChatMessage> messages{{"system", "be brief"}, {"user", "the mat"}};
   EXPECT_EQ(render_chat(messages), "<|system|>\nbe brief\n<|user|>\nthe mat\n<|assistant|>\n");
+  EXPECT_EQ(render_chat(messages, ChatTemplate::kChatMl),
+            "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nthe mat<|im_end|>\n<|im_start|>assistant\n");
+  // loom's SentencePiece vocabulary has no ChatML control tokens: auto keeps loom's template, and
+  // asking for chatml is refused.
+  EXPECT_EQ(detect_chat_template(reference_->tokenizer), ChatTemplate::kLoom);
+  EXPECT_EQ(parse_chat_template("chatml"), ChatTemplate::kChatMl);
+  EXPECT_THROW(parse_chat_template("llama2"), Error);
+  {
+    ServerOptions chatml;
+    chatml.chat_template = ChatTemplate::kChatMl;
+    EngineOptions engine;
+    EXPECT_THROW(Server(make_engine(*reference_, engine), reference_->tokenizer, {}, chatml), Error);
+  }
   const auto expected = greedy(*reference_, render_chat(messages), 10);
   const json request{{"messages", {{{"role", "system"}, {"content", "be brief"}}, {{"role", "user"}, {"content", "the mat"}}}},
                      {"max_tokens", 10}, {"temperature", 0}};

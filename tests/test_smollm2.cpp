@@ -15,11 +15,15 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
+#include <httplib.h>
 #include <nlohmann/json.hpp>
 
 #include "loom/data/bpe_tokenizer.h"
+#include "loom/infer/engine.h"
 #include "loom/infer/generate.h"
+#include "loom/serve/server.h"
 #include "loom/train/checkpoint.h"
 #include "test_util.h"
 
@@ -183,4 +187,55 @@ TEST(SmolLM2, GreedyMatchesLlamaCppOnF32Weights) {
 
 TEST(SmolLM2, GreedyFollowsLlamaCppOnQ4_1UpToNearTies) {
   check_greedy(read_json(kSource / "tests" / "data" / "smollm2_logits.json"), "prompts", false);
+}
+
+// `serve` picks SmolLM2's own chat format (ChatML: its vocabulary has <|im_start|>/<|im_end|>)
+// and ends the reply at <|im_end|>: a greedy chat answer equals greedy generation from the
+// ChatML-rendered prompt, stopped at <|im_end|>, and it is the right answer.
+TEST(SmolLM2, ServeChatUsesChatMl) {
+  auto& loaded = smollm2();
+  const auto& tokenizer = loaded.tokenizer;
+  ASSERT_EQ(loom::detect_chat_template(tokenizer), loom::ChatTemplate::kChatMl);
+  const std::vector<loom::ChatMessage> messages{{"user", "What is the capital of France?"}};
+  const std::string text = loom::render_chat(messages, loom::ChatTemplate::kChatMl);
+  EXPECT_EQ(text, "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n");
+  const int64_t im_end = tokenizer.encode("<|im_end|>").at(0);
+
+  loom::EngineOptions engine_options;
+  engine_options.slots = 1;
+  std::vector<int64_t> prompt;
+  for (int id : tokenizer.prompt_prefix()) prompt.push_back(id);
+  for (int id : tokenizer.encode(text)) prompt.push_back(id);
+  loom::GenerateOptions g;
+  g.max_new_tokens = 16;
+  g.sampling.temperature = 0;
+  g.stop_token = im_end;
+  auto engine = loom::make_engine(loaded, engine_options);
+  auto tokens = loom::generate(*engine, 0, prompt, g);
+  ASSERT_FALSE(tokens.empty());
+  ASSERT_EQ(tokens.back(), im_end) << "the reference reply did not end within 16 tokens";
+  tokens.pop_back();
+  const std::string expected = tokenizer.decode(std::vector<int>(tokens.begin(), tokens.end()));
+  EXPECT_NE(expected.find("Paris"), std::string::npos) << expected;
+
+  loom::ServerOptions options;
+  options.port = 0;
+  options.chat_template = loom::detect_chat_template(tokenizer);
+  loom::Server server(loom::make_engine(loaded, engine_options), tokenizer, {}, options);
+  const int port = server.bind();
+  std::thread thread([&server] { server.serve(); });
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(300, 0);
+  const nlohmann::json request{{"messages", {{{"role", "user"}, {"content", "What is the capital of France?"}}}},
+                               {"max_tokens", 16},
+                               {"temperature", 0}};
+  auto r = client.Post("/v1/chat/completions", request.dump(), "application/json");
+  server.stop();
+  thread.join();
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const auto body = nlohmann::json::parse(r->body);
+  EXPECT_EQ(body["choices"][0]["message"]["content"], expected);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(body["usage"]["prompt_tokens"], static_cast<int64_t>(prompt.size()));
 }

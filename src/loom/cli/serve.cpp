@@ -35,6 +35,7 @@ void add_serve(CLI::App& app, const GlobalOptions& global) {
     ServerOptions server;
     SchedulerOptions scheduler;
     int64_t slots = 8;
+    std::string chat_template = "auto";
   };
   auto args = std::make_shared<Args>();
   args->server.model_name.clear();
@@ -49,6 +50,9 @@ void add_serve(CLI::App& app, const GlobalOptions& global) {
   app.add_option("--queue", args->scheduler.queue, "requests waiting for a slot at most (more: 429)")->check(CLI::NonNegativeNumber);
   app.add_option("--prefill-chunk", args->scheduler.prefill_chunk, "prompt tokens a slot feeds per step at most (0 = all)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--chat-template", args->chat_template,
+                 "chat template: auto (chatml when the vocabulary has <|im_start|>/<|im_end|>, else loom), loom, chatml")
+      ->check(CLI::IsMember({"auto", "loom", "chatml"}));
   app.add_option("--threads-http", args->server.http_threads, "HTTP handler threads (each open connection holds one)")
       ->check(CLI::PositiveNumber);
   app.callback([args, &global] {
@@ -57,6 +61,8 @@ void add_serve(CLI::App& app, const GlobalOptions& global) {
     require_tokenizer(loaded, "serve");
     if (args->server.model_name.empty())
       args->server.model_name = std::filesystem::path(loaded.dir).filename().string();
+    args->server.chat_template = args->chat_template == "auto" ? detect_chat_template(loaded.tokenizer)
+                                                               : parse_chat_template(args->chat_template);
     EngineOptions engine;
     engine.slots = args->slots;
     Server server(make_engine(loaded, engine), loaded.tokenizer, args->scheduler, args->server);
@@ -70,8 +76,9 @@ void add_serve(CLI::App& app, const GlobalOptions& global) {
         spdlog::info("serve: {}: finishing the requests in flight, then exiting", strsignal(received));
       server.stop();
     }).detach();
-    spdlog::info("serve: {} ({} slots, context {}) on http://{}:{}", args->server.model_name, args->slots,
-                 server.scheduler().context(), args->server.host, port);
+    spdlog::info("serve: {} ({} slots, context {}, chat template {}) on http://{}:{}", args->server.model_name,
+                 args->slots, server.scheduler().context(), chat_template_name(args->server.chat_template),
+                 args->server.host, port);
     server.serve();
   });
 }

@@ -106,14 +106,29 @@ struct Parsed {
 
 }  // namespace
 
-std::string render_chat(const std::vector<ChatMessage>& messages) {
+ChatTemplate parse_chat_template(const std::string& name) {
+  if (name == "loom") return ChatTemplate::kLoom;
+  if (name == "chatml") return ChatTemplate::kChatMl;
+  fail("unknown chat template '{}' (loom, chatml)", name);
+}
+
+const char* chat_template_name(ChatTemplate t) { return t == ChatTemplate::kChatMl ? "chatml" : "loom"; }
+
+ChatTemplate detect_chat_template(const Tokenizer& tokenizer) {
+  return tokenizer.encode("<|im_start|>").size() == 1 && tokenizer.encode("<|im_end|>").size() == 1
+             ? ChatTemplate::kChatMl
+             : ChatTemplate::kLoom;
+}
+
+std::string render_chat(const std::vector<ChatMessage>& messages, ChatTemplate t) {
   std::string text;
   for (const auto& m : messages) {
     if (m.role != "system" && m.role != "user" && m.role != "assistant")
       fail("message role must be system, user or assistant, got '{}'", m.role);
-    text += "<|" + m.role + "|>\n" + m.content + "\n";
+    if (t == ChatTemplate::kChatMl) text += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    else text += "<|" + m.role + "|>\n" + m.content + "\n";
   }
-  return text + "<|assistant|>\n";
+  return text + (t == ChatTemplate::kChatMl ? "<|im_start|>assistant\n" : "<|assistant|>\n");
 }
 
 struct Server::Impl {
@@ -126,6 +141,12 @@ struct Server::Impl {
     if (options.max_tokens < 1) fail("--max-tokens must be >= 1, got {}", options.max_tokens);
     if (options.max_body < 1) fail("--max-body must be >= 1 byte, got {}", options.max_body);
     if (options.http_threads < 1) fail("--threads-http must be >= 1, got {}", options.http_threads);
+    if (options.chat_template == ChatTemplate::kChatMl) {
+      const auto end = tokenizer.encode("<|im_end|>");
+      if (end.size() != 1 || tokenizer.encode("<|im_start|>").size() != 1)
+        fail("the chatml chat template needs a vocabulary with <|im_start|> and <|im_end|> tokens");
+      chatml_end = end[0];
+    }
     const int threads = options.http_threads;
     http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
     http.set_payload_max_length(static_cast<size_t>(options.max_body));
@@ -219,7 +240,7 @@ struct Server::Impl {
         messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
       }
       try {
-        text = render_chat(messages);
+        text = render_chat(messages, options.chat_template);
       } catch (const Error& e) {
         throw ApiError{400, e.what(), "invalid_value", "messages"};
       }
@@ -230,11 +251,12 @@ struct Server::Impl {
       else if (prompt.is_string()) text = prompt.get<std::string>();
       else throw ApiError{400, "'prompt' must be a string (or a list of one string)", "invalid_type", "prompt"};
     }
-    // Training text is paragraphs each ended by eos, so eos first puts the model at the start of
-    // a paragraph (as `loom generate` does); eos also ends the completion.
+    // The prompt starts as `loom generate`'s does (prompt_prefix: eos for loom's models, whose
+    // training text is paragraphs each ended by eos; an imported model's own convention). eos
+    // ends the completion; a ChatML chat ends at "<|im_end|>".
     auto& p = parsed.params;
-    p.stop_token = tokenizer.eos_id();
-    p.prompt.push_back(tokenizer.eos_id());
+    p.stop_token = chat && options.chat_template == ChatTemplate::kChatMl ? chatml_end : tokenizer.eos_id();
+    for (int id : tokenizer.prompt_prefix()) p.prompt.push_back(id);
     for (int id : tokenizer.encode(text)) p.prompt.push_back(id);
     const auto prompt_tokens = static_cast<int64_t>(p.prompt.size());
     const int64_t room = scheduler.context() - prompt_tokens;
@@ -398,6 +420,7 @@ struct Server::Impl {
 
   ServerOptions options;
   Tokenizer tokenizer;
+  int64_t chatml_end = -1;  // the id of "<|im_end|>" (chatml)
   Scheduler scheduler;
   int64_t created;
   httplib::Server http;

@@ -11,6 +11,18 @@
 
 namespace loom {
 
+// The chat templates. role is system, user or assistant (anything else is a loom::Error).
+//   kLoom:   each message as "<|role|>\n" + content + "\n", then "<|assistant|>\n" for the reply;
+//   kChatMl: "<|im_start|>" + role + "\n" + content + "<|im_end|>\n" per message, then
+//            "<|im_start|>assistant\n" (llama.cpp's "chatml": SmolLM2, Qwen and others); the
+//            reply ends at "<|im_end|>".
+enum class ChatTemplate { kLoom, kChatMl };
+ChatTemplate parse_chat_template(const std::string& name);  // "loom" or "chatml"
+const char* chat_template_name(ChatTemplate t);
+// kChatMl when the vocabulary has "<|im_start|>" and "<|im_end|>" as control tokens (the text
+// encodes to one id each), kLoom otherwise.
+ChatTemplate detect_chat_template(const Tokenizer& tokenizer);
+
 struct ServerOptions {
   std::string host = "127.0.0.1";  // the address to listen on
   int port = 8080;                 // 0 = any free port (bind() says which)
@@ -19,14 +31,13 @@ struct ServerOptions {
   int64_t max_tokens = 1024;       // a request's max_tokens at most
   int64_t max_body = 1 << 20;      // request body bytes at most
   int http_threads = 64;           // handler threads; each open connection holds one
+  ChatTemplate chat_template = ChatTemplate::kLoom;
 };
 
-// The chat template: each message as "<|role|>\n" + content + "\n", then "<|assistant|>\n" for the
-// reply. role is system, user or assistant (anything else is a loom::Error).
 struct ChatMessage {
   std::string role, content;
 };
-std::string render_chat(const std::vector<ChatMessage>& messages);
+std::string render_chat(const std::vector<ChatMessage>& messages, ChatTemplate t = ChatTemplate::kLoom);
 
 class Server {
  public:
