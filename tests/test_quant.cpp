@@ -203,6 +203,23 @@ TEST(Quantize, QuantizableNames) {
   EXPECT_TRUE(is_quantizable("layers.0.ffn.w_out.weight", torch::zeros({8, 48}), QuantFormat::kInt8));
 }
 
+namespace {
+
+std::unique_ptr<Engine> f32_engine(Model& model, int64_t slots) {
+  FastEngineOptions options;
+  options.engine.slots = slots;
+  options.weights = WeightFormat::kF32;
+  return make_fast_engine(model, {}, options);
+}
+
+// An engine's logits for one row against the Model's logits at `position`.
+void expect_row(const torch::Tensor& got, const torch::Tensor& ref, int64_t position, const char* what) {
+  EXPECT_TRUE(torch::allclose(got, ref[position], 1e-4, 1e-4))
+      << what << " at " << position << ": max diff " << (got - ref[position]).abs().max().item<float>();
+}
+
+}  // namespace
+
 // The fast engine in fp32 computes the Model's forward: a prompt fed in pieces, several slots
 // interleaved in one call, each slot's logits equal to the Model's over its whole sequence.
 class FastEngineMatchesModel : public ::testing::TestWithParam<std::string> {};
@@ -211,17 +228,10 @@ TEST_P(FastEngineMatchesModel, PiecesAndSlots) {
   const auto config = tiny_config(GetParam());
   auto model = random_model(config);
   ASSERT_TRUE(fast_engine_supports(config));
-  FastEngineOptions options;
-  options.engine.slots = 3;
-  options.weights = WeightFormat::kF32;
-  auto engine = make_fast_engine(model, {}, options);
+  auto engine = f32_engine(model, 3);
   const auto a = random_tokens(30, config.vocab_size, 1), b = random_tokens(12, config.vocab_size, 2);
   const auto ref_a = model_logits(model, a), ref_b = model_logits(model, b);
   // Slot 2 takes a: 7 tokens, then 1 at a time, then the rest; slot 0 takes b alongside.
-  auto expect_row = [&](const torch::Tensor& got, const torch::Tensor& ref, int64_t position, const char* what) {
-    EXPECT_TRUE(torch::allclose(got, ref[position], 1e-4, 1e-4))
-        << what << " at " << position << ": max diff " << (got - ref[position]).abs().max().item<float>();
-  };
   auto out = engine->forward({2}, {{a.begin(), a.begin() + 7}});
   expect_row(out[0], ref_a, 6, "a");
   int64_t fed_a = 7, fed_b = 0;
@@ -254,26 +264,19 @@ TEST_P(FastEngineMatchesModel, LongPromptsInBlocks) {
   config.max_seq_len = 160;
   config.validate("test");
   auto model = random_model(config, 3);
-  FastEngineOptions options;
-  options.engine.slots = 2;
-  options.weights = WeightFormat::kF32;
-  auto engine = make_fast_engine(model, {}, options);
+  auto engine = f32_engine(model, 2);
   const auto a = random_tokens(153, config.vocab_size, 4), b = random_tokens(72, config.vocab_size, 5);
   const auto ref_a = model_logits(model, a), ref_b = model_logits(model, b);
-  auto expect_row = [&](const torch::Tensor& got, const torch::Tensor& ref, int64_t position) {
-    EXPECT_TRUE(torch::allclose(got, ref[position], 1e-4, 1e-4))
-        << "at " << position << ": max diff " << (got - ref[position]).abs().max().item<float>();
-  };
   auto out = engine->forward({1, 0}, {{a.begin(), a.begin() + 150}, {b.begin(), b.begin() + 70}});
-  expect_row(out[0], ref_a, 149);
-  expect_row(out[1], ref_b, 69);
+  expect_row(out[0], ref_a, 149, "a");
+  expect_row(out[1], ref_b, 69, "b");
   for (int64_t i = 0; i < 2; ++i) {
     out = engine->forward({0, 1}, {{b[70 + i]}, {a[150 + i]}});
-    expect_row(out[0], ref_b, 70 + i);
-    expect_row(out[1], ref_a, 150 + i);
+    expect_row(out[0], ref_b, 70 + i, "b");
+    expect_row(out[1], ref_a, 150 + i, "a");
   }
   out = engine->forward({1}, {{a[152]}});
-  expect_row(out[0], ref_a, 152);
+  expect_row(out[0], ref_a, 152, "a");
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, FastEngineMatchesModel,
@@ -355,7 +358,9 @@ TEST(FastEngine, GptqThroughTheEngineLowersEveryLayersError) {
   EXPECT_EQ(weights.size(), 9u);
   // The float model is left as it was.
   for (auto& p : loaded.model->named_parameters())
-    if (weights.count(p.key())) EXPECT_FALSE(torch::equal(p.value(), dequantize(weights.at(p.key())))) << p.key();
+    if (weights.count(p.key())) {
+      EXPECT_FALSE(torch::equal(p.value(), dequantize(weights.at(p.key())))) << p.key();
+    }
 }
 
 TEST(QuantizeCli, QuantizeEvalAndRefuseToRequantize) {
