@@ -55,7 +55,7 @@ def main():
     print(f"SmolLM2-135M-Instruct Q4_1, greedy, {a.threads} threads, {a.new_tokens} new tokens after a "
           f"{len(PROMPT)}-character prompt")
     print(f"llama.cpp (llama-cpp-python {llama_cpp.__version__}): {lc:8.1f} tokens/s")
-    print(f"loom ({args.checkpoint}):   {lm:8.1f} tokens/s  (load + prompt + 1 token: {startup:.2f} s)")
+    print(f"loom ({a.checkpoint}):   {lm:8.1f} tokens/s  (load + prompt + 1 token: {startup:.2f} s)")
     print(f"loom / llama.cpp: {lm / lc:.2f}x")
 
 
