@@ -574,6 +574,26 @@ TEST_F(LlamaFormat, QuantizedGgufExportsStayClose) {
     previous = error;
     // What loom imports is what gguf-py decodes.
     EXPECT_LT(relative_error(python_logits("gguf", file), logits(back)), 1e-5);
+    if (type != GgmlType::kQ4_0) {
+      EXPECT_TRUE(back.quantized.empty());
+      continue;
+    }
+    // Q4_0 linears keep the file's blocks: a q4 checkpoint (wqkv, wo, w_in, w_out per layer and the
+    // tied embedding), and exporting it as Q4_0 again gives the same tensor bytes.
+    EXPECT_EQ(back.quantization, "q4");
+    EXPECT_EQ(back.quantized.size(), 2u * 4 + 1);
+    EXPECT_TRUE(back.quantized.count("tok_emb.weight"));
+    const std::string again = file + ".again.gguf";
+    export_gguf(back, type, again, "q");
+    const GgufFile first = read_gguf(file), second = read_gguf(again);
+    ASSERT_EQ(first.tensors.size(), second.tensors.size());
+    for (size_t i = 0; i < first.tensors.size(); ++i) {
+      const auto& a = first.tensors[i];
+      const auto& b = second.tensors[i];
+      EXPECT_EQ(a.name, b.name);
+      EXPECT_EQ(a.type, b.type) << a.name;
+      EXPECT_EQ(std::string(first.data(a), a.nbytes), std::string(second.data(b), b.nbytes)) << a.name;
+    }
   }
 }
 

@@ -22,6 +22,9 @@ void add_import(CLI::App& app, const GlobalOptions&) {
                 static_cast<long long>(c.kv_heads()), static_cast<long long>(c.d_ff),
                 static_cast<long long>(c.vocab_size), c.position.c_str(), c.tie_embeddings ? "tied" : "untied",
                 s.tokenizer.c_str());
+    if (s.q4_0_weights > 0)
+      std::printf("kept the file's Q4_0 blocks of %lld linear weights (a q4 checkpoint)\n",
+                  static_cast<long long>(s.q4_0_weights));
   });
 }
 

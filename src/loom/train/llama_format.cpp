@@ -136,16 +136,20 @@ NamedTensors join_model(const ModelConfig& config, const LlamaWeights& w, const 
 }
 
 // Writes a loom checkpoint directory from imported weights and tokenizer files.
+// `quantization` (non-empty): the checkpoint stores some weights quantized (quant/quantize.h).
 std::string write_checkpoint(const std::string& out_dir, const ModelConfig& config, const NamedTensors& weights,
-                             const std::map<std::string, std::string>& files, const std::string& source) {
+                             const std::map<std::string, std::string>& files, const std::string& source,
+                             const std::string& quantization = "") {
   Recipe recipe = default_recipe();
   recipe.model = config;
   recipe.task = TaskConfig{};
   recipe.validate("import of " + source);
   const fs::path out(out_dir);
   CheckpointWriter writer(out.has_parent_path() ? out.parent_path().string() : ".", out.filename().string());
-  save_safetensors(writer.path("model.safetensors"), weights,
-                   {{"format", "loom-" + std::to_string(kCheckpointFormat)}, {"step", "0"}, {"imported_from", source}});
+  std::map<std::string, std::string> metadata{
+      {"format", "loom-" + std::to_string(kCheckpointFormat)}, {"step", "0"}, {"imported_from", source}};
+  if (!quantization.empty()) metadata["quantization"] = quantization;
+  save_safetensors(writer.path("model.safetensors"), weights, metadata);
   writer.add("recipe.yaml", recipe_to_yaml(recipe));
   for (const auto& [name, bytes] : files) writer.add(name, bytes);
   nlohmann::json j{{"format", kCheckpointFormat}, {"step", 0}, {"tokens_seen", 0}, {"elapsed_seconds", 0.0},
@@ -343,7 +347,42 @@ ImportSummary import_gguf(const std::string& path, const std::string& out_dir) {
       fail("{}: {} tokens in the vocabulary but token_embd has {} rows", path, tokens.size(), c.vocab_size);
   }
   c.validate(path);
-  summary.dir = write_checkpoint(out_dir, c, join_model(c, w, path), files, path);
+  // Linear weights whose every part is Q4_0 in the file keep its blocks (the checkpoint is then a
+  // "q4" one, run by the fast engine's Q4_0 kernels and exported back unchanged); the Model gets
+  // the same values dequantized. Parts concatenate by rows: q, k, v -> wqkv (in the file's RoPE
+  // pairing, which the import keeps), gate, up -> w_in.
+  auto blocks = [&](const std::vector<std::string>& parts, int64_t cols) -> torch::Tensor {
+    std::vector<torch::Tensor> rows;
+    for (const auto& part : parts) {
+      const GgufTensorInfo& t = *by_name.at(part);
+      if (t.type != GgmlType::kQ4_0 || t.shape.size() != 2 || t.shape[1] != cols) return {};
+      rows.push_back(torch::from_blob(const_cast<char*>(f.data(t)), {static_cast<int64_t>(t.nbytes)}, torch::kUInt8)
+                         .view({t.shape[0], -1}));
+    }
+    return torch::cat(rows, 0);
+  };
+  std::map<std::string, QuantizedLinear> kept;
+  auto keep = [&](const std::string& name, const std::vector<std::string>& parts, int64_t cols) {
+    if (auto q = blocks(parts, cols); q.defined())
+      kept[name] = QuantizedLinear{QuantFormat::kQ4_0, q.size(0), cols, q.contiguous(), {}};
+  };
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    auto blk = [&](const char* name) { return fmt::format("blk.{}.{}.weight", i, name); };
+    keep(layer_name(i, "mixer.wqkv.weight"), {blk("attn_q"), blk("attn_k"), blk("attn_v")}, c.d_model);
+    keep(layer_name(i, "mixer.wo.weight"), {blk("attn_output")}, c.d_model);
+    keep(layer_name(i, "ffn.w_in.weight"), {blk("ffn_gate"), blk("ffn_up")}, c.d_model);
+    keep(layer_name(i, "ffn.w_out.weight"), {blk("ffn_down")}, c.d_ff);
+  }
+  // The output projection: output.weight, or a tied token_embd (as `loom quantize` does).
+  if (c.tie_embeddings) keep("tok_emb.weight", {"token_embd.weight"}, c.d_model);
+  else keep("lm_head.weight", {"output.weight"}, c.d_model);
+  NamedTensors tensors;
+  for (auto& [name, t] : join_model(c, w, path)) {
+    if (auto it = kept.find(name); it != kept.end()) append_quantized(tensors, name, it->second);
+    else tensors.emplace_back(name, t);
+  }
+  summary.q4_0_weights = static_cast<int64_t>(kept.size());
+  summary.dir = write_checkpoint(out_dir, c, tensors, files, path, kept.empty() ? "" : "q4");
   return summary;
 }
 

@@ -49,10 +49,12 @@ struct ImportSummary {
   std::string source;     // "gguf" or "hf"
   std::string tokenizer;  // "sentencepiece", kGgufVocabFile + " (<model>)", or "none"
   ModelConfig config;
+  int64_t q4_0_weights = 0;  // GGUF: linear weights kept as the file's Q4_0 blocks
 };
 
 // `source`: a GGUF file (llama architecture; tensors of any type loom decodes, dequantized to
-// fp32) or a Hugging Face LLaMA directory (config.json and model.safetensors, or shards listed
+// fp32, except that a linear weight whose every part is Q4_0 keeps the file's blocks, making a
+// "q4" checkpoint) or a Hugging Face LLaMA directory (config.json and model.safetensors, or shards listed
 // in model.safetensors.index.json; F32/F16/BF16). Writes a loom checkpoint directory `out_dir`
 // (atomically): model.safetensors, recipe.yaml (task lm), trainer.json (step 0), and the
 // tokenizer: tokenizer.model (SentencePiece: rebuilt from a GGUF `llama` vocabulary, or the HF
