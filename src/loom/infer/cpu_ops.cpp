@@ -30,16 +30,43 @@ __attribute__((always_inline)) inline float exp_poly(float x) {
 
 }  // namespace
 
-LOOM_CLONES float dot(const float* a, const float* b, int64_t n) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
+LOOM_CLONES void dot_rows(const float* q, const float* rows, int64_t count, int64_t dim, float scale, float* s) {
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const float *r0 = rows + j * dim, *r1 = r0 + dim, *r2 = r1 + dim, *r3 = r2 + dim;
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (int64_t i = 0; i < dim; ++i) {
+      a0 += q[i] * r0[i];
+      a1 += q[i] * r1[i];
+      a2 += q[i] * r2[i];
+      a3 += q[i] * r3[i];
+    }
+    s[j] = a0 * scale, s[j + 1] = a1 * scale, s[j + 2] = a2 * scale, s[j + 3] = a3 * scale;
+  }
+  for (; j < count; ++j) {
+    const float* r = rows + j * dim;
+    float a = 0.0f;
+#pragma omp simd reduction(+ : a)
+    for (int64_t i = 0; i < dim; ++i) a += q[i] * r[i];
+    s[j] = a * scale;
+  }
 }
 
-LOOM_CLONES void axpy(float a, const float* x, float* y, int64_t n) {
+LOOM_CLONES void weighted_rows(const float* p, const float* rows, int64_t count, int64_t dim, float* out) {
+  for (int64_t i = 0; i < dim; ++i) out[i] = 0.0f;
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const float *r0 = rows + j * dim, *r1 = r0 + dim, *r2 = r1 + dim, *r3 = r2 + dim;
+    const float p0 = p[j], p1 = p[j + 1], p2 = p[j + 2], p3 = p[j + 3];
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+    for (int64_t i = 0; i < dim; ++i) out[i] += (p0 * r0[i] + p1 * r1[i]) + (p2 * r2[i] + p3 * r3[i]);
+  }
+  for (; j < count; ++j) {
+    const float* r = rows + j * dim;
+#pragma omp simd
+    for (int64_t i = 0; i < dim; ++i) out[i] += p[j] * r[i];
+  }
 }
 
 LOOM_CLONES void add(const float* x, float* y, int64_t n) {
@@ -101,11 +128,6 @@ LOOM_CLONES void layer_norm(const float* x, const float* w, const float* b, int6
 LOOM_CLONES void silu_mul(const float* gate, const float* up, int64_t n, float* y) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = gate[i] / (1.0f + exp_poly(-gate[i])) * up[i];
-}
-
-LOOM_CLONES void silu(float* x, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + exp_poly(-x[i]));
 }
 
 }  // namespace loom::cpu

@@ -455,8 +455,6 @@ class FastEngine : public Engine {
         } else {
           for (int64_t i = 0; i < ff; ++i) out[i] = activate(act_, gate[i]) * up[i];
         }
-      } else if (act_ == Act::kSilu) {
-        cpu::silu(out, ff);
       } else {
         for (int64_t i = 0; i < ff; ++i) out[i] = activate(act_, out[i]);
       }
@@ -506,7 +504,7 @@ class FastEngine : public Engine {
         sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(keys), static_cast<int>(hd), scale,
               q, static_cast<int>(qkv_width), k, static_cast<int>(hd), 0.0f, s, static_cast<int>(keys));
       } else {
-        for (int64_t j = 0; j < keys; ++j) s[j] = cpu::dot(q, k + j * hd, hd) * scale;
+        cpu::dot_rows(q, k, keys, hd, scale, s);
       }
       for (int64_t i = 0; i < m; ++i) {  // row i sees keys [lo, hi] of the block's range
         float* si = s + i * keys;
@@ -521,8 +519,7 @@ class FastEngine : public Engine {
         sgemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(m), static_cast<int>(hd), static_cast<int>(keys), 1.0f,
               s, static_cast<int>(keys), v, static_cast<int>(hd), 0.0f, o, static_cast<int>(h * hd));
       } else {
-        std::fill_n(o, hd, 0.0f);
-        for (int64_t j = 0; j < keys; ++j) cpu::axpy(s[j], v + j * hd, o, hd);
+        cpu::weighted_rows(s, v, keys, hd, o);
       }
     };
     if (items > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
