@@ -21,7 +21,7 @@
 
 #include "loom/core/runtime.h"
 #include "loom/infer/fast_engine.h"
-#include "loom/train/recipe.h"
+#include "loom/checkpoint/recipe.h"
 
 namespace {
 

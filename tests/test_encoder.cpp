@@ -111,14 +111,14 @@ TEST(Encoder, AlibiIsSymmetricAndWindowAsWideAsTheSequenceIsFullAttention) {
   c.layers = {"attention", "attention"};
   Model full(c);
   c.layers = {"local_attention", "local_attention"};
-  c.window = 16;
+  c.local_attention.window = 16;
   Model local(c);
   copy_weights(*full, *local);
   torch::NoGradGuard no_grad;
   auto tokens = torch::randint(1, c.vocab_size, {2, 9});
   EXPECT_TRUE(torch::allclose(local->classify(tokens, {}), full->classify(tokens, {}), 1e-5, 1e-6));
   // A narrow window sees less: the outputs differ.
-  c.window = 2;
+  c.local_attention.window = 2;
   Model narrow(c);
   copy_weights(*full, *narrow);
   EXPECT_FALSE(torch::allclose(narrow->classify(tokens, {}), full->classify(tokens, {}), 1e-3, 1e-3));

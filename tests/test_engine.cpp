@@ -17,7 +17,7 @@ ModelConfig engine_config(std::vector<std::string> layers) {
   c.n_heads = 2;
   c.d_ff = 32;
   c.max_seq_len = 20;
-  c.d_state = 4;
+  c.mamba.d_state = 4;
   c.position = "rope";
   c.layers = std::move(layers);
   c.validate("test");

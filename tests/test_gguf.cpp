@@ -1,4 +1,4 @@
-// GGUF and Hugging Face interchange (io/gguf.h, train/llama_format.h), checked against independent
+// GGUF and Hugging Face interchange (io/gguf.h, convert/llama_format.h), checked against independent
 // references in .venv (scripts/venv.sh): llama.cpp's own gguf-py reads loom's files and loom reads
 // gguf-py's; loom's quantizers agree bit for bit with gguf-py's; exported models run in a numpy
 // LLaMA forward pass written from the conventions (HF rotate-half, llama.cpp adjacent pairs) and
@@ -15,13 +15,13 @@
 
 #include "loom/data/spm_model.h"
 #include "loom/data/tokenizer.h"
-#include "loom/io/checkpoint.h"
+#include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
 #include "loom/io/gguf.h"
 #include "loom/io/safetensors.h"
-#include "loom/quant/quantize_model.h"
-#include "loom/train/checkpoint.h"
-#include "loom/train/llama_format.h"
+#include "loom/convert/quantize_model.h"
+#include "loom/checkpoint/checkpoint.h"
+#include "loom/convert/llama_format.h"
 #include "test_util.h"
 
 using namespace loom;

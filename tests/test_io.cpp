@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "loom/core/error.h"
-#include "loom/io/checkpoint.h"
+#include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
 #include "loom/io/safetensors.h"
 

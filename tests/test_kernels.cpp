@@ -2,7 +2,8 @@
 // independent re-implementation of llama.cpp's formulas), fp16 conversion, and every kernel path
 // this CPU supports against the scalar reference and against the float product with the
 // dequantized weights. Torch-free: builds alone with
-//   g++ -O2 -std=c++17 -fopenmp -Isrc src/loom/quant/kernels.cpp tests/test_kernels.cpp
+//   g++ -O2 -std=c++17 -fopenmp -Isrc src/loom/quant/kernels.cpp src/loom/io/ggml_blocks.cpp
+//       tests/test_kernels.cpp
 //       -lgtest -lgtest_main -pthread
 #include <gtest/gtest.h>
 #include <omp.h>

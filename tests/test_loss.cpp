@@ -60,9 +60,9 @@ TEST(TrainStep, MoeLoadBalancingLossReachesTheRouter) {
     c.d_ff = 16;
     c.max_seq_len = 8;
     c.ffn = "moe";
-    c.n_experts = 4;
-    c.top_k = 1;
-    c.moe_aux_weight = aux_weight;
+    c.moe.n_experts = 4;
+    c.moe.top_k = 1;
+    c.moe.moe_aux_weight = aux_weight;
     torch::manual_seed(13);
     Model model(c);
     TrainConfig t;

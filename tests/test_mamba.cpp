@@ -77,7 +77,7 @@ TEST(Mamba, HybridModelIsCausalAndDecodesRecurrently) {
   c.n_heads = 2;
   c.d_ff = 32;
   c.max_seq_len = 20;
-  c.d_state = 4;
+  c.mamba.d_state = 4;
   c.position = "rope";
   c.layers = {"mamba", "attention", "mamba"};
   c.validate("test");
@@ -107,7 +107,7 @@ TEST(Mamba, ModelKeepsTheReferenceInitialization) {
   c.n_layers = 2;
   c.n_heads = 2;
   c.d_ff = 32;
-  c.d_state = 4;
+  c.mamba.d_state = 4;
   c.mixer = "mamba";
   c.position = "none";
   Model model(c);

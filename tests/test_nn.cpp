@@ -2,6 +2,11 @@
 // decoding (causality, cached = uncached).
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
 #include "loom/core/compat.h"
 #include "loom/io/safetensors.h"
 #include "loom/models/model.h"
@@ -138,17 +143,90 @@ TEST(Model, ParameterNamesArePinned) {
   EXPECT_EQ(names.back(), "lm_head.weight");
 }
 
-TEST(Norms, MatchLibtorchAndDefinition) {
+TEST(Norms, LayernormMatchesLibtorch) {
   torch::manual_seed(3);
   auto c = tiny_config();
   auto x = torch::randn({3, 5, c.d_model});
   auto layernorm = blocks().norms.get("layernorm", "test")(c, c.d_model);
   torch::nn::LayerNorm reference(torch::nn::LayerNormOptions({c.d_model}).eps(c.norm_eps));
   EXPECT_TRUE(torch::allclose(layernorm->forward(x), reference(x), 1e-5, 1e-6));
+}
+
+TEST(Norms, RmsnormMatchesItsDefinition) {
+  torch::manual_seed(3);
+  auto c = tiny_config();
+  auto x = torch::randn({3, 5, c.d_model});
   auto rmsnorm = blocks().norms.get("rmsnorm", "test")(c, c.d_model);
   auto expected = x / torch::sqrt(x.pow(2).mean(-1, true) + c.norm_eps);
   EXPECT_TRUE(torch::allclose(rmsnorm->forward(x), expected, 1e-5, 1e-6));
 }
+
+// Learned positions add row offset + t of their table to the t-th embedding.
+TEST(Positions, LearnedAddsItsTableRowsFromTheOffset) {
+  auto c = tiny_config();
+  auto learned = blocks().positions.get("learned", "test")(c);
+  auto table = param(*learned, "weight");
+  {
+    torch::NoGradGuard no_grad;
+    table.normal_();
+  }
+  auto x = torch::randn({2, 3, c.d_model});
+  EXPECT_TRUE(torch::allclose(learned->embed(x, 5), x + table.narrow(0, 5, 3).unsqueeze(0)));
+  EXPECT_NE(error_message([&] { learned->embed(x, c.max_seq_len - 2); }).find("exceed"), std::string::npos);
+}
+
+// PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(p / 10000^(2i/d)), written out per entry.
+TEST(Positions, SinusoidalMatchesTheFormula) {
+  auto c = tiny_config();
+  auto sinusoidal = blocks().positions.get("sinusoidal", "test")(c);
+  auto pe = sinusoidal->embed(torch::zeros({1, 4, c.d_model}), 3)[0];  // positions 3..6
+  for (int64_t t = 0; t < 4; ++t)
+    for (int64_t i = 0; i < c.d_model; ++i) {
+      const double angle = (3 + t) / std::pow(10000.0, static_cast<double>(i - i % 2) / c.d_model);
+      EXPECT_NEAR(pe[t][i].item<double>(), i % 2 ? std::cos(angle) : std::sin(angle), 1e-5) << t << " " << i;
+    }
+}
+
+// No position scheme leaves embeddings, queries and keys as they are and biases no score.
+TEST(Positions, NoneChangesNothing) {
+  auto c = tiny_config();
+  auto none = blocks().positions.get("none", "test")(c);
+  auto x = torch::randn({2, 3, c.d_model}), q = torch::randn({2, 3, 4, 4});
+  EXPECT_TRUE(torch::equal(none->embed(x, 7), x));
+  auto [q2, k2] = none->rotate(q, q, 7);
+  EXPECT_TRUE(torch::equal(q2, q) && torch::equal(k2, q));
+  EXPECT_FALSE(none->attention_bias(4, 3, 3, 0).defined());
+}
+
+// The feed-forward blocks against their equations, written out with the block's own weights:
+// MLPs w_out(act(w_in x)), GLUs w_out(act(gate x) * (up x)) with w_in's rows [gate; up].
+void expect_ffn_equation(const std::string& name) {
+  SCOPED_TRACE(name);
+  torch::manual_seed(11);
+  auto c = tiny_config();
+  auto ffn = blocks().ffns.get(name, "test")(c, 0);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : ffn->parameters()) p.normal_();
+  }
+  auto x = torch::randn({2, 3, c.d_model});
+  auto w_in = param(*ffn, "w_in.weight"), b_in = param(*ffn, "w_in.bias");
+  auto w_out = param(*ffn, "w_out.weight"), b_out = param(*ffn, "w_out.bias");
+  auto h = torch::matmul(x, w_in.t()) + b_in;
+  torch::Tensor mid;
+  if (name == "relu") mid = torch::relu(h);
+  else if (name == "gelu") mid = torch::gelu(h);
+  else {
+    auto gate = h.narrow(-1, 0, c.d_ff), up = h.narrow(-1, c.d_ff, c.d_ff);
+    mid = (name == "swiglu" ? gate * torch::sigmoid(gate) : torch::gelu(gate)) * up;
+  }
+  EXPECT_TRUE(torch::allclose(ffn->forward(x), torch::matmul(mid, w_out.t()) + b_out, 1e-4, 1e-4));
+}
+
+TEST(Ffn, ReluMatchesTheMlpEquation) { expect_ffn_equation("relu"); }
+TEST(Ffn, GeluMatchesTheMlpEquation) { expect_ffn_equation("gelu"); }
+TEST(Ffn, SwigluMatchesTheGluEquation) { expect_ffn_equation("swiglu"); }
+TEST(Ffn, GegluMatchesTheGluEquation) { expect_ffn_equation("geglu"); }
 
 TEST(Positions, RopeRotatesByRelativeAngle) {
   // <rope(q, m), rope(k, n)> depends only on m - n.
@@ -313,6 +391,39 @@ TEST(Sampler, TopKOneIsGreedyAndTopPKeepsTheMass) {
 #include <fstream>
 #include <sstream>
 
+// Adding a block: besides its docs/blocks.md line (below) and its fast-engine declaration (the
+// registry refuses a block without one), every registered name has a reference test named after
+// it: a test in tests/*.cpp whose suite is the name in CamelCase, or whose name starts with it
+// (case aside): `local_attention` -> TEST(Attention, LocalAttention...).
+TEST(Registry, EveryBlockHasAReferenceTestNamedAfterIt) {
+  const std::regex test_macro(R"(TEST(?:_P|_F)?\(\s*(\w+)\s*,\s*(\w+)\s*\))");
+  std::vector<std::pair<std::string, std::string>> tests;
+  auto lower = [](std::string s) {
+    for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return s;
+  };
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(LOOM_SOURCE_DIR) + "/tests")) {
+    if (entry.path().extension() != ".cpp") continue;
+    std::ifstream in(entry.path());
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    for (std::sregex_iterator it(text.begin(), text.end(), test_macro), end; it != end; ++it)
+      tests.emplace_back(lower((*it)[1]), lower((*it)[2]));
+  }
+  ASSERT_GT(tests.size(), 100u);
+  blocks();
+  for (const auto& info : block_catalogue()) {
+    std::string camel;  // local_attention -> localattention (compared lower-case)
+    for (char ch : info.name)
+      if (ch != '_') camel += ch;
+    const bool found = std::any_of(tests.begin(), tests.end(), [&](const auto& t) {
+      return t.first == camel || t.second.rfind(camel, 0) == 0;
+    });
+    EXPECT_TRUE(found) << info.family << " '" << info.name << "' has no reference test named after it: add one "
+                       << "whose suite is its CamelCase name or whose name starts with it (docs/architecture.md)";
+    EXPECT_TRUE(info.runs_on_fast_engine.has_value()) << info.name;
+  }
+}
+
 TEST(Docs, EveryRegisteredBlockIsDocumented) {
   std::ifstream in(std::string(LOOM_SOURCE_DIR) + "/docs/blocks.md");
   ASSERT_TRUE(in) << "docs/blocks.md is missing";
@@ -327,10 +438,14 @@ TEST(Docs, EveryRegisteredBlockIsDocumented) {
     ASSERT_NE(at, std::string::npos) << info.family << "/" << info.name << " has no line in docs/blocks.md";
     const std::string line = doc.substr(at, doc.find('\n', at) - at);
     EXPECT_NE(line.find(info.paper), std::string::npos) << "docs/blocks.md line lacks the paper: " << line;
+    // The last column repeats the block's fast-engine declaration.
+    const std::string fast = *info.runs_on_fast_engine ? "| yes |" : "| no |";
+    EXPECT_EQ(line.substr(line.size() - std::min(line.size(), fast.size())), fast)
+        << "docs/blocks.md's fast-engine column disagrees with the registration: " << line;
   }
 }
 
-TEST(Positions, AdjacentRopeIsHalfRopeWithPermutedCoordinates) {
+TEST(Positions, RopeAdjacentIsHalfRopeWithPermutedCoordinates) {
   auto c = tiny_config();
   auto half = blocks().positions.get("rope", "test")(c);
   auto adjacent = blocks().positions.get("rope_adjacent", "test")(c);
@@ -404,8 +519,8 @@ TEST(Block, NormPlacementsFollowTheirEquations) {
 TEST(Moe, OneExpertTopOneIsTheDenseSwiGLU) {
   torch::manual_seed(9);
   auto c = tiny_config();
-  c.n_experts = 1;
-  c.top_k = 1;
+  c.moe.n_experts = 1;
+  c.moe.top_k = 1;
   auto moe = blocks().ffns.get("moe", "test")(c, 0);
   auto dense = blocks().ffns.get("swiglu", "test")(c, 0);
   {
@@ -425,9 +540,9 @@ TEST(Moe, OneExpertTopOneIsTheDenseSwiGLU) {
 TEST(Moe, CapacityDropsOverflowAndBalancedRoutingHasUnitLoss) {
   torch::manual_seed(10);
   auto c = tiny_config();
-  c.n_experts = 4;
-  c.top_k = 1;
-  c.capacity_factor = 0.5;  // capacity = ceil(0.5 * 16 / 4) = 2 tokens per expert
+  c.moe.n_experts = 4;
+  c.moe.top_k = 1;
+  c.moe.capacity_factor = 0.5;  // capacity = ceil(0.5 * 16 / 4) = 2 tokens per expert
   auto moe = blocks().ffns.get("moe", "test")(c, 0);
   {
     torch::NoGradGuard no_grad;
@@ -456,7 +571,7 @@ TEST(Moe, CapacityDropsOverflowAndBalancedRoutingHasUnitLoss) {
 TEST(Model, WeightDecayOnlyOnProjectionMatrices) {
   auto c = tiny_config();
   c.layers = {"attention", "mamba"};
-  c.d_state = 4;
+  c.mamba.d_state = 4;
   Model model(c);
   std::set<std::string> decayed;
   for (auto& item : model->named_parameters())
@@ -469,12 +584,12 @@ TEST(Model, WeightDecayOnlyOnProjectionMatrices) {
     EXPECT_FALSE(decayed.count(name)) << name;
 }
 
-TEST(Attention, SlidingWindowAsWideAsTheSequenceIsFullAttention) {
+TEST(Attention, LocalAttentionAsWideAsTheSequenceIsFullAttention) {
   torch::manual_seed(14);
   auto c = tiny_config();
   auto position = blocks().positions.get("rope", "test")(c);
   auto full = blocks().mixers.get("attention", "test")(c, 0);
-  c.window = 9;
+  c.local_attention.window = 9;
   auto local = blocks().mixers.get("local_attention", "test")(c, 0);
   {
     torch::NoGradGuard no_grad;
@@ -484,7 +599,7 @@ TEST(Attention, SlidingWindowAsWideAsTheSequenceIsFullAttention) {
   auto x = torch::randn({2, 9, c.d_model});
   EXPECT_TRUE(torch::allclose(local->forward(x, ctx), full->forward(x, ctx), 1e-5, 1e-6));
   // A narrower window changes every output past the window, and none before it.
-  c.window = 3;
+  c.local_attention.window = 3;
   auto narrow = blocks().mixers.get("local_attention", "test")(c, 0);
   {
     torch::NoGradGuard no_grad;
@@ -494,7 +609,7 @@ TEST(Attention, SlidingWindowAsWideAsTheSequenceIsFullAttention) {
   EXPECT_TRUE(torch::allclose(a.narrow(1, 0, 3), b.narrow(1, 0, 3), 1e-5, 1e-6));
   EXPECT_FALSE(torch::allclose(a.narrow(1, 3, 6), b.narrow(1, 3, 6), 1e-3, 1e-3));
   // Window 1: each position attends only to itself, so the output is wo(v_t).
-  c.window = 1;
+  c.local_attention.window = 1;
   auto self_only = blocks().mixers.get("local_attention", "test")(c, 0);
   auto w = param(*self_only, "wqkv.weight"), bias = param(*self_only, "wqkv.bias");
   const int64_t hd = c.n_heads * c.head_dim();
@@ -506,7 +621,7 @@ TEST(Attention, SlidingWindowAsWideAsTheSequenceIsFullAttention) {
 TEST(Attention, LocalAndQkNormModelsDecodeIncrementally) {
   auto c = tiny_config();
   c.layers = {"local_attention", "attention"};
-  c.window = 4;
+  c.local_attention.window = 4;
   c.qk_norm = true;
   c.position = "rope";
   c.validate("test");
@@ -530,7 +645,7 @@ TEST(Attention, LocalAndQkNormModelsDecodeIncrementally) {
   EXPECT_GT(params["layers.1.mixer.k_norm.weight"].grad().abs().sum().item<float>(), 0);
 }
 
-TEST(Attention, CausalLinearAttentionEqualsItsQuadraticMaskedForm) {
+TEST(Attention, LinearAttentionCausalEqualsItsQuadraticMaskedForm) {
   torch::manual_seed(16);
   auto c = tiny_config();
   auto position = blocks().positions.get("none", "test")(c);

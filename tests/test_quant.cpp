@@ -4,14 +4,15 @@
 
 #include <cstring>
 #include <fstream>
+#include <set>
 
 #include "loom/infer/fast_engine.h"
 #include "loom/infer/generate.h"
-#include "loom/io/checkpoint.h"
+#include "loom/io/checkpoint_dir.h"
 #include "loom/io/safetensors.h"
 #include "loom/quant/quantize.h"
-#include "loom/quant/quantize_model.h"
-#include "loom/train/checkpoint.h"
+#include "loom/convert/quantize_model.h"
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/trainer.h"
 #include "test_util.h"
 #include "tiny_run.h"
@@ -51,7 +52,7 @@ ModelConfig tiny_config(const std::string& flavour) {
   if (flavour == "llama" || flavour == "llama_adjacent" || flavour == "llama_window") {
     c.position = flavour == "llama_adjacent" ? "rope_adjacent" : "rope";
     c.norm = "rmsnorm", c.ffn = "swiglu", c.bias = false, c.tie_embeddings = false, c.n_kv_heads = 2;
-    if (flavour == "llama_window") c.layers = {"local_attention", "attention"}, c.window = 5;
+    if (flavour == "llama_window") c.layers = {"local_attention", "attention"}, c.local_attention.window = 5;
   } else if (flavour == "gpt") {
     c.position = "learned", c.norm = "layernorm", c.ffn = "gelu", c.bias = true, c.tie_embeddings = true;
   } else if (flavour == "sinusoidal") {
@@ -192,15 +193,30 @@ TEST(Quantize, CheckpointTensorsRoundTripAndRejectBrokenParts) {
   EXPECT_NE(error_message([&] { extract_quantized(bad, "f"); }).find("q4_0 blocks"), std::string::npos);
 }
 
-TEST(Quantize, QuantizableNames) {
-  auto w = torch::zeros({8, 64});
-  EXPECT_TRUE(is_quantizable("layers.3.mixer.wqkv.weight", w, QuantFormat::kQ4_0));
-  EXPECT_TRUE(is_quantizable("layers.0.ffn.w_out.weight", w, QuantFormat::kInt8));
-  EXPECT_TRUE(is_quantizable("lm_head.weight", w, QuantFormat::kInt8));
-  EXPECT_FALSE(is_quantizable("tok_emb.weight", w, QuantFormat::kInt8));
-  EXPECT_FALSE(is_quantizable("layers.0.norm1.weight", torch::zeros({64}), QuantFormat::kInt8));
-  EXPECT_FALSE(is_quantizable("layers.0.ffn.w_out.weight", torch::zeros({8, 48}), QuantFormat::kQ4_0));
-  EXPECT_TRUE(is_quantizable("layers.0.ffn.w_out.weight", torch::zeros({8, 48}), QuantFormat::kInt8));
+// What a quantized checkpoint quantizes is declared by the blocks (kQuantizable): every attention
+// and FFN projection and an untied lm_head; never embeddings, norms, biases, MoE routers or
+// Mamba's projections; and only where the format fits the row length.
+TEST(Quantize, QuantizableWeightsAreTheDeclaredOnes) {
+  auto c = tiny_config("llama");
+  c.layers = {"attention", "linear_attention"};
+  Model model(c);
+  std::set<std::string> quantizable;
+  for (const auto& p : model->named_parameters())
+    if (model->is_quantizable(p.key())) quantizable.insert(p.key());
+  std::set<std::string> expected{"lm_head.weight"};
+  for (int layer : {0, 1})
+    for (const char* name : {"mixer.wqkv", "mixer.wo", "ffn.w_in", "ffn.w_out"})
+      expected.insert("layers." + std::to_string(layer) + "." + name + ".weight");
+  EXPECT_EQ(quantizable, expected);
+  c.ffn = "moe", c.layers = {"mamba", "attention"}, c.tie_embeddings = true;
+  Model other(c);
+  for (const auto& p : other->named_parameters())
+    EXPECT_EQ(other->is_quantizable(p.key()), p.key() == "layers.1.mixer.wqkv.weight" || p.key() == "layers.1.mixer.wo.weight")
+        << p.key();
+  EXPECT_TRUE(fits_format(torch::zeros({8, 64}), QuantFormat::kQ4_0));
+  EXPECT_FALSE(fits_format(torch::zeros({64}), QuantFormat::kInt8));
+  EXPECT_FALSE(fits_format(torch::zeros({8, 48}), QuantFormat::kQ4_0));
+  EXPECT_TRUE(fits_format(torch::zeros({8, 48}), QuantFormat::kInt8));
 }
 
 namespace {
@@ -292,7 +308,7 @@ TEST(FastEngine, QuantizedWeightsMatchTheDequantizedModel) {
     {
       torch::NoGradGuard no_grad;
       for (auto& p : model->named_parameters())
-        if (is_quantizable(p.key(), p.value(), format)) {
+        if (model->is_quantizable(p.key()) && fits_format(p.value(), format)) {
           quantized[p.key()] = quantize_rtn(p.value(), format);
           p.value().copy_(dequantize(quantized[p.key()]));
         }

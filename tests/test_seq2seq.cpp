@@ -10,9 +10,9 @@
 
 #include "loom/data/translation_data.h"
 #include "loom/train/adamw.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/linear_cross_entropy.h"
-#include "loom/train/recipe.h"
+#include "loom/checkpoint/recipe.h"
 #include "loom/train/train_step.h"
 #include "test_util.h"
 

@@ -14,7 +14,7 @@
 
 #include "loom/infer/generate.h"
 #include "loom/serve/server.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/trainer.h"
 #include "test_util.h"
 #include "tiny_run.h"

@@ -24,7 +24,7 @@
 #include "loom/infer/engine.h"
 #include "loom/infer/generate.h"
 #include "loom/serve/server.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

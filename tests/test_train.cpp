@@ -9,10 +9,10 @@
 #include <random>
 #include <sstream>
 
-#include "loom/io/checkpoint.h"
+#include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
 #include "loom/io/safetensors.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/trainer.h"
 #include "test_util.h"
 #include "tiny_run.h"
@@ -180,7 +180,7 @@ TEST_F(Cli, TranslateWritesOneLinePerInputInOrder) {
   Model model(loaded.recipe.model);
   AdamW optimizer({}, 0.9, 0.95, 1e-8);
   const auto dir = save_checkpoint((tiny_->root / "translation").string(), loaded.recipe, model, &loaded.tokenizer,
-                                   optimizer, TrainerState{}, 1);
+                                   optimizer.state(), TrainerState{}, 1);
   auto r = run_loom("--threads 1 translate " + dir + " --beam 2 --max-len-b 3 < " + write("source.txt", "the cat\n\n  \nsat on"));
   ASSERT_EQ(r.status, 0) << r.output;
   std::vector<std::string> lines;

@@ -218,9 +218,10 @@ TEST(CrossAttention, MatchesLibtorchWithKeyPaddingAndCachesTheMemory) {
   changed[1].narrow(0, 4, 3).normal_();
   EXPECT_TRUE(torch::allclose(cross->forward(x, MixerContext{nullptr, 0, nullptr, {}, changed, padding}), ours, 1e-5, 1e-6));
   // With a cache the memory is projected on the first call and reused without it.
-  LayerCache cache;
+  MixerState cache;
   auto first = cross->forward(x.narrow(1, 0, 2), MixerContext{nullptr, 0, &cache, {}, memory, padding});
-  ASSERT_TRUE(cache.cross_k.defined());
+  ASSERT_EQ(cache.tensors.size(), 2u);  // keys and values of the memory
+  EXPECT_EQ(cache.kinds[0], StateKind::kMemory);
   auto later = cross->forward(x.narrow(1, 2, 3), MixerContext{nullptr, 2, &cache, {}, {}, padding});
   EXPECT_TRUE(torch::allclose(torch::cat({first, later}, 1), theirs, 1e-5, 1e-5));
 }

@@ -12,7 +12,7 @@
 #include <sstream>
 
 #include "loom/data/tasks.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/trainer.h"
 #include "test_util.h"
 

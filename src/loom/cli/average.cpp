@@ -1,8 +1,8 @@
 #include <cstdio>
 
 #include "loom/cli/commands.h"
-#include "loom/io/checkpoint.h"
-#include "loom/train/checkpoint.h"
+#include "loom/io/checkpoint_dir.h"
+#include "loom/checkpoint/checkpoint.h"
 
 namespace loom::cli {
 

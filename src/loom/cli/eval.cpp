@@ -14,7 +14,7 @@
 #include "loom/eval/metrics.h"
 #include "loom/infer/translate.h"
 #include "loom/io/fs.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/train_step.h"
 
 namespace loom::cli {

@@ -2,7 +2,7 @@
 #include <filesystem>
 
 #include "loom/cli/commands.h"
-#include "loom/train/llama_format.h"
+#include "loom/convert/llama_format.h"
 
 namespace loom::cli {
 

@@ -3,7 +3,7 @@
 #include "loom/cli/commands.h"
 #include "loom/core/runtime.h"
 #include "loom/infer/generate.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 
 namespace loom::cli {
 

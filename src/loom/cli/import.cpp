@@ -1,7 +1,7 @@
 #include <cstdio>
 
 #include "loom/cli/commands.h"
-#include "loom/train/llama_format.h"
+#include "loom/convert/llama_format.h"
 
 namespace loom::cli {
 

@@ -2,11 +2,11 @@
 #include <cstdio>
 #include <cstring>
 
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "loom/cli/commands.h"
 #include "loom/core/error.h"
+#include "loom/core/log.h"
 #include "loom/core/runtime.h"
 
 namespace {
@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
   }
   loom::ensure_runtime_environment(argc, argv, policy);
   // Logs and progress go to stderr; stdout carries results (generated text, scores).
-  spdlog::set_default_logger(spdlog::stderr_color_mt("loom"));
+  loom::logger();  // the library's stderr logger, made the CLI's own too
+  spdlog::set_default_logger(spdlog::get("loom"));
   spdlog::set_pattern("[%H:%M:%S] %^%l%$: %v");
   CLI::App app{"loom: build, train and run Transformer-family models"};
   app.require_subcommand(1);

@@ -9,7 +9,7 @@
 #include "loom/core/runtime.h"
 #include "loom/data/corpus.h"
 #include "loom/data/lm_data.h"
-#include "loom/quant/quantize_model.h"
+#include "loom/convert/quantize_model.h"
 
 namespace loom::cli {
 

@@ -12,7 +12,7 @@
 #include "loom/core/error.h"
 #include "loom/core/runtime.h"
 #include "loom/serve/server.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 
 namespace loom::cli {
 

@@ -3,7 +3,7 @@
 #include "loom/cli/commands.h"
 #include "loom/core/runtime.h"
 #include "loom/infer/generate.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/trainer.h"
 
 namespace loom::cli {

@@ -13,7 +13,7 @@
 #include "loom/cli/commands.h"
 #include "loom/core/runtime.h"
 #include "loom/infer/translate.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 
 namespace loom::cli {
 namespace {

@@ -7,6 +7,9 @@
 //     template <class V> void visit(V& v) { v("width", width, "width of the thing"); }
 //     void validate() const;
 //   };
+// A field may carry tags after its documentation (v("width", width, "doc", tag)): declarations for
+// the visitors that look for them (ModelConfig's fast-engine support, nn/config.h); every other
+// visitor ignores them.
 #pragma once
 #include <set>
 #include <string>
@@ -27,8 +30,8 @@ class YamlReader {
       fail("{}: '{}' must be a map of keys to values", source_, prefix_.empty() ? "recipe" : prefix_);
   }
 
-  template <class T>
-  void operator()(const char* key, T& value, const char* /*doc*/) {
+  template <class T, class... Tags>
+  void operator()(const char* key, T& value, const char* /*doc*/, const Tags&...) {
     used_.insert(key);
     if (!node_ || node_.IsNull()) return;
     const YAML::Node child = node_[key];
@@ -103,8 +106,8 @@ class YamlWriter {
  public:
   explicit YamlWriter(YAML::Emitter& out) : out_(out) {}
 
-  template <class T>
-  void operator()(const char* key, const T& value, const char* doc) {
+  template <class T, class... Tags>
+  void operator()(const char* key, const T& value, const char* doc, const Tags&...) {
     out_ << YAML::Key << key << YAML::Value;
     if constexpr (std::is_same_v<T, std::vector<std::string>>) out_ << YAML::Flow;
     // Shortest text that reads back to the same double ("0.1", not "0.10000000000000001").
@@ -127,8 +130,8 @@ class YamlWriter {
 // Collects "section.key" names, used to document and to check --set keys.
 class KeyLister {
  public:
-  template <class T>
-  void operator()(const char* key, const T&, const char* doc) {
+  template <class T, class... Tags>
+  void operator()(const char* key, const T&, const char* doc, const Tags&...) {
     keys.push_back({prefix_ + key, doc});
   }
   template <class T>

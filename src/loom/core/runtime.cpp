@@ -10,6 +10,8 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include "loom/core/log.h"
+
 namespace loom {
 
 void ensure_runtime_environment(int argc, char** argv, WaitPolicy policy) {
@@ -64,9 +66,9 @@ int configure_threads(int threads) {
   static bool warned = false;
   if (!warned) {
     warned = true;
-    for (const auto& w : inspect_blas().warnings) spdlog::warn("{}", w);
+    for (const auto& w : inspect_blas().warnings) logger().warn("{}", w);
     if (threads > cores && cores > 0)
-      spdlog::warn("--threads {} exceeds the {} cores of this machine", threads, cores);
+      logger().warn("--threads {} exceeds the {} cores of this machine", threads, cores);
   }
   return threads;
 }

@@ -12,6 +12,7 @@
 #include <functional>
 
 #include "loom/core/error.h"
+#include "loom/core/log.h"
 #include "loom/data/rdata.h"
 
 namespace fs = std::filesystem;
@@ -51,7 +52,7 @@ std::string find_austen_rdata(const std::string& data_dir) {
   const std::string local_prefix = (pkg_dir / "root" / kAustenRdata).string();
   if (fs::exists(local_prefix + ".rdb")) return local_prefix;
 
-  spdlog::info("{} is not installed; fetching it with apt-get download into {}", kAustenPackage,
+  logger().info("{} is not installed; fetching it with apt-get download into {}", kAustenPackage,
                pkg_dir.string());
   fs::create_directories(pkg_dir);
   const std::string q = shell_quote(pkg_dir.string());
@@ -91,7 +92,7 @@ CorpusFiles fetch_austen(const CorpusFiles& out, const std::string& data_dir) {
   const char* names[3] = {"train", "valid", "test"};
   for (int split = 0; split < 3; ++split) {
     write_text_atomic(*paths[split], text[split]);
-    spdlog::info("austen {}: {} paragraphs, {} bytes", names[split], paragraphs[split],
+    logger().info("austen {}: {} paragraphs, {} bytes", names[split], paragraphs[split],
                  text[split].size());
   }
   return out;

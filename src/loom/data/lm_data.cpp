@@ -10,6 +10,7 @@
 
 #include "loom/core/error.h"
 #include "loom/core/hash.h"
+#include "loom/core/log.h"
 #include "loom/data/corpus.h"
 #include "loom/data/tokenizer.h"
 
@@ -28,7 +29,7 @@ void encode_text_file(const Tokenizer& tokenizer, const std::string& txt, const 
     tokens.push_back(tokenizer.eos_id());
   }
   write_token_file(bin, tokens, tokenizer.vocab_size());
-  spdlog::info("encoded {}: {} tokens -> {}", txt, tokens.size(), bin);
+  logger().info("encoded {}: {} tokens -> {}", txt, tokens.size(), bin);
 }
 
 
@@ -42,7 +43,7 @@ LMData prepare_lm_data(const std::string& corpus, int vocab_size, const std::str
     const auto t0 = std::chrono::steady_clock::now();
     train_tokenizer(text.train, vocab_size, out.tokenizer_model);
     const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
-    spdlog::info("trained {} in {:.1f} s", out.tokenizer_model, dt.count());
+    logger().info("trained {} in {:.1f} s", out.tokenizer_model, dt.count());
   }
   std::optional<Tokenizer> tokenizer;  // loaded only when some split needs encoding
   const std::pair<const std::string*, const std::string*> splits[] = {

@@ -17,6 +17,7 @@
 #include <unordered_set>
 
 #include "loom/core/error.h"
+#include "loom/core/log.h"
 
 namespace fs = std::filesystem;
 
@@ -586,7 +587,7 @@ fs::path package_path(const std::string& package, const std::string& relative,
   const fs::path local = pkg_dir / "root" / relative;
   if (fs::exists(local)) return local;
 
-  spdlog::info("{} is not installed; fetching it with apt-get download into {}", package,
+  logger().info("{} is not installed; fetching it with apt-get download into {}", package,
                pkg_dir.string());
   fs::create_directories(pkg_dir);
   const std::string cmd = fmt::format(
@@ -622,7 +623,7 @@ std::vector<Pair> libreoffice_help_pairs(const std::string& data_dir) {
                                  "libreoffice-help/" + page);
     std::move(pairs.begin(), pairs.end(), std::back_inserter(out));
   }
-  spdlog::info("libreoffice-help: {} pages ({} in both languages), {} aligned paragraphs",
+  logger().info("libreoffice-help: {} pages ({} in both languages), {} aligned paragraphs",
                pages.size(), paired_pages, out.size());
   return out;
 }
@@ -638,7 +639,7 @@ std::vector<Pair> trans_de_en_pairs(const std::string& data_dir) {
     auto pairs = parse_trans_line(line, &stats);
     std::move(pairs.begin(), pairs.end(), std::back_inserter(out));
   }
-  spdlog::info("trans-de-en: {} entries ({} malformed, {} with unequal sense counts), {} sense "
+  logger().info("trans-de-en: {} entries ({} malformed, {} with unequal sense counts), {} sense "
                "pairs, {} sentence-like",
                stats.lines, stats.malformed, stats.sense_count_mismatch, stats.sense_pairs,
                stats.sentence_pairs);
@@ -673,7 +674,7 @@ std::vector<Pair> gettext_pairs(const std::string& data_dir) {
       out.push_back({en, de, fmt::format("gettext/{}/{}", catalog.mo, id)});
       ++kept;
     }
-    spdlog::info("gettext {}: {} messages, {} sentence-like", catalog.mo, messages.size(), kept);
+    logger().info("gettext {}: {} messages, {} sentence-like", catalog.mo, messages.size(), kept);
   }
   return out;
 }
@@ -700,7 +701,7 @@ void fetch_ende(const fs::path& dir, const std::string& data_dir) {
   }
   CleanStats stats;
   const SplitPairs split = split_pairs(clean_pairs(std::move(pairs), &stats), &stats);
-  spdlog::info("ende cleaning: {} pairs in; removed {} empty, {} longer than {} chars, {} with "
+  logger().info("ende cleaning: {} pairs in; removed {} empty, {} longer than {} chars, {} with "
                "length ratio > {}, {} untranslated, {} duplicates, {} valid pairs sharing a side "
                "with test, {} train pairs sharing a side with valid/test",
                stats.input, stats.empty, stats.too_long, kMaxChars, stats.length_ratio,
@@ -722,7 +723,7 @@ void fetch_ende(const fs::path& dir, const std::string& data_dir) {
       s[2] += utf8_length(p.de);
     }
     for (const auto& [source, s] : by_source) {
-      spdlog::info("ende {} {}: {} pairs, {} en chars, {} de chars", name, source, s[0], s[1],
+      logger().info("ende {} {}: {} pairs, {} en chars, {} de chars", name, source, s[0], s[1],
                    s[2]);
     }
     files.emplace_back((dir / (std::string(name) + ".en")).string(), std::move(en));

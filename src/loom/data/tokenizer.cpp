@@ -9,6 +9,8 @@
 #include <sstream>
 #include <unordered_map>
 
+#include <fmt/ranges.h>
+
 #include "loom/core/error.h"
 #include "loom/data/bpe_tokenizer.h"
 #include "loom/data/spm_shim/spm_api.h"
@@ -20,18 +22,30 @@ namespace {
 
 constexpr const char* kShimName = "libloom_sentencepiece.so";
 
-// Looks for the shim in $LOOM_SENTENCEPIECE_SHIM, next to the running executable, then in the
-// build directory this library was compiled for; loads it into a fresh link namespace.
+// The directory of the file that holds this code: libloom.so, wherever it is installed (or the
+// executable, if loom was linked into it statically).
+fs::path own_directory() {
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<const void*>(&own_directory), &info) == 0 || info.dli_fname == nullptr) return {};
+  std::error_code ec;
+  const fs::path path = fs::canonical(info.dli_fname, ec);
+  return ec ? fs::path() : path.parent_path();
+}
+
+// Looks for the shim in $LOOM_SENTENCEPIECE_SHIM, then next to the loom library (as the build tree
+// has it) or in the loom/ folder beside it (as `cmake --install` puts it: <prefix>/lib/loom/), then
+// next to the running executable; loads it into a fresh link namespace.
 const loom_spm_api& api() {
   static const loom_spm_api* loaded = [] {
     std::vector<std::string> candidates;
     if (const char* env = std::getenv("LOOM_SENTENCEPIECE_SHIM")) candidates.push_back(env);
+    if (const fs::path lib = own_directory(); !lib.empty()) {
+      candidates.push_back((lib / kShimName).string());
+      candidates.push_back((lib / "loom" / kShimName).string());
+    }
     std::error_code ec;
     const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
     if (!ec) candidates.push_back((exe.parent_path() / kShimName).string());
-#ifdef LOOM_SHIM_DIR
-    candidates.push_back(std::string(LOOM_SHIM_DIR) + "/" + kShimName);
-#endif
     std::string errors;
     for (const auto& path : candidates) {
       if (!fs::exists(path)) continue;
@@ -45,8 +59,8 @@ const loom_spm_api& api() {
       if (fn && fn()->version == spm::kApiVersion) return fn();
       errors += "; " + path + " has no matching loom_sentencepiece_api";
     }
-    fail("cannot load the SentencePiece shim {} (set LOOM_SENTENCEPIECE_SHIM to its path){}",
-         kShimName, errors);
+    fail("cannot load the SentencePiece shim {} (looked in: {}; set LOOM_SENTENCEPIECE_SHIM to its path){}",
+         kShimName, fmt::join(candidates, ", "), errors);
   }();
   return *loaded;
 }

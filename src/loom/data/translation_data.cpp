@@ -11,6 +11,7 @@
 
 #include "loom/core/error.h"
 #include "loom/core/hash.h"
+#include "loom/core/log.h"
 
 namespace fs = std::filesystem;
 
@@ -151,7 +152,7 @@ TranslationData::TranslationData(const std::string& corpus, const std::string& d
       if (!out) fail("cannot write {}.tmp", joint);
     }
     fs::rename(joint + ".tmp", joint);
-    spdlog::info("training the joint {}-token tokenizer on {}", vocab_size, joint);
+    logger().info("training the joint {}-token tokenizer on {}", vocab_size, joint);
     train_tokenizer(joint, vocab_size, tokenizer_path_);
   }
   tokenizer_ = Tokenizer::load(tokenizer_path_);
@@ -160,7 +161,7 @@ TranslationData::TranslationData(const std::string& corpus, const std::string& d
   test_ = encode_split(tokenizer_, files_.test_src, files_.test_tgt, max_len);
   for (const auto* s : {&train_, &valid_, &test_})
     if (s->too_long > 0)
-      spdlog::info("{} of {} pairs have a side longer than the context ({} tokens) and are left out of training and loss",
+      logger().info("{} of {} pairs have a side longer than the context ({} tokens) and are left out of training and loss",
                    s->too_long, s->src_text.size(), max_len);
   if (train_.pairs.empty()) fail("{}: no training pairs fit the context of {} tokens", files_.dir, max_len);
 }

@@ -7,9 +7,12 @@
 
 #include <set>
 
+#include <spdlog/spdlog.h>
+
 #include "loom/core/error.h"
+#include "loom/core/log.h"
 #include "loom/infer/fast_engine.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 
 namespace loom {
 
@@ -31,6 +34,7 @@ class ReferenceEngine : public Engine {
     slots_.resize(static_cast<size_t>(options.slots));
   }
 
+  const char* name() const override { return "reference"; }
   int64_t vocab_size() const override { return model_->config().vocab_size; }
   int64_t context() const override { return context_; }
   int64_t slots() const override { return static_cast<int64_t>(slots_.size()); }
@@ -78,11 +82,9 @@ class ReferenceEngine : public Engine {
     check_slot(slot);
     Slot& s = slots_[static_cast<size_t>(slot)];
     s.length = 0;
-    // Attention keys/values past `length` are never read; recurrent states (Mamba's conv and ssm,
-    // linear attention's sums) carry over between calls and must start from zero again.
-    for (auto& layer : s.cache.layers)
-      for (auto* t : {&layer.conv, &layer.ssm, &layer.kv_sum, &layer.k_sum})
-        if (t->defined()) t->zero_();
+    // Attention keys/values past `length` are never read; recurrent states (Mamba's conv and scan
+    // state, linear attention's sums) carry over between calls and must start from zero again.
+    clear_recurrent_state(s.cache);
   }
 
  private:
@@ -107,11 +109,14 @@ std::unique_ptr<Engine> make_reference_engine(Model model, const EngineOptions& 
 }
 
 std::unique_ptr<Engine> make_engine(const LoadedModel& loaded, const EngineOptions& options) {
-  if (fast_engine_supports(loaded.model->config())) {
+  std::string why;
+  if (fast_engine_supports(loaded.model->config(), &why)) {
+    logger().info("engine: fast, {} weights", loaded.quantization.empty() ? "fp32" : loaded.quantization);
     FastEngineOptions fast;
     fast.engine = options;
     return make_fast_engine(loaded.model, loaded.quantized, fast);
   }
+  logger().info("engine: reference (the fast engine does not run {})", why);
   return make_reference_engine(loaded.model, options);
 }
 

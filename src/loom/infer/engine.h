@@ -22,6 +22,7 @@ class Engine {
  public:
   virtual ~Engine() = default;
 
+  virtual const char* name() const = 0;  // "reference" or "fast"
   virtual int64_t vocab_size() const = 0;
   virtual int64_t context() const = 0;  // positions each slot holds
   virtual int64_t slots() const = 0;    // sequences held at once
@@ -46,9 +47,11 @@ struct EngineOptions {
 // The reference engine over any decoder Model (not encoder or encoder_decoder: a loom::Error).
 std::unique_ptr<Engine> make_reference_engine(Model model, const EngineOptions& options);
 
-struct LoadedModel;  // train/checkpoint.h
-// The engine a loaded checkpoint serves with: the fast engine when its architecture is one the
-// fast engine supports (its weights may be quantized), otherwise the reference engine.
+struct LoadedModel;  // checkpoint/checkpoint.h
+// The engine a loaded checkpoint serves with: the fast engine when every block and option of its
+// architecture is declared to run there (fast_engine_supports; its weights may be quantized),
+// otherwise the reference engine. Logs (loom::logger(), info) which one it picked and, for the reference
+// engine, the first block or option the fast engine does not run.
 std::unique_ptr<Engine> make_engine(const LoadedModel& loaded, const EngineOptions& options);
 
 }  // namespace loom

@@ -11,6 +11,7 @@
 
 #include "loom/core/error.h"
 #include "loom/infer/cpu_ops.h"
+#include "loom/nn/blocks.h"
 #include "loom/quant/kernels.h"
 
 namespace loom {
@@ -176,16 +177,32 @@ class FastEngine : public Engine {
       : model_(std::move(model)), c_(model_->config()) {
     std::string why;
     if (!fast_engine_supports(c_, &why)) fail("the fast engine cannot run this model: {}", why);
+    // The blocks it declares it runs (nn/ registrations with fast_engine(true)), by name; a name
+    // declared but not implemented here is an error, which the parity sweep over every declared
+    // block catches (tests/test_fast_engine.cpp).
     slots_ = options.engine.slots;
     context_ = options.engine.context > 0 ? options.engine.context : c_.max_seq_len;
     if (slots_ < 1) fail("an engine needs at least 1 slot, got {}", slots_);
     if (context_ > c_.max_seq_len)
       fail("an engine context of {} exceeds the model's max_seq_len of {}", context_, c_.max_seq_len);
     heads_ = c_.n_heads, kv_heads_ = c_.kv_heads(), head_dim_ = c_.head_dim();
-    norm_ = c_.norm == "rmsnorm" ? Norm::kRmsNorm : Norm::kLayerNorm;
-    gated_ = c_.ffn == "swiglu" || c_.ffn == "geglu";
-    act_ = c_.ffn == "relu" ? Act::kRelu : (c_.ffn == "swiglu" ? Act::kSilu : Act::kGelu);
-    rope_ = c_.position == "rope" ? Rope::kHalf : (c_.position == "rope_adjacent" ? Rope::kAdjacent : Rope::kNone);
+    auto unimplemented = [](const char* family, const std::string& name) {
+      fail("internal: {} '{}' is declared to run on the fast engine, which does not implement it", family, name);
+    };
+    if (c_.norm == "rmsnorm") norm_ = Norm::kRmsNorm;
+    else if (c_.norm == "layernorm") norm_ = Norm::kLayerNorm;
+    else unimplemented("norm", c_.norm);
+    if (c_.ffn == "relu" || c_.ffn == "gelu" || c_.ffn == "swiglu" || c_.ffn == "geglu") {
+      gated_ = c_.ffn == "swiglu" || c_.ffn == "geglu";
+      act_ = c_.ffn == "relu" ? Act::kRelu : (c_.ffn == "swiglu" ? Act::kSilu : Act::kGelu);
+    } else {
+      unimplemented("ffn", c_.ffn);
+    }
+    if (c_.position == "rope") rope_ = Rope::kHalf;
+    else if (c_.position == "rope_adjacent") rope_ = Rope::kAdjacent;
+    else if (c_.position != "learned" && c_.position != "sinusoidal" && c_.position != "none") unimplemented("position", c_.position);
+    for (const auto& m : c_.layer_mixers())
+      if (m != "attention" && m != "local_attention") unimplemented("mixer", m);
 
     torch::NoGradGuard no_grad;
     model_->eval();
@@ -216,7 +233,7 @@ class FastEngine : public Engine {
         l.format = l.q.format == QuantFormat::kInt8 ? WeightFormat::kInt8 : WeightFormat::kQ4_0;
       } else if (want != WeightFormat::kF32) {
         const auto format = want == WeightFormat::kInt8 ? QuantFormat::kInt8 : QuantFormat::kQ4_0;
-        if (!is_quantizable(name, l.w, format)) return l;
+        if (!model_->is_quantizable(name) || !fits_format(l.w, format)) return l;
         l.q = quantize_rtn(l.w, format);
         l.format = want;
       }
@@ -248,7 +265,7 @@ class FastEngine : public Engine {
       layer.out = linear(p + ".mixer.wo");
       layer.ffn_in = linear(p + ".ffn.w_in");
       layer.ffn_out = linear(p + ".ffn.w_out");
-      layer.window = mixers[i] == "local_attention" ? c_.window : 0;
+      layer.window = mixers[i] == "local_attention" ? c_.local_attention.window : 0;
       const size_t cache = static_cast<size_t>(slots_ * kv_heads_ * context_ * head_dim_);
       layer.k.assign(cache, 0.0f);
       layer.v.assign(cache, 0.0f);
@@ -271,6 +288,7 @@ class FastEngine : public Engine {
     before_linear_ = options.before_linear;
   }
 
+  const char* name() const override { return "fast"; }
   int64_t vocab_size() const override { return c_.vocab_size; }
   int64_t context() const override { return context_; }
   int64_t slots() const override { return slots_; }
@@ -560,16 +578,19 @@ bool fast_engine_supports(const ModelConfig& c, std::string* why) {
     if (why) *why = reason;
     return false;
   };
-  if (c.arch != "decoder") return no("model.arch is " + c.arch + " (the fast engine runs decoders)");
-  for (const auto& m : c.layer_mixers())
-    if (m != "attention" && m != "local_attention") return no("mixer " + m + " (the fast engine runs softmax attention)");
-  if (c.position != "rope" && c.position != "rope_adjacent" && c.position != "learned" && c.position != "sinusoidal" &&
-      c.position != "none")
-    return no("position " + c.position);
-  if (c.norm != "rmsnorm" && c.norm != "layernorm") return no("norm " + c.norm);
-  if (c.norm_placement != "pre") return no("norm_placement " + c.norm_placement + " (the fast engine runs pre-norm)");
-  if (c.ffn != "relu" && c.ffn != "gelu" && c.ffn != "swiglu" && c.ffn != "geglu") return no("ffn " + c.ffn);
-  if (c.qk_norm) return no("qk_norm");
+  // Every block the model builds must declare that the fast engine runs it ...
+  for (const auto& [family, name] : c.used_blocks())
+    if (!*block_info(family, name, "fast engine").runs_on_fast_engine)
+      return no(fmt::format("{} '{}' (its registration says the fast engine does not run it)", family, name));
+  // ... and every option that changes the forward pass must be declared as one the fast engine
+  // runs at any value, or be at its default (nn/config.h, AtInference). A block's own options
+  // follow the block: they matter only if the model uses it, and then the check above passed.
+  const auto options = option_values(c), defaults = option_values(ModelConfig());
+  for (size_t i = 0; i < options.size(); ++i) {
+    const OptionValue& o = options[i];
+    if (o.at_inference || o.block || o.value == defaults[i].value) continue;
+    return no(fmt::format("model.{} {} (the fast engine runs only {})", o.key, o.value, defaults[i].value));
+  }
   return true;
 }
 

@@ -24,7 +24,10 @@
 
 namespace loom {
 
-// Whether the fast engine runs this architecture; if not, `why` (when given) says what it lacks.
+// Whether the fast engine runs this architecture, computed from the declarations: every block the
+// model uses registered with fast_engine(true), every option that changes the forward pass
+// declared AtInference::kFastEngine or left at its default (nn/config.h). If not, `why` (when
+// given) names the first block or option it lacks.
 bool fast_engine_supports(const ModelConfig& config, std::string* why = nullptr);
 
 enum class WeightFormat { kAsStored, kF32, kInt8, kQ4_0 };

@@ -1,7 +1,5 @@
 #include "loom/io/gguf.h"
 
-#include "loom/quant/kernels.h"
-
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -10,6 +8,7 @@
 
 #include "loom/core/error.h"
 #include "loom/io/fs.h"
+#include "loom/io/ggml_blocks.h"
 
 namespace loom {
 namespace {
@@ -175,13 +174,13 @@ struct BlockQ6_K {
 };
 #pragma pack(pop)
 static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ6_K) == 210);
-// Q8_0 and Q4_0 (blocks, quantizers, fp16) are quant/kernels.h's, which the matrix kernels share.
-using quant::BlockQ4_0;
-using quant::BlockQ8_0;
-using quant::dequantize_q4_0;
-using quant::dequantize_q8_0;
-using quant::quantize_q4_0;
-using quant::quantize_q8_0;
+// Q8_0 and Q4_0 (blocks, quantizers, fp16) are io/ggml_blocks.h's, which the matrix kernels share.
+using ggml::BlockQ4_0;
+using ggml::BlockQ8_0;
+using ggml::dequantize_q4_0;
+using ggml::dequantize_q8_0;
+using ggml::quantize_q4_0;
+using ggml::quantize_q8_0;
 
 void quantize_q4_1(const float* x, int64_t n, BlockQ4_1* y) {
   for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
@@ -348,8 +347,8 @@ uint64_t ggml_nbytes(GgmlType type, int64_t n) {
   return static_cast<uint64_t>(n / info.block_size) * static_cast<uint64_t>(info.type_size);
 }
 
-uint16_t fp32_to_fp16(float f) { return quant::fp32_to_fp16(f); }
-float fp16_to_fp32(uint16_t h) { return quant::fp16_to_fp32(h); }
+uint16_t fp32_to_fp16(float f) { return ggml::fp32_to_fp16(f); }
+float fp16_to_fp32(uint16_t h) { return ggml::fp16_to_fp32(h); }
 
 std::string ggml_quantize(GgmlType type, const float* x, int64_t n) {
   std::string out(ggml_nbytes(type, n), '\0');

@@ -28,8 +28,11 @@ ModelImpl::ModelImpl(ModelConfig c) : config_(std::move(c)) {
     if (config_.pooling == "cls") cls = register_parameter("cls", torch::zeros({config_.d_model}));
     head = register_module("head", torch::nn::Linear(config_.d_model, config_.n_classes));
   } else if (!config_.tie_embeddings) {
-    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(config_.d_model, config_.vocab_size).bias(false)));
+    lm_head = register_linear("lm_head", config_.d_model, config_.vocab_size, /*bias=*/false, kQuantizable);
   }
+  declare("tok_emb.weight", kNoDecay);
+  if (src_emb) declare("src_emb.weight", kNoDecay);
+  roles_ = collect_parameter_roles(*this);
   reset_parameters();
 }
 
@@ -75,8 +78,8 @@ torch::Tensor ModelImpl::decode_hidden(const torch::Tensor& target, const torch:
   check_length(offset, target.size(1), cache);
   auto x = pos->embed(embed(tok_emb, target.clamp_min(0)), offset);
   for (size_t i = 0; i < layers->size(); ++i) {
-    MixerContext ctx{pos.get(), offset, cache ? &cache->layers[i] : nullptr, {}, memory, memory_padding};
-    x = layers[i]->as<TransformerBlockImpl>()->forward(x, ctx);
+    MixerContext ctx{pos.get(), offset, nullptr, {}, memory, memory_padding};
+    x = layers[i]->as<TransformerBlockImpl>()->forward(x, ctx, cache ? &cache->layers[i] : nullptr);
   }
   return norm_f->forward(x);
 }
@@ -85,8 +88,8 @@ torch::Tensor ModelImpl::trunk(const torch::Tensor& embedded, int64_t offset, KV
                                const torch::Tensor& padding) {
   auto x = pos->embed(embedded, offset);  // [B, T, d_model]
   for (size_t i = 0; i < layers->size(); ++i) {
-    MixerContext ctx{pos.get(), offset, cache ? &cache->layers[i] : nullptr, padding};
-    x = layers[i]->as<TransformerBlockImpl>()->forward(x, ctx);
+    MixerContext ctx{pos.get(), offset, nullptr, padding};
+    x = layers[i]->as<TransformerBlockImpl>()->forward(x, ctx, cache ? &cache->layers[i] : nullptr);
   }
   return norm_f->forward(x);
 }
@@ -127,28 +130,47 @@ KVCache ModelImpl::make_cache(int64_t batch, int64_t capacity) {
   KVCache cache;
   cache.capacity = std::min(capacity, config_.max_seq_len);
   auto options = tok_emb->weight.options();
-  for (auto& layer : *layers)
-    cache.layers.push_back(layer->as<TransformerBlockImpl>()->mixer->make_cache(batch, cache.capacity, options));
+  for (auto& layer : *layers) {
+    auto* block = layer->as<TransformerBlockImpl>();
+    LayerCache state{block->mixer->make_cache(batch, cache.capacity, options), {}};
+    if (block->cross) state.cross = block->cross->make_cache(batch, cache.capacity, options);
+    cache.layers.push_back(std::move(state));
+  }
   return cache;
 }
 
 void select_cache_rows(KVCache& cache, const torch::Tensor& index, bool cross, int64_t length) {
   for (auto& layer : cache.layers) {
-    for (auto* t : {&layer.k, &layer.v}) {
-      if (!t->defined()) continue;
-      if (length >= 0 && index.size(0) == t->size(0)) {  // same rows: move only the filled positions, in place
-        auto filled = t->narrow(2, 0, length);
-        filled.copy_(filled.index_select(0, index));
-      } else {
-        *t = t->index_select(0, index);
+    for (auto* state : {&layer.mixer, &layer.cross}) {
+      for (size_t i = 0; i < state->tensors.size(); ++i) {
+        torch::Tensor& t = state->tensors[i];
+        if (!t.defined()) continue;
+        switch (state->kinds[i]) {
+          case StateKind::kMemory:
+            if (cross) t = t.index_select(0, index);
+            break;
+          case StateKind::kPerPosition:
+            if (length >= 0 && index.size(0) == t.size(0)) {  // same rows: move only the filled positions, in place
+              auto filled = t.narrow(2, 0, length);
+              filled.copy_(filled.index_select(0, index));
+              break;
+            }
+            t = t.index_select(0, index);
+            break;
+          case StateKind::kRecurrent:
+            t = t.index_select(0, index);
+            break;
+        }
       }
     }
-    for (auto* t : {&layer.conv, &layer.ssm, &layer.kv_sum, &layer.k_sum})
-      if (t->defined()) *t = t->index_select(0, index);
-    if (!cross) continue;
-    for (auto* t : {&layer.cross_k, &layer.cross_v})
-      if (t->defined()) *t = t->index_select(0, index);
   }
+}
+
+void clear_recurrent_state(KVCache& cache) {
+  for (auto& layer : cache.layers)
+    for (auto* state : {&layer.mixer, &layer.cross})
+      for (size_t i = 0; i < state->tensors.size(); ++i)
+        if (state->kinds[i] == StateKind::kRecurrent && state->tensors[i].defined()) state->tensors[i].zero_();
 }
 
 std::vector<TransformerBlockImpl*> ModelImpl::all_layers() {
@@ -199,28 +221,25 @@ void ModelImpl::reset_parameters() {
     const bool decoder = config_.encoder_decoder() && name.rfind("layers.", 0) == 0;
     return std / std::sqrt(2.0 * static_cast<double>(decoder ? config_.decoder_layers() : config_.n_layers));
   };
-  auto ends_with = [](const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  auto role = [&](const std::string& name) {
+    auto it = roles_.find(name);
+    return it == roles_.end() ? 0u : it->second;
   };
-  // Projections writing into the residual stream get the smaller std.
-  auto is_residual = [&](const std::string& name) {
-    return ends_with(name, ".wo") || ends_with(name, ".w_out") || ends_with(name, ".out_proj");
-  };
-  // Linear layers and embeddings: N(0, std), biases 0. Everything else (norms, Mamba's A_log,
-  // D and dt bias, head scales) keeps the initialization its own module chose.
+  auto std_of = [&](const std::string& name) { return (role(name) & kResidualOutput) ? residual_std(name) : std; };
+  // Linear layers and embeddings: N(0, std), biases 0; plain parameters declared kInitNormal too.
+  // Everything else (norms, Mamba's A_log, D and dt bias, head scales) keeps the initialization
+  // its own module chose.
   for (auto& item : named_modules(/*name_prefix=*/"", /*include_self=*/false)) {  // called from the constructor
     if (auto* linear = item.value()->as<torch::nn::LinearImpl>()) {
-      linear->weight.normal_(0.0, is_residual(item.key()) ? residual_std(item.key()) : std);
+      linear->weight.normal_(0.0, std_of(item.key() + ".weight"));
       if (linear->bias.defined()) linear->bias.zero_();
     } else if (auto* embedding = item.value()->as<torch::nn::EmbeddingImpl>()) {
       // Scaled embeddings start at unit variance after the sqrt(d_model) factor (fairseq).
       embedding->weight.normal_(0.0, config_.embed_scale ? 1.0 / std::sqrt(static_cast<double>(config_.d_model)) : std);
     } else {
-      // Learned positions and stacked MoE expert matrices are plain parameters of their module.
       for (auto& p : item.value()->named_parameters(/*recurse=*/false)) {
-        if ((item.key() == "pos" || item.key() == "enc_pos") && p.key() == "weight") p.value().normal_(0.0, std);
-        if (p.value().dim() == 3 && (p.key() == "w_in" || p.key() == "w_out"))
-          p.value().normal_(0.0, p.key() == "w_out" ? residual_std(item.key()) : std);
+        const std::string name = item.key() + "." + p.key();
+        if (role(name) & kInitNormal) p.value().normal_(0.0, std_of(name));
       }
     }
   }
@@ -229,11 +248,13 @@ void ModelImpl::reset_parameters() {
 }
 
 bool ModelImpl::is_decayed(const std::string& name, const torch::Tensor& p) const {
-  const bool embedding = name.rfind("tok_emb.", 0) == 0 || name.rfind("pos.", 0) == 0 ||
-                         name.rfind("src_emb.", 0) == 0 || name.rfind("enc_pos.", 0) == 0;
-  // Mamba's A_log is a matrix of state decay rates, not a projection (no decay, as the reference).
-  const bool ssm_rates = name.size() >= 6 && name.compare(name.size() - 6, 6, ".A_log") == 0;
-  return p.dim() >= 2 && !embedding && !ssm_rates;
+  auto it = roles_.find(name);
+  return p.dim() >= 2 && (it == roles_.end() || !(it->second & kNoDecay));
+}
+
+bool ModelImpl::is_quantizable(const std::string& name) const {
+  auto it = roles_.find(name);
+  return it != roles_.end() && (it->second & kQuantizable);
 }
 
 int64_t ModelImpl::num_parameters() {

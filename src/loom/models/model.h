@@ -12,6 +12,8 @@
 //            -1 in encode/decode inputs.
 // Shapes: B batch, T tokens, V vocab_size, C n_classes.
 #pragma once
+#include <map>
+#include <string>
 #include <vector>
 
 #include "loom/nn/block.h"
@@ -24,7 +26,7 @@ struct KVCache {
   int64_t capacity = 0;
 };
 
-class ModelImpl : public torch::nn::Module {
+class ModelImpl : public BlockModule {
  public:
   explicit ModelImpl(ModelConfig config);
 
@@ -54,12 +56,18 @@ class ModelImpl : public torch::nn::Module {
   // maximum over layers (NaN when no layer recorded one).
   void track_attention_logits(bool on);
   double max_attention_logit();
-  // GPT-2's init: N(0, init_std), residual output projections N(0, init_std / sqrt(2 n_layers)),
-  // biases 0, norm weights 1.
+  // GPT-2's init: N(0, init_std) for linear layers, embeddings and the parameters their blocks
+  // declare kInitNormal; those declared kResidualOutput N(0, init_std / sqrt(2 n_layers)); biases
+  // 0; everything else keeps its module's own initialization (norm weights 1, Mamba's A_log ...).
   void reset_parameters();
-  // Whether a parameter gets weight decay: matrices of linear layers (and stacked expert
-  // matrices) do; embeddings, norms, biases and other vectors do not.
+  // Whether a parameter gets weight decay: matrices (2-D or more) unless declared kNoDecay
+  // (embeddings, learned positions, Mamba's A_log); norms, biases and other vectors never.
   bool is_decayed(const std::string& name, const torch::Tensor& p) const;
+  // Whether a parameter is a linear weight that quantized checkpoints may store quantized: those
+  // its block declares kQuantizable (attention and FFN projections) and an untied lm_head.
+  bool is_quantizable(const std::string& name) const;
+  // What every parameter's block declared about it (nn/module.h), by parameter name.
+  const std::map<std::string, unsigned>& roles() const { return roles_; }
   int64_t num_parameters();
 
   const ModelConfig& config() const { return config_; }
@@ -86,15 +94,20 @@ class ModelImpl : public torch::nn::Module {
   std::vector<TransformerBlockImpl*> all_layers();
 
   ModelConfig config_;
+  std::map<std::string, unsigned> roles_;
 };
 TORCH_MODULE(Model);
 
-// Beam search and finished hypotheses: keeps (and reorders) the cache rows at `index` [B'] int64.
-// cross false leaves the cross-attention keys and values (cross_k, cross_v) as they are: right
+// Beam search and finished hypotheses: keeps (and reorders) the cache rows at `index` [B'] int64,
+// in every state the mixers declared (nn/mixer.h's StateKind). cross false leaves kMemory states
+// (the cross-attention keys and values) as they are: right
 // when every row of `index` lies among the rows of the same source as the row it replaces (a
 // beam reordered within its sentence, whose rows share one memory), and saves copying them.
-// length >= 0: only the first `length` positions of the attention keys and values hold data (the
-// decoded prefix); when the row count stays, just those are moved, in place (beam search's step).
+// length >= 0: only the first `length` positions of kPerPosition states hold data (the decoded
+// prefix); when the row count stays, just those are moved, in place (beam search's step).
 void select_cache_rows(KVCache& cache, const torch::Tensor& index, bool cross = true, int64_t length = -1);
+// Zeroes every kRecurrent state (a slot starting a new sequence); kPerPosition entries are simply
+// overwritten by the next sequence.
+void clear_recurrent_state(KVCache& cache);
 
 }  // namespace loom

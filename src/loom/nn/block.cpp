@@ -33,13 +33,17 @@ NormPlacement parse_norm_placement(const std::string& name, const std::string& w
   fail("{}: unknown norm placement '{}' (valid: pre, post, sandwich, normformer)", where, name);
 }
 
-torch::Tensor TransformerBlockImpl::forward(const torch::Tensor& x, const MixerContext& context) {
+torch::Tensor TransformerBlockImpl::forward(const torch::Tensor& x, const MixerContext& layer_context,
+                                           LayerCache* cache) {
+  MixerContext context = layer_context, cross_context = layer_context;
+  context.state = cache ? &cache->mixer : nullptr;
+  cross_context.state = cache ? &cache->cross : nullptr;
   auto drop = [&](const torch::Tensor& t) { return torch::dropout(t, dropout_, is_training()); };
   // The cross-attention sublayer (identity without one): post-norm in post-norm layers, else pre-norm.
   auto attend_memory = [&](const torch::Tensor& h) {
     if (!cross) return h;
-    if (placement_ == NormPlacement::kPost) return norm_cross->forward(h + drop(cross->forward(h, context)));
-    return h + drop(cross->forward(norm_cross->forward(h), context));
+    if (placement_ == NormPlacement::kPost) return norm_cross->forward(h + drop(cross->forward(h, cross_context)));
+    return h + drop(cross->forward(norm_cross->forward(h), cross_context));
   };
   switch (placement_) {
     case NormPlacement::kPre: {  // x + f(norm(x)): GPT-2, LLaMA

@@ -18,8 +18,9 @@ NormPlacement parse_norm_placement(const std::string& name, const std::string& w
 class TransformerBlockImpl : public torch::nn::Module {
  public:
   TransformerBlockImpl(const ModelConfig& config, int64_t layer, bool cross_attention = false);
-  // x: [B, T, d_model] -> [B, T, d_model]
-  torch::Tensor forward(const torch::Tensor& x, const MixerContext& context);
+  // x: [B, T, d_model] -> [B, T, d_model]. With a cache, the mixer and the cross-attention keep
+  // their decoding state in it (context.state is set from it for each).
+  torch::Tensor forward(const torch::Tensor& x, const MixerContext& context, LayerCache* cache = nullptr);
 
   std::shared_ptr<NormImpl> norm1, norm2;
   std::shared_ptr<NormImpl> norm1_out, norm2_out;  // sandwich (both), normformer (norm1_out)

@@ -16,4 +16,8 @@ struct BlockRegistries {
 
 const BlockRegistries& blocks();
 
+// The registration of block `name` of `family` ("mixer", "position", "norm", "ffn"); an unknown one
+// is a loom::Error naming `where`.
+const BlockInfo& block_info(const std::string& family, const std::string& name, const std::string& where);
+
 }  // namespace loom

@@ -1,5 +1,8 @@
 #include "loom/nn/config.h"
 
+#include <algorithm>
+#include <type_traits>
+
 #include <fmt/ranges.h>
 
 #include "loom/core/error.h"
@@ -19,7 +22,34 @@ std::vector<std::string> positions_without_hooks() {
   return out;
 }
 
+// Collects each option as text with its declaration (option_values).
+class OptionCollector {
+ public:
+  template <class T, class... Tags>
+  void operator()(const char* key, const T& value, const char*, const Tags&... tags) {
+    OptionValue option;
+    option.key = key;
+    if constexpr (std::is_same_v<T, std::vector<std::string>>) option.value = fmt::format("[{}]", fmt::join(value, ", "));
+    else option.value = fmt::format("{}", value);
+    ((option.at_inference = tags), ...);
+    options.push_back(std::move(option));
+  }
+  std::vector<OptionValue> options;
+};
+
 }  // namespace
+
+std::vector<OptionValue> option_values(const ModelConfig& config) {
+  OptionCollector collector;
+  ModelConfig(config).visit(collector);
+  // The keys each block's options struct registered (BlockInfo::options).
+  blocks();
+  for (auto& option : collector.options)
+    for (const auto& info : block_catalogue())
+      for (const auto& key : info.options)
+        if (key == option.key) option.block = std::make_pair(info.family, info.name);
+  return collector.options;
+}
 
 ModelConfig ModelConfig::encoder_part() const {
   ModelConfig c = *this;
@@ -39,6 +69,17 @@ std::vector<std::string> ModelConfig::layer_mixers() const {
   return std::vector<std::string>(static_cast<size_t>(n_layers), mixer);
 }
 
+std::vector<std::pair<std::string, std::string>> ModelConfig::used_blocks() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& m : layer_mixers())
+    if (std::find(out.begin(), out.end(), std::pair<std::string, std::string>("mixer", m)) == out.end())
+      out.emplace_back("mixer", m);
+  out.emplace_back("position", position);
+  out.emplace_back("norm", norm);
+  out.emplace_back("ffn", ffn);
+  return out;
+}
+
 void ModelConfig::validate(const std::string& source) const {
   auto positive = [&](const char* key, int64_t value) {
     if (value <= 0) fail("{}: model.{} must be positive, got {}", source, key, value);
@@ -55,15 +96,9 @@ void ModelConfig::validate(const std::string& source) const {
   if (n_heads % kv_heads() != 0)
     fail("{}: model.n_heads ({}) must be divisible by model.n_kv_heads ({})", source, n_heads,
          kv_heads());
-  positive("window", window);
-  positive("n_experts", n_experts);
-  positive("d_state", d_state);
-  positive("d_conv", d_conv);
-  positive("expand", expand);
-  if (dt_rank < 0) fail("{}: model.dt_rank must be >= 0, got {}", source, dt_rank);
-  positive("top_k", top_k);
-  if (top_k > n_experts) fail("{}: model.top_k ({}) exceeds model.n_experts ({})", source, top_k, n_experts);
-  if (moe_aux_weight < 0) fail("{}: model.moe_aux_weight must be >= 0, got {}", source, moe_aux_weight);
+  local_attention.validate(source);
+  moe.validate(source);
+  mamba.validate(source);
   if (dropout < 0 || dropout >= 1) fail("{}: model.dropout must be in [0, 1), got {}", source, dropout);
   if (norm_eps <= 0) fail("{}: model.norm_eps must be positive, got {}", source, norm_eps);
   if (init_std <= 0) fail("{}: model.init_std must be positive, got {}", source, init_std);

@@ -1,10 +1,30 @@
 // The architecture hyperparameters every block is built from. One vocabulary across loom:
 // d_model, n_heads, n_kv_heads, head_dim, d_ff, n_layers, vocab_size, max_seq_len.
 #pragma once
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "loom/nn/attention/local_attention.h"
+#include "loom/nn/ffn/moe.h"
+#include "loom/nn/mixer/mamba.h"
+
 namespace loom {
+
+// What a model option means to the code that runs trained decoder language models (the fast
+// inference engine, infer/fast_engine.h; the LLaMA file formats, convert/llama_format.h), declared
+// as the last argument of the option's visit line:
+//   kNoEffect:   changes nothing in a decoder's forward pass at inference (dropout, initialization,
+//                options of encoders and encoder-decoders only);
+//   kFastEngine: changes it, and the fast engine implements every value;
+//   kBlockName:  names a block, whose registration says whether the fast engine runs it
+//                (BlockInfo::runs_on_fast_engine).
+// An option without one changes the forward pass and the fast engine implements its default value
+// only: a new option is never silently ignored (the fast engine refuses the model and make_engine
+// picks the reference engine). A block's own options (its options struct, registered with it)
+// follow the block: they matter only when the model uses the block.
+enum class AtInference { kNoEffect, kFastEngine, kBlockName };
 
 struct ModelConfig {
   // "decoder": causal LM; "encoder": bidirectional classifier; "encoder_decoder": a bidirectional
@@ -24,16 +44,12 @@ struct ModelConfig {
   std::string norm = "layernorm";
   std::string norm_placement = "pre";
   std::string ffn = "gelu";
-  int64_t window = 64;           // local_attention only: positions each query sees
+  // The blocks' own options, each struct declared and registered with its block (visited in
+  // this order, with qk_norm after the window, so --print-recipe keeps its order).
+  LocalAttentionOptions local_attention;
   bool qk_norm = false;          // normalize queries and keys per head (model.norm) before RoPE
-  int64_t n_experts = 8;         // moe only
-  int64_t top_k = 2;             // moe only
-  double capacity_factor = 1.25; // moe only; <= 0: no capacity limit
-  double moe_aux_weight = 0.01;  // moe only
-  int64_t d_state = 16;          // mamba only
-  int64_t d_conv = 4;            // mamba only
-  int64_t expand = 2;            // mamba only: d_inner = expand * d_model
-  int64_t dt_rank = 0;           // mamba only; 0 = ceil(d_model / 16)
+  MoeOptions moe;
+  MambaOptions mamba;
   bool bias = true;
   bool tie_embeddings = true;
   bool share_embeddings = true;  // encoder_decoder: the source shares the target's embedding
@@ -47,42 +63,37 @@ struct ModelConfig {
 
   template <class V>
   void visit(V& v) {
+    constexpr auto fast = AtInference::kFastEngine, block = AtInference::kBlockName, none = AtInference::kNoEffect;
     v("arch", arch, "decoder (causal language model), encoder (bidirectional, classification head) or "
                     "encoder_decoder (source encoder, target decoder with cross-attention)");
-    v("vocab_size", vocab_size, "tokenizer vocabulary size (the tokenizer is trained to it)");
-    v("d_model", d_model, "width of the residual stream");
-    v("n_layers", n_layers, "number of layers (encoder_decoder: encoder layers)");
-    v("dec_layers", dec_layers, "encoder_decoder: decoder layers (0 = n_layers)");
-    v("n_heads", n_heads, "attention heads (query heads)");
-    v("n_kv_heads", n_kv_heads, "key/value heads: 0 = n_heads (MHA), 1 = MQA, else GQA");
-    v("d_ff", d_ff, "hidden width of the feed-forward block");
-    v("max_seq_len", max_seq_len, "context length");
-    v("mixer", mixer, "token mixer of every layer (see `loom blocks`)");
-    v("layers", layers, "per-layer token mixers, overriding `mixer`; empty = n_layers x mixer");
-    v("position", position, "position scheme (see `loom blocks`)");
-    v("norm", norm, "normalization (see `loom blocks`)");
+    v("vocab_size", vocab_size, "tokenizer vocabulary size (the tokenizer is trained to it)", fast);
+    v("d_model", d_model, "width of the residual stream", fast);
+    v("n_layers", n_layers, "number of layers (encoder_decoder: encoder layers)", fast);
+    v("dec_layers", dec_layers, "encoder_decoder: decoder layers (0 = n_layers)", none);
+    v("n_heads", n_heads, "attention heads (query heads)", fast);
+    v("n_kv_heads", n_kv_heads, "key/value heads: 0 = n_heads (MHA), 1 = MQA, else GQA", fast);
+    v("d_ff", d_ff, "hidden width of the feed-forward block", fast);
+    v("max_seq_len", max_seq_len, "context length", fast);
+    v("mixer", mixer, "token mixer of every layer (see `loom blocks`)", block);
+    v("layers", layers, "per-layer token mixers, overriding `mixer`; empty = n_layers x mixer", block);
+    v("position", position, "position scheme (see `loom blocks`)", block);
+    v("norm", norm, "normalization (see `loom blocks`)", block);
     v("norm_placement", norm_placement, "where norms sit in a layer: pre, post, sandwich or normformer");
-    v("ffn", ffn, "feed-forward block (see `loom blocks`)");
-    v("window", window, "sliding-window size of local_attention (the query's own position included)");
+    v("ffn", ffn, "feed-forward block (see `loom blocks`)", block);
+    local_attention.visit(v);
     v("qk_norm", qk_norm, "QK-norm: normalize each head's queries and keys with model.norm");
-    v("n_experts", n_experts, "experts per MoE layer (ffn: moe)");
-    v("top_k", top_k, "experts each token is routed to (ffn: moe)");
-    v("capacity_factor", capacity_factor, "expert capacity = factor * tokens * top_k / n_experts; <= 0 = unlimited");
-    v("moe_aux_weight", moe_aux_weight, "weight of the load-balancing loss (ffn: moe)");
-    v("d_state", d_state, "Mamba state size per channel (mixer: mamba)");
-    v("d_conv", d_conv, "Mamba causal convolution width (mixer: mamba)");
-    v("expand", expand, "Mamba inner width = expand * d_model (mixer: mamba)");
-    v("dt_rank", dt_rank, "Mamba rank of the step-size projection; 0 = ceil(d_model / 16)");
-    v("bias", bias, "biases in linear layers and norms");
-    v("tie_embeddings", tie_embeddings, "output projection shares the token embedding");
-    v("share_embeddings", share_embeddings, "encoder_decoder: source and target share one embedding (joint vocabulary)");
-    v("embed_scale", embed_scale, "multiply token embeddings by sqrt(d_model), init N(0, d_model^-1/2) (Vaswani et al. 2017)");
-    v("norm_eps", norm_eps, "epsilon of the norms");
-    v("rope_theta", rope_theta, "RoPE base frequency");
-    v("dropout", dropout, "dropout on each residual branch during training");
-    v("init_std", init_std, "std of the normal init (residual projections: / sqrt(2 n_layers))");
-    v("pooling", pooling, "encoder: cls (the state of a leading CLS token) or mean (over non-padding tokens)");
-    v("n_classes", n_classes, "encoder: classes of the classification head (0 for decoders)");
+    moe.visit(v);
+    mamba.visit(v);
+    v("bias", bias, "biases in linear layers and norms", fast);
+    v("tie_embeddings", tie_embeddings, "output projection shares the token embedding", fast);
+    v("share_embeddings", share_embeddings, "encoder_decoder: source and target share one embedding (joint vocabulary)", none);
+    v("embed_scale", embed_scale, "multiply token embeddings by sqrt(d_model), init N(0, d_model^-1/2) (Vaswani et al. 2017)", fast);
+    v("norm_eps", norm_eps, "epsilon of the norms", fast);
+    v("rope_theta", rope_theta, "RoPE base frequency", fast);
+    v("dropout", dropout, "dropout on each residual branch during training", none);
+    v("init_std", init_std, "std of the normal init (residual projections: / sqrt(2 n_layers))", none);
+    v("pooling", pooling, "encoder: cls (the state of a leading CLS token) or mean (over non-padding tokens)", none);
+    v("n_classes", n_classes, "encoder: classes of the classification head (0 for decoders)", none);
   }
 
   // Checks ranges, divisibility and every block name; `source` names the recipe in errors.
@@ -100,6 +111,19 @@ struct ModelConfig {
   int64_t head_dim() const { return d_model / n_heads; }
   int64_t kv_heads() const { return n_kv_heads == 0 ? n_heads : n_kv_heads; }
   std::vector<std::string> layer_mixers() const;
+  // Every (family, name) of a block this model builds, each once: its layers' mixers, the position
+  // scheme, the norm and the feed-forward block.
+  std::vector<std::pair<std::string, std::string>> used_blocks() const;
 };
+
+// One option of a ModelConfig: its key, its value as YAML text and its AtInference declaration
+// (none for an undeclared option), in visit order; `block`: the (family, name) of the block whose
+// options struct holds it, if any.
+struct OptionValue {
+  std::string key, value;
+  std::optional<AtInference> at_inference;
+  std::optional<std::pair<std::string, std::string>> block;
+};
+std::vector<OptionValue> option_values(const ModelConfig& config);
 
 }  // namespace loom

@@ -5,33 +5,54 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include <torch/torch.h>
 
 #include "loom/core/registry.h"
 #include "loom/nn/config.h"
+#include "loom/nn/module.h"
 #include "loom/nn/position/position.h"
 
 namespace loom {
 
-// One layer's incremental-decoding state. Attention keeps keys and values of every position
-// seen so far: k, v [B, n_kv_heads, capacity, head_dim], valid up to the context's offset.
-// Mamba keeps a fixed-size state: conv [B, d_conv - 1, d_inner] (the last inputs of its causal
-// convolution) and ssm [B, d_inner, d_state].
-// Linear attention keeps running sums: kv_sum [B, H, head_dim, head_dim], k_sum [B, H, head_dim].
-// Decoder layers of an encoder-decoder also keep the cross-attention keys and values of the
-// encoder output, computed once: cross_k, cross_v [B, n_kv_heads, S, head_dim].
+// A mixer's incremental-decoding state: tensors the mixer allocates in make_cache and reads and
+// writes itself, each with the kind that tells code outside the mixer (beam search's reordering,
+// an engine's reset) what to do with it, so that no other layer lists a mixer's state:
+//   kPerPosition: one entry per position, [B, heads, capacity, head_dim] (attention's keys and
+//                 values); entries past the sequence's length are never read, so a new sequence
+//                 just overwrites them;
+//   kRecurrent:   a fixed-size state carried from token to token (Mamba's conv window [B, d_conv - 1,
+//                 d_inner] and scan state [B, d_inner, d_state]; linear attention's sums
+//                 [B, H, head_dim, head_dim] and [B, H, head_dim]): zeroed when a sequence starts over;
+//   kMemory:      computed once from the encoder output (cross-attention's keys and values
+//                 [B, n_kv_heads, S, head_dim]); it belongs to the source sentence.
+// Every kind has the batch as its first dimension.
+enum class StateKind { kPerPosition, kRecurrent, kMemory };
+
+struct MixerState {
+  std::vector<torch::Tensor> tensors;
+  std::vector<StateKind> kinds;
+
+  // Appends a tensor and returns its index.
+  size_t add(StateKind kind, torch::Tensor tensor) {
+    tensors.push_back(std::move(tensor));
+    kinds.push_back(kind);
+    return tensors.size() - 1;
+  }
+  torch::Tensor& operator[](size_t i) { return tensors[i]; }
+  bool empty() const { return tensors.empty(); }
+};
+
+// One layer's state: its mixer's, and in an encoder-decoder's decoder layers its cross-attention's.
 struct LayerCache {
-  torch::Tensor k, v;
-  torch::Tensor cross_k, cross_v;
-  torch::Tensor conv, ssm;
-  torch::Tensor kv_sum, k_sum;
+  MixerState mixer, cross;
 };
 
 struct MixerContext {
   PositionImpl* position = nullptr;
   int64_t offset = 0;            // absolute position of the first input token
-  LayerCache* cache = nullptr;   // null: no incremental decoding
+  MixerState* state = nullptr;   // this mixer's decoding state; null: no incremental decoding
   torch::Tensor padding = {};    // encoders: [B, T] bool, true at padding tokens (no one attends to them)
   // Encoder-decoder decoders: the encoder output [B, S, d_model] that cross-attention reads, and
   // its padding [B, S] bool (true at padding). With a cache, the memory is projected once.
@@ -39,11 +60,11 @@ struct MixerContext {
   torch::Tensor memory_padding = {};
 };
 
-class MixerImpl : public torch::nn::Module {
+class MixerImpl : public BlockModule {
  public:
   virtual torch::Tensor forward(const torch::Tensor& x, const MixerContext& context) = 0;
   // Allocates this mixer's empty decoding state for `batch` sequences of up to `capacity` tokens.
-  virtual LayerCache make_cache(int64_t batch, int64_t capacity, torch::TensorOptions options) = 0;
+  virtual MixerState make_cache(int64_t batch, int64_t capacity, torch::TensorOptions options) = 0;
 
   // Re-applies initializations that differ from the model's generic N(0, init_std) for linear
   // layers (e.g. Mamba's step-size bias), after the model has run its generic pass.
@@ -61,9 +82,5 @@ class MixerImpl : public torch::nn::Module {
 std::shared_ptr<MixerImpl> make_cross_attention(const ModelConfig& config);
 
 using MixerFactory = std::function<std::shared_ptr<MixerImpl>(const ModelConfig&, int64_t layer)>;
-void register_mixers(Registry<MixerFactory>& registry);
-void register_mamba(Registry<MixerFactory>& registry);
-void register_linear_attention(Registry<MixerFactory>& registry);
-void register_fnet(Registry<MixerFactory>& registry);
 
 }  // namespace loom

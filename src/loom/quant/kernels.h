@@ -16,52 +16,32 @@
 // fast paths equal it up to the order of float summation; tests/test_kernels.cpp checks both,
 // bench/quant_matvec.cpp measures them against OpenBLAS.
 //
-// This file and kernels.cpp are deliberately free of torch and fmt: they build and test alone
-// with g++ -fopenmp. Invalid arguments throw std::invalid_argument.
+// This file and kernels.cpp (with io/ggml_blocks.cpp) are deliberately free of torch and fmt: they
+// build and test alone with g++ -fopenmp. Invalid arguments throw std::invalid_argument.
 #pragma once
 #include <cstdint>
+
+#include "loom/io/ggml_blocks.h"
 
 namespace loom::quant {
 
 // ---- formats -------------------------------------------------------------------------------
 
-// llama.cpp's Q4_0 block, byte for byte (GGUF tensors of type Q4_0 are arrays of these):
-// 32 consecutive weights of a row, x[j] = fp16(d) * (q[j] - 8), q[j] in the low nibble of qs[j]
-// for j < 16 and in the high nibble of qs[j - 16] for j >= 16.
-struct BlockQ4_0 {
-  uint16_t d;  // IEEE fp16 bits
-  uint8_t qs[16];
-};
-static_assert(sizeof(BlockQ4_0) == 18, "BlockQ4_0 must match llama.cpp's block_q4_0");
-
-// llama.cpp's Q8_0 block (GGUF export): x[j] = fp16(d) * qs[j].
-struct BlockQ8_0 {
-  uint16_t d;  // IEEE fp16 bits
-  int8_t qs[32];
-};
-static_assert(sizeof(BlockQ8_0) == 34, "BlockQ8_0 must match llama.cpp's block_q8_0");
-
-constexpr int64_t kQ4Block = 32;  // weights per BlockQ4_0 / BlockQ8_0 / activation block
-
-// IEEE binary16 <-> binary32, bit-exact and portable: round to nearest even, overflow to inf,
-// subnormals kept, NaN stays NaN (quiet). Same results as F16C's vcvtps2ph with imm 0.
-float fp16_to_fp32(uint16_t h);
-uint16_t fp32_to_fp16(float f);
+// The Q4_0 and Q8_0 blocks are ggml's (io/ggml_blocks.h), used here under this namespace too.
+using ggml::BlockQ4_0;
+using ggml::BlockQ8_0;
+using ggml::dequantize_q4_0;
+using ggml::dequantize_q8_0;
+using ggml::fp16_to_fp32;
+using ggml::fp32_to_fp16;
+using ggml::quantize_q4_0;
+using ggml::quantize_q8_0;
+constexpr int64_t kQ4Block = ggml::kBlock;  // weights per BlockQ4_0 / BlockQ8_0 / activation block
 
 // int8 per row, symmetric: scale[r] = max_c |W[r][c]| / 127, q[r][c] = round(W[r][c] / scale[r])
 // (half away from zero); a zero row gets scale 0 and q 0. q is always in [-127, 127].
 void quantize_int8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* scale);
 void dequantize_int8(const int8_t* q, const float* scale, int64_t rows, int64_t cols, float* w);
-
-// llama.cpp's quantize_row_q4_0_ref / quantize_row_q8_0_ref on k consecutive floats (k % 32 == 0,
-// a matrix is k = rows * cols with cols % 32 == 0), and the matching dequantization:
-//   Q4_0: m = the value of largest |x| (sign kept), d = m / -8, id = d ? 1/d : 0,
-//         q = min(15, (int8_t)(x * id + 8.5f))
-//   Q8_0: d = max|x| / 127, id = d ? 1/d : 0, q = roundf(x * id)
-void quantize_q4_0(const float* x, int64_t k, BlockQ4_0* y);
-void dequantize_q4_0(const BlockQ4_0* x, int64_t k, float* y);
-void quantize_q8_0(const float* x, int64_t k, BlockQ8_0* y);
-void dequantize_q8_0(const BlockQ8_0* x, int64_t k, float* y);
 
 // ---- kernels -------------------------------------------------------------------------------
 

@@ -158,17 +158,8 @@ double output_error(const torch::Tensor& w, const QuantizedLinear& q, const torc
   return (torch::matmul(delta, hessian.to(torch::kDouble)) * delta).sum().item<double>();
 }
 
-bool is_quantizable(const std::string& name, const torch::Tensor& tensor, QuantFormat format) {
-  static const char* kSuffixes[] = {".mixer.wqkv.weight", ".mixer.wq.weight", ".mixer.wkv.weight",
-                                    ".mixer.wo.weight", ".ffn.w_in.weight", ".ffn.w_out.weight"};
-  bool match = name == "lm_head.weight";
-  for (const char* suffix : kSuffixes) {
-    const std::string s(suffix);
-    match = match || (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0 &&
-                      (name.rfind("layers.", 0) == 0 || name.rfind("enc_layers.", 0) == 0));
-  }
-  if (!match || tensor.dim() != 2) return false;
-  return format == QuantFormat::kInt8 || tensor.size(1) % kGroup == 0;
+bool fits_format(const torch::Tensor& weight, QuantFormat format) {
+  return weight.dim() == 2 && (format == QuantFormat::kInt8 || weight.size(1) % kGroup == 0);
 }
 
 void append_quantized(NamedTensors& tensors, const std::string& name, const QuantizedLinear& q) {

@@ -45,10 +45,10 @@ QuantizedLinear quantize_gptq(const torch::Tensor& w, const torch::Tensor& hessi
 // |W x - Q x|^2 for H = sum x x^T. GPTQ minimizes it column by column.
 double output_error(const torch::Tensor& w, const QuantizedLinear& q, const torch::Tensor& hessian);
 
-// The linear weights a quantized checkpoint quantizes: every 2-D "weight" of a layer's attention
-// (wqkv, wq, wkv, wo) and feed-forward (w_in, w_out) and an untied lm_head, whose row length
-// allows the format. Embeddings, norms and biases are not quantized.
-bool is_quantizable(const std::string& name, const torch::Tensor& tensor, QuantFormat format);
+// Whether `format` can store this weight: a matrix [rows, cols] (q4_0: cols a multiple of 32).
+// Which weights a checkpoint quantizes is the model's to say (ModelImpl::is_quantizable: the
+// weights their blocks declare kQuantizable).
+bool fits_format(const torch::Tensor& weight, QuantFormat format);
 
 // Checkpoint tensors <-> quantized weights.
 void append_quantized(NamedTensors& tensors, const std::string& name, const QuantizedLinear& q);

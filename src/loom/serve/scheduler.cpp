@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "loom/core/error.h"
+#include "loom/core/log.h"
 
 namespace loom {
 
@@ -232,7 +233,7 @@ void Scheduler::step(std::vector<Active>& active, std::vector<int64_t>& free_slo
     } catch (const std::exception& e) {
       // submit() validated everything the engine checks, so this is a bug or resource failure:
       // end these requests rather than retry the same step forever.
-      spdlog::error("serve: engine forward failed, ending {} requests: {}", slots.size(), e.what());
+      logger().error("serve: engine forward failed, ending {} requests: {}", slots.size(), e.what());
       for (auto* a : stepped) a->done = FinishReason::cancelled;
     }
     for (size_t i = 0; logits.defined() && i < stepped.size(); ++i) {

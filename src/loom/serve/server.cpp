@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "loom/core/error.h"
+#include "loom/core/log.h"
 
 namespace loom {
 
@@ -198,7 +199,7 @@ struct Server::Impl {
       } catch (const Error& e) {
         send_error(res, {400, e.what(), "invalid_value"});
       } catch (const std::exception& e) {
-        spdlog::error("serve: {} {}: {}", req.method, req.path, e.what());
+        logger().error("serve: {} {}: {}", req.method, req.path, e.what());
         send_error(res, {500, e.what(), "internal_error"});
       }
       count(req, res);

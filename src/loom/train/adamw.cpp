@@ -1,10 +1,12 @@
 #include "loom/train/adamw.h"
 
 #include <cmath>
+#include <filesystem>
 #include <map>
 
 #include "loom/core/error.h"
 #include "loom/core/shape.h"
+#include "loom/io/safetensors.h"
 
 namespace loom {
 
@@ -90,6 +92,20 @@ double cosine_lr(int64_t step, int64_t steps, int64_t warmup_steps, double lr, d
 double inverse_sqrt_lr(int64_t step, int64_t warmup_steps, double lr) {
   const double s = static_cast<double>(step + 1), w = static_cast<double>(std::max<int64_t>(1, warmup_steps));
   return lr * std::min(s / w, std::sqrt(w / s));
+}
+
+void load_optimizer_state(const std::string& dir, AdamW& optimizer) {
+  const std::string path = (std::filesystem::path(dir) / "optimizer.safetensors").string();
+  auto file = load_safetensors(path);
+  auto it = file.metadata.find("step");
+  if (it == file.metadata.end()) fail("{}: optimizer state has no step", path);
+  int64_t step = 0;
+  try {
+    step = std::stoll(it->second);
+  } catch (const std::exception&) {
+    fail("{}: optimizer step '{}' is not a number", path, it->second);
+  }
+  optimizer.load_state(file.tensors, step, path);
 }
 
 }  // namespace loom

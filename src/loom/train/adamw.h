@@ -52,4 +52,8 @@ double cosine_lr(int64_t step, int64_t steps, int64_t warmup_steps, double lr, d
 // at update s = step + 1 (Vaswani et al. 2017's schedule with the peak given directly).
 double inverse_sqrt_lr(int64_t step, int64_t warmup_steps, double lr);
 
+// Restores the optimizer's moments and step from a checkpoint directory's optimizer.safetensors
+// (written by save_checkpoint, checkpoint/checkpoint.h).
+void load_optimizer_state(const std::string& dir, AdamW& optimizer);
+
 }  // namespace loom

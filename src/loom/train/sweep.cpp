@@ -14,9 +14,10 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "loom/io/checkpoint.h"
+#include "loom/core/log.h"
+#include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/trainer.h"
 
 namespace loom {
@@ -192,11 +193,11 @@ std::optional<SweepCell> train_cell(const Recipe& recipe, SweepCell cell, const 
       cell.final_loss = loaded.state.valid_loss;
       cell.diverged = !std::isfinite(cell.final_loss);
       cell.seconds = seconds_before;
-      spdlog::info("{}: finished before its result was written: recorded from {}", dir, loaded.dir);
+      logger().info("{}: finished before its result was written: recorded from {}", dir, loaded.dir);
       return cell;
     }
     options.resume = dir;
-    spdlog::info("{}: resuming the interrupted run at step {}", dir, loaded.state.step);
+    logger().info("{}: resuming the interrupted run at step {}", dir, loaded.state.step);
   }
   const auto start = std::chrono::steady_clock::now();
   try {
@@ -204,7 +205,7 @@ std::optional<SweepCell> train_cell(const Recipe& recipe, SweepCell cell, const 
     if (result.interrupted) return std::nullopt;
     cell.final_loss = result.valid_loss;
   } catch (const TrainingDiverged& e) {
-    spdlog::warn("{}: diverged: {}", dir, e.what());
+    logger().warn("{}: diverged: {}", dir, e.what());
     cell.final_loss = std::nan("");
   }
   cell.diverged = !std::isfinite(cell.final_loss);  // also a validation loss that overflowed
@@ -367,12 +368,12 @@ SweepResults run_sweep(const SweepOptions& options) {
         if (cell.variant != variant.name || cell.lr != lr)
           fail("{}: holds variant '{}' at lr {}, not '{}' at {}; delete it to retrain the cell", result_path,
                cell.variant, cell.lr, variant.name, lr);
-        spdlog::info("sweep {}/{}: {} lr {}: done before", done, total, variant.name, lr_text(lr));
+        logger().info("sweep {}/{}: {} lr {}: done before", done, total, variant.name, lr_text(lr));
         variant.cells.push_back(cell);
         ++results.reused;
         continue;
       }
-      spdlog::info("sweep {}/{}: {} lr {}", done, total, variant.name, lr_text(lr));
+      logger().info("sweep {}/{}: {} lr {}", done, total, variant.name, lr_text(lr));
       Recipe recipe = recipes[v];
       recipe.train.lr = lr;
       SweepCell cell;

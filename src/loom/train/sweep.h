@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "loom/train/recipe.h"
+#include "loom/checkpoint/recipe.h"
 
 namespace loom {
 

@@ -44,7 +44,7 @@ StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)
     // Auxiliary losses of the last forward (MoE load balancing) join the objective, not the
     // reported language-modelling loss.
     auto objective = loss;
-    if (auto aux = model_->aux_loss(); aux.defined()) objective = loss + model_->config().moe_aux_weight * aux;
+    if (auto aux = model_->aux_loss(); aux.defined()) objective = loss + model_->config().moe.moe_aux_weight * aux;
     (objective / static_cast<double>(config_.grad_accum)).backward();
     result.loss += stats.cross_entropy / static_cast<double>(config_.grad_accum);
     result.log_z += stats.log_z / static_cast<double>(config_.grad_accum);

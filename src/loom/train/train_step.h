@@ -8,7 +8,7 @@
 #include "loom/models/model.h"
 #include "loom/train/adamw.h"
 #include "loom/train/linear_cross_entropy.h"
-#include "loom/train/recipe.h"
+#include "loom/checkpoint/recipe.h"
 
 namespace loom {
 

@@ -9,13 +9,14 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "loom/core/log.h"
 #include "loom/core/progress.h"
 #include "loom/data/lm_data.h"
 #include "loom/data/tasks.h"
 #include "loom/data/translation_data.h"
-#include "loom/io/checkpoint.h"
+#include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/train_step.h"
 
 namespace loom {
@@ -189,11 +190,11 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   TrainStep step_runner(model, tc);
   if (!resume_dir.empty()) {
     load_optimizer_state(resume_dir, step_runner.optimizer());
-    spdlog::info("resuming {} at step {}", resume_dir, state.step);
+    logger().info("resuming {} at step {}", resume_dir, state.step);
   }
   if (state.step >= tc.steps) fail("the run is already at step {} of {}: raise --steps to continue", state.step, tc.steps);
 
-  spdlog::info("model: {:.2f}M parameters, {} {} layers x d_model {}, context {}; {}; run dir {}",
+  logger().info("model: {:.2f}M parameters, {} {} layers x d_model {}, context {}; {}; run dir {}",
                model->num_parameters() / 1e6, mc.n_layers, mc.arch, mc.d_model, mc.max_seq_len, data.summary,
                result.run_dir);
   MetricsLog metrics((fs::path(result.run_dir) / "metrics.jsonl").string());
@@ -209,7 +210,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
 
   auto save = [&] {
     state.elapsed_seconds = elapsed_before + progress.elapsed_seconds();
-    result.checkpoint = save_checkpoint(result.run_dir, recipe, model, tokenizer, step_runner.optimizer(), state, tc.keep_last);
+    result.checkpoint = save_checkpoint(result.run_dir, recipe, model, tokenizer, step_runner.optimizer().state(), state, tc.keep_last);
   };
   const bool bf16 = tc.precision == "bf16";
   auto validate = [&] {
@@ -218,9 +219,9 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       state.valid_loss = score.loss;
       progress.finish();
       if (data.task->task().n_classes() > 0)
-        spdlog::info("step {}: validation loss {:.4f}, accuracy {}", state.step, score.loss, percent(score.exact_match));
+        logger().info("step {}: validation loss {:.4f}, accuracy {}", state.step, score.loss, percent(score.exact_match));
       else
-        spdlog::info("step {}: validation loss {:.4f}, exact match {}, token accuracy {}", state.step, score.loss,
+        logger().info("step {}: validation loss {:.4f}, exact match {}, token accuracy {}", state.step, score.loss,
                      percent(score.exact_match), percent(score.token_accuracy));
       metrics.write({{"step", state.step}, {"valid_loss", score.loss}, {"valid_exact_match", score.exact_match},
                      {"valid_token_accuracy", score.token_accuracy}});
@@ -229,10 +230,10 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     state.valid_loss = evaluate_loss(model, data.valid, bf16);
     progress.finish();
     if (data.translation)
-      spdlog::info("step {}: validation loss {:.4f} nats/target token (perplexity {:.2f})", state.step, state.valid_loss,
+      logger().info("step {}: validation loss {:.4f} nats/target token (perplexity {:.2f})", state.step, state.valid_loss,
                    std::exp(state.valid_loss));
     else
-      spdlog::info("step {}: validation loss {:.4f} (perplexity {:.2f}; unigram entropy {:.4f})", state.step,
+      logger().info("step {}: validation loss {:.4f} (perplexity {:.2f}; unigram entropy {:.4f})", state.step,
                    state.valid_loss, std::exp(state.valid_loss), result.unigram_entropy);
     metrics.write({{"step", state.step}, {"valid_loss", state.valid_loss}, {"valid_ppl", std::exp(state.valid_loss)}});
   };
@@ -277,7 +278,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     if (last || stopping || (tc.save_every > 0 && state.step % tc.save_every == 0)) save();
     if (stopping && !last) {
       progress.finish();
-      spdlog::info("stopped at step {}; continue with: loom train --resume {}", state.step, result.checkpoint);
+      logger().info("stopped at step {}; continue with: loom train --resume {}", state.step, result.checkpoint);
       result.interrupted = true;
       break;
     }

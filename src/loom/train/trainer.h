@@ -6,7 +6,7 @@
 #include <string>
 
 #include "loom/core/error.h"
-#include "loom/train/recipe.h"
+#include "loom/checkpoint/recipe.h"
 #include "loom/train/train_step.h"
 
 namespace loom {

@@ -16,8 +16,8 @@ class LinearAttentionImpl : public MixerImpl {
   explicit LinearAttentionImpl(const ModelConfig& c)
       : n_heads_(c.n_heads), n_kv_heads_(c.kv_heads()), head_dim_(c.head_dim()), causal_(c.causal()) {
     const int64_t qkv_dim = (n_heads_ + 2 * n_kv_heads_) * head_dim_;
-    wqkv = register_module("wqkv", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, qkv_dim).bias(c.bias)));
-    wo = register_module("wo", torch::nn::Linear(torch::nn::LinearOptions(n_heads_ * head_dim_, c.d_model).bias(c.bias)));
+    wqkv = register_linear("wqkv", c.d_model, qkv_dim, c.bias, kQuantizable);
+    wo = register_linear("wo", n_heads_ * head_dim_, c.d_model, c.bias, kQuantizable | kResidualOutput);
   }
 
   // x: [B, T, d_model] -> [B, T, d_model]
@@ -40,13 +40,15 @@ class LinearAttentionImpl : public MixerImpl {
     }
     auto kv = (fk.unsqueeze(-1) * vv.unsqueeze(-2)).cumsum(2);                     // S_i: [B, H, T, D, D]
     auto ksum = fk.cumsum(2);                                                      // z_i: [B, H, T, D]
-    if (ctx.cache != nullptr) {
+    if (ctx.state != nullptr) {
+      auto& kv_sum = (*ctx.state)[kKvSum];
+      auto& k_sum = (*ctx.state)[kKSum];
       if (ctx.offset > 0) {
-        kv = kv + ctx.cache->kv_sum.unsqueeze(2);
-        ksum = ksum + ctx.cache->k_sum.unsqueeze(2);
+        kv = kv + kv_sum.unsqueeze(2);
+        ksum = ksum + k_sum.unsqueeze(2);
       }
-      ctx.cache->kv_sum.copy_(kv.select(2, t - 1));
-      ctx.cache->k_sum.copy_(ksum.select(2, t - 1));
+      kv_sum.copy_(kv.select(2, t - 1));
+      k_sum.copy_(ksum.select(2, t - 1));
     }
     auto numerator = (fq.unsqueeze(-2).matmul(kv)).squeeze(-2);                    // [B, H, T, D]
     auto denominator = (fq * ksum).sum(-1, true);                                  // [B, H, T, 1]
@@ -54,16 +56,18 @@ class LinearAttentionImpl : public MixerImpl {
     return wo(out.to(x.scalar_type()));
   }
 
-  LayerCache make_cache(int64_t batch, int64_t, torch::TensorOptions options) override {
-    LayerCache cache;
-    cache.kv_sum = torch::zeros({batch, n_heads_, head_dim_, head_dim_}, options.dtype(torch::kFloat));
-    cache.k_sum = torch::zeros({batch, n_heads_, head_dim_}, options.dtype(torch::kFloat));
-    return cache;
+  // The running sums S [B, H, D, D] and z [B, H, D], kRecurrent, in fp32.
+  MixerState make_cache(int64_t batch, int64_t, torch::TensorOptions options) override {
+    MixerState state;
+    state.add(StateKind::kRecurrent, torch::zeros({batch, n_heads_, head_dim_, head_dim_}, options.dtype(torch::kFloat)));
+    state.add(StateKind::kRecurrent, torch::zeros({batch, n_heads_, head_dim_}, options.dtype(torch::kFloat)));
+    return state;
   }
 
   torch::nn::Linear wqkv{nullptr}, wo{nullptr};
 
  private:
+  static constexpr size_t kKvSum = 0, kKSum = 1;  // indices in the MixerState
   int64_t n_heads_, n_kv_heads_, head_dim_;
   bool causal_;
 };
@@ -71,9 +75,11 @@ class LinearAttentionImpl : public MixerImpl {
 }  // namespace
 
 void register_linear_attention(Registry<MixerFactory>& r) {
-  r.add({"", "linear_attention", "linear attention, elu+1 feature map; causal by running sums (O(1) decoding state)",
-         "Katharopoulos et al. 2020, Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention",
-         {"causal", "bidirectional", "qk"}},
+  r.add(BlockInfo("linear_attention",
+                  "linear attention, elu+1 feature map; causal by running sums (O(1) decoding state)",
+                  "Katharopoulos et al. 2020, Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention")
+            .with_traits({"causal", "bidirectional", "qk"})
+            .fast_engine(false),
         [](const ModelConfig& c, int64_t) { return std::make_shared<LinearAttentionImpl>(c); });
 }
 

@@ -8,8 +8,11 @@
 // The load-balancing loss is Switch's: n_experts * sum_e f_e * P_e, with f_e the fraction of
 // assignments sent to expert e and P_e its mean router probability.
 // Shapes: N tokens (B * T), E experts, k = top_k.
+#include "loom/nn/ffn/moe.h"
+
 #include <cmath>
 
+#include "loom/core/error.h"
 #include "loom/nn/ffn/ffn.h"
 
 namespace loom {
@@ -18,10 +21,13 @@ namespace {
 class MoeImpl : public FfnImpl {
  public:
   explicit MoeImpl(const ModelConfig& c)
-      : n_experts_(c.n_experts), top_k_(c.top_k), capacity_factor_(c.capacity_factor), d_ff_(c.d_ff) {
-    router = register_module("router", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, c.n_experts).bias(false)));
-    w_in = register_parameter("w_in", torch::empty({c.n_experts, 2 * c.d_ff, c.d_model}));   // [E, 2 d_ff, d]: [gate; up]
-    w_out = register_parameter("w_out", torch::empty({c.n_experts, c.d_model, c.d_ff}));     // [E, d, d_ff]
+      : n_experts_(c.moe.n_experts), top_k_(c.moe.top_k), capacity_factor_(c.moe.capacity_factor), d_ff_(c.d_ff) {
+    router = register_module("router", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, n_experts_).bias(false)));
+    w_in = register_parameter("w_in", torch::empty({n_experts_, 2 * c.d_ff, c.d_model}));   // [E, 2 d_ff, d]: [gate; up]
+    w_out = register_parameter("w_out", torch::empty({n_experts_, c.d_model, c.d_ff}));     // [E, d, d_ff]
+    // Stacked expert matrices: the model draws them as it draws linear layers.
+    declare("w_in", kInitNormal);
+    declare("w_out", kInitNormal | kResidualOutput);
     torch::NoGradGuard no_grad;
     w_in.normal_(0.0, c.init_std);  // the model re-initializes these with its own rule
     w_out.normal_(0.0, c.init_std);
@@ -70,9 +76,18 @@ class MoeImpl : public FfnImpl {
 
 }  // namespace
 
+void MoeOptions::validate(const std::string& source) const {
+  if (n_experts <= 0) fail("{}: model.n_experts must be positive, got {}", source, n_experts);
+  if (top_k <= 0) fail("{}: model.top_k must be positive, got {}", source, top_k);
+  if (top_k > n_experts) fail("{}: model.top_k ({}) exceeds model.n_experts ({})", source, top_k, n_experts);
+  if (moe_aux_weight < 0) fail("{}: model.moe_aux_weight must be >= 0, got {}", source, moe_aux_weight);
+}
+
 void register_moe(Registry<FfnFactory>& r) {
-  r.add({"", "moe", "mixture of SwiGLU experts: top-k router, capacity factor, load-balancing loss",
-         "Fedus et al. 2022, Switch Transformers; Jiang et al. 2024, Mixtral of Experts"},
+  r.add(BlockInfo("moe", "mixture of SwiGLU experts: top-k router, capacity factor, load-balancing loss",
+                  "Fedus et al. 2022, Switch Transformers; Jiang et al. 2024, Mixtral of Experts")
+            .with_options<MoeOptions>()
+            .fast_engine(false),
         [](const ModelConfig& c, int64_t) { return std::make_shared<MoeImpl>(c); });
 }
 

@@ -25,7 +25,7 @@ class FNetImpl : public MixerImpl {
     return torch::real(torch::fft::fft2(h, c10::nullopt, {-2, -1}, "ortho")).to(x.scalar_type());
   }
 
-  LayerCache make_cache(int64_t, int64_t, torch::TensorOptions) override {
+  MixerState make_cache(int64_t, int64_t, torch::TensorOptions) override {
     fail("mixer 'fnet' is bidirectional and has no incremental decoding");
   }
 };
@@ -33,8 +33,10 @@ class FNetImpl : public MixerImpl {
 }  // namespace
 
 void register_fnet(Registry<MixerFactory>& r) {
-  r.add({"", "fnet", "Fourier mixing: real part of a 2-D FFT over sequence and hidden (no parameters; encoders only)",
-         "Lee-Thorp et al. 2022, FNet: Mixing Tokens with Fourier Transforms", {"bidirectional"}},
+  r.add(BlockInfo("fnet", "Fourier mixing: real part of a 2-D FFT over sequence and hidden (no parameters; encoders only)",
+                  "Lee-Thorp et al. 2022, FNet: Mixing Tokens with Fourier Transforms")
+            .with_traits({"bidirectional"})
+            .fast_engine(false),
         [](const ModelConfig& c, int64_t) { return std::make_shared<FNetImpl>(c); });
 }
 

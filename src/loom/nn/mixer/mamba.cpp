@@ -13,6 +13,9 @@
 // Incremental decoding keeps the last K-1 conv inputs and the scan state: O(1) per token.
 #include <cmath>
 
+#include "loom/nn/mixer/mamba.h"
+
+#include "loom/core/error.h"
 #include "loom/nn/mixer.h"
 #include "loom/nn/mixer/selective_scan.h"
 
@@ -22,10 +25,10 @@ namespace {
 class MambaImpl : public MixerImpl {
  public:
   explicit MambaImpl(const ModelConfig& c)
-      : d_inner_(c.expand * c.d_model),
-        d_state_(c.d_state),
-        d_conv_(c.d_conv),
-        dt_rank_(c.dt_rank > 0 ? c.dt_rank : (c.d_model + 15) / 16),
+      : d_inner_(c.mamba.expand * c.d_model),
+        d_state_(c.mamba.d_state),
+        d_conv_(c.mamba.d_conv),
+        dt_rank_(c.mamba.dt_rank > 0 ? c.mamba.dt_rank : (c.d_model + 15) / 16),
         n_layers_(c.n_layers) {
     using torch::nn::Linear, torch::nn::LinearOptions;
     in_proj = register_module("in_proj", Linear(LinearOptions(c.d_model, 2 * d_inner_).bias(false)));
@@ -36,6 +39,10 @@ class MambaImpl : public MixerImpl {
     A_log = register_parameter("A_log", torch::log(torch::arange(1, d_state_ + 1, torch::kFloat)).repeat({d_inner_, 1}));
     D = register_parameter("D", torch::ones({d_inner_}));
     out_proj = register_module("out_proj", Linear(LinearOptions(d_inner_, c.d_model).bias(false)));
+    // A_log holds decay rates, not a projection: no weight decay (as the reference). out_proj
+    // writes into the residual stream (its own init below scales it as the model's rule would).
+    declare("A_log", kNoDecay);
+    declare("out_proj.weight", kResidualOutput);
     reset_special_parameters();
   }
 
@@ -64,11 +71,11 @@ class MambaImpl : public MixerImpl {
     auto xz = in_proj(input).chunk(2, -1);
     auto x = xz[0], z = xz[1];                                                   // [B, T, Di]
     // Causal depthwise convolution over time, continuing from the cached inputs.
-    torch::Tensor history = ctx.cache != nullptr && ctx.offset > 0
-        ? ctx.cache->conv.to(x.scalar_type())
+    torch::Tensor history = ctx.state != nullptr && ctx.offset > 0
+        ? (*ctx.state)[kConv].to(x.scalar_type())
         : torch::zeros({b, d_conv_ - 1, d_inner_}, x.options());                 // [B, K-1, Di]
     auto padded = torch::cat({history, x}, 1);                                   // [B, K-1+T, Di]
-    if (ctx.cache != nullptr) ctx.cache->conv.copy_(padded.narrow(1, t, d_conv_ - 1));
+    if (ctx.state != nullptr) (*ctx.state)[kConv].copy_(padded.narrow(1, t, d_conv_ - 1));
     namespace F = torch::nn::functional;
     x = F::conv1d(padded.transpose(1, 2), conv_weight.to(x.scalar_type()),
                   F::Conv1dFuncOptions().bias(conv_bias.to(x.scalar_type())).groups(d_inner_))
@@ -77,31 +84,43 @@ class MambaImpl : public MixerImpl {
     auto dbc = x_proj(x).split({dt_rank_, d_state_, d_state_}, -1);
     auto delta = torch::nn::functional::softplus(dt_proj(dbc[0]).to(torch::kFloat));  // [B, T, Di]
     auto A = -torch::exp(A_log);                                                 // [Di, N]
-    torch::Tensor h0 = ctx.cache != nullptr && ctx.offset > 0 ? ctx.cache->ssm : torch::Tensor();
+    torch::Tensor h0 = ctx.state != nullptr && ctx.offset > 0 ? (*ctx.state)[kScan] : torch::Tensor();
     auto [y, h_last] = selective_scan(x, delta, A, dbc[1], dbc[2], D, h0);       // [B, T, Di]
-    if (ctx.cache != nullptr) ctx.cache->ssm.copy_(h_last);
+    if (ctx.state != nullptr) (*ctx.state)[kScan].copy_(h_last);
     return out_proj(y.to(z.scalar_type()) * torch::silu(z));
   }
 
-  LayerCache make_cache(int64_t batch, int64_t, torch::TensorOptions options) override {
-    LayerCache cache;
-    cache.conv = torch::zeros({batch, d_conv_ - 1, d_inner_}, options);
-    cache.ssm = torch::zeros({batch, d_inner_, d_state_}, options.dtype(torch::kFloat));
-    return cache;
+  // The conv window [B, K-1, Di] and the scan state [B, Di, N] (fp32), both kRecurrent.
+  MixerState make_cache(int64_t batch, int64_t, torch::TensorOptions options) override {
+    MixerState state;
+    state.add(StateKind::kRecurrent, torch::zeros({batch, d_conv_ - 1, d_inner_}, options));
+    state.add(StateKind::kRecurrent, torch::zeros({batch, d_inner_, d_state_}, options.dtype(torch::kFloat)));
+    return state;
   }
 
   torch::nn::Linear in_proj{nullptr}, x_proj{nullptr}, dt_proj{nullptr}, out_proj{nullptr};
   torch::Tensor conv_weight, conv_bias, A_log, D;
 
  private:
+  static constexpr size_t kConv = 0, kScan = 1;  // indices in the MixerState
   int64_t d_inner_, d_state_, d_conv_, dt_rank_, n_layers_;
 };
 
 }  // namespace
 
+void MambaOptions::validate(const std::string& source) const {
+  if (d_state <= 0) fail("{}: model.d_state must be positive, got {}", source, d_state);
+  if (d_conv <= 0) fail("{}: model.d_conv must be positive, got {}", source, d_conv);
+  if (expand <= 0) fail("{}: model.expand must be positive, got {}", source, expand);
+  if (dt_rank < 0) fail("{}: model.dt_rank must be >= 0, got {}", source, dt_rank);
+}
+
 void register_mamba(Registry<MixerFactory>& r) {
-  r.add({"", "mamba", "selective state-space mixer (no attention), fused CPU scan, O(1) decoding state",
-         "Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces", {"causal"}},
+  r.add(BlockInfo("mamba", "selective state-space mixer (no attention), fused CPU scan, O(1) decoding state",
+                  "Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces")
+            .with_traits({"causal"})
+            .with_options<MambaOptions>()
+            .fast_engine(false),
         [](const ModelConfig& c, int64_t) { return std::make_shared<MambaImpl>(c); });
 }
 

@@ -7,15 +7,15 @@
 
 #include "loom/core/registry.h"
 #include "loom/nn/config.h"
+#include "loom/nn/module.h"
 
 namespace loom {
 
-class NormImpl : public torch::nn::Module {
+class NormImpl : public BlockModule {
  public:
   virtual torch::Tensor forward(const torch::Tensor& x) = 0;
 };
 
 using NormFactory = std::function<std::shared_ptr<NormImpl>(const ModelConfig&, int64_t dim)>;
-void register_norms(Registry<NormFactory>& registry);
 
 }  // namespace loom

@@ -9,10 +9,11 @@
 
 #include "loom/core/registry.h"
 #include "loom/nn/config.h"
+#include "loom/nn/module.h"
 
 namespace loom {
 
-class PositionImpl : public torch::nn::Module {
+class PositionImpl : public BlockModule {
  public:
   // x: [B, T, d_model] embeddings of positions offset..offset+T-1 -> same shape.
   virtual torch::Tensor embed(const torch::Tensor& x, int64_t offset) { return x; }
@@ -29,6 +30,8 @@ class PositionImpl : public torch::nn::Module {
 };
 
 using PositionFactory = std::function<std::shared_ptr<PositionImpl>(const ModelConfig&)>;
-void register_positions(Registry<PositionFactory>& registry);
+
+// Fails unless positions offset..offset+t-1 fit the model's context of max_seq_len tokens.
+void check_position_range(int64_t offset, int64_t t, int64_t max_seq_len);
 
 }  // namespace loom

@@ -1,11 +1,11 @@
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 
 #include <filesystem>
 #include <map>
 
 #include <nlohmann/json.hpp>
 
-#include "loom/io/checkpoint.h"
+#include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
 #include "loom/io/safetensors.h"
 
@@ -44,13 +44,13 @@ std::string foreign_vocab_model(const std::string& path) {
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Model& model,
-                            const Tokenizer* tokenizer, const AdamW& optimizer,
+                            const Tokenizer* tokenizer, const NamedTensors& optimizer_state,
                             const TrainerState& state, int64_t keep_last) {
   CheckpointWriter writer(run_dir, fmt::format("step-{:06d}", state.step));
   const std::map<std::string, std::string> metadata{{"format", "loom-" + std::to_string(kCheckpointFormat)},
                                                     {"step", std::to_string(state.step)}};
   save_safetensors(writer.path("model.safetensors"), module_state(*model), metadata);
-  save_safetensors(writer.path("optimizer.safetensors"), optimizer.state(), metadata);
+  save_safetensors(writer.path("optimizer.safetensors"), optimizer_state, metadata);
   writer.add("recipe.yaml", recipe_to_yaml(recipe));
   if (tokenizer != nullptr) writer.add(tokenizer->file_name(), tokenizer->serialized());
   nlohmann::json j{{"format", kCheckpointFormat},
@@ -155,20 +155,6 @@ std::string average_checkpoints(const std::vector<std::string>& checkpoints, con
                    {"elapsed_seconds", state.elapsed_seconds}, {"valid_loss", nullptr}, {"averaged_from", dirs}};
   writer.add("trainer.json", j.dump(2) + "\n");
   return writer.commit();
-}
-
-void load_optimizer_state(const std::string& dir, AdamW& optimizer) {
-  const std::string path = (fs::path(dir) / "optimizer.safetensors").string();
-  auto file = load_safetensors(path);
-  auto it = file.metadata.find("step");
-  if (it == file.metadata.end()) fail("{}: optimizer state has no step", path);
-  int64_t step = 0;
-  try {
-    step = std::stoll(it->second);
-  } catch (const std::exception&) {
-    fail("{}: optimizer step '{}' is not a number", path, it->second);
-  }
-  optimizer.load_state(file.tensors, step, path);
 }
 
 }  // namespace loom

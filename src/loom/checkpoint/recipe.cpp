@@ -1,4 +1,4 @@
-#include "loom/train/recipe.h"
+#include "loom/checkpoint/recipe.h"
 
 #include <fstream>
 #include <sstream>

@@ -1,5 +1,5 @@
 // Atomic checkpoint directories; see checkpoint.h.
-#include "loom/io/checkpoint.h"
+#include "loom/io/checkpoint_dir.h"
 
 #include <unistd.h>
 

@@ -1,11 +1,11 @@
-#include "loom/quant/quantize_model.h"
+#include "loom/convert/quantize_model.h"
 
 #include <filesystem>
 
 #include "loom/core/error.h"
 #include "loom/core/shape.h"
 #include "loom/infer/fast_engine.h"
-#include "loom/io/checkpoint.h"
+#include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
 #include "loom/io/safetensors.h"
 
@@ -39,8 +39,9 @@ std::map<std::string, QuantizedLinear> quantize_model(const LoadedModel& loaded,
     // A tied embedding is also the output projection, the largest matrix a decode step reads:
     // it is quantized too (as llama.cpp's files do), and the input embedding reads its
     // dequantized rows.
-    const bool output = tied && p.key() == "tok_emb.weight" && (format == QuantFormat::kInt8 || p.value().size(1) % 32 == 0);
-    if (output || is_quantizable(p.key(), p.value(), format)) out[p.key()] = quantize_rtn(p.value(), format);
+    const bool output = tied && p.key() == "tok_emb.weight";
+    if ((output || loaded.model->is_quantizable(p.key())) && fits_format(p.value(), format))
+      out[p.key()] = quantize_rtn(p.value(), format);
   }
   if (method != QuantMethod::kGptq) return out;
 

@@ -1,5 +1,6 @@
-#include "loom/train/llama_format.h"
+#include "loom/convert/llama_format.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -8,7 +9,7 @@
 
 #include "loom/data/spm_model.h"
 #include "loom/data/tokenizer.h"
-#include "loom/io/checkpoint.h"
+#include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
 #include "loom/io/safetensors.h"
 
@@ -16,17 +17,10 @@ namespace loom {
 namespace fs = std::filesystem;
 namespace {
 
-// The blocks of a LLaMA-architecture model, whichever file it comes from; `position` is the RoPE
-// pairing of that file's q/k rows.
-void set_llama_blocks(ModelConfig& c, const std::string& position) {
-  c.position = position;
-  c.norm = "rmsnorm";
-  c.norm_placement = "pre";
-  c.ffn = "swiglu";
-  c.mixer = "attention";
-  c.bias = false;
-  c.dropout = 0;
-}
+// The options the LLaMA files carry (GGUF llama.* keys, HF config.json): any value converts. Every
+// other option that changes a decoder at inference must equal llama_layout()'s.
+const std::set<std::string> kCarriedOptions{"vocab_size", "d_model",  "n_layers",  "n_heads",        "n_kv_heads",
+                                            "d_ff",       "max_seq_len", "norm_eps", "rope_theta", "tie_embeddings"};
 
 // A LLaMA decoder's weights with the fused loom projections split, [out, in] as nn.Linear
 // stores them; q and k rows in one RoPE pairing (split_model: the one asked for; imports: the
@@ -262,8 +256,7 @@ ImportSummary import_gguf(const std::string& path, const std::string& out_dir) {
   const std::string arch = f.get("general.architecture").as_string("general.architecture");
   if (arch != "llama") fail("{}: general.architecture is '{}'; loom imports 'llama' only", path, arch);
   auto u = [&](const std::string& key) { return f.get("llama." + key).as_int("llama." + key); };
-  ModelConfig c;
-  c.arch = "decoder";
+  ModelConfig c = llama_layout("rope_adjacent");  // llama.cpp rotates adjacent pairs
   c.d_model = u("embedding_length");
   c.n_layers = u("block_count");
   c.n_heads = u("attention.head_count");
@@ -274,7 +267,6 @@ ImportSummary import_gguf(const std::string& path, const std::string& out_dir) {
   // Stored as f32: round to the nearest short decimal (9.99999974738e-06 -> 1e-05) so recipes read well.
   c.norm_eps = std::stod(fmt::format("{:.6g}", c.norm_eps));
   c.rope_theta = f.find("llama.rope.freq_base") ? f.get("llama.rope.freq_base").as_float("llama.rope.freq_base") : 10000.0;
-  set_llama_blocks(c, "rope_adjacent");  // llama.cpp rotates adjacent pairs
   if (c.n_heads <= 0 || c.d_model % c.n_heads != 0)
     fail("{}: embedding_length {} is not a multiple of head_count {}", path, c.d_model, c.n_heads);
   const int64_t head_dim = c.d_model / c.n_heads;
@@ -401,11 +393,10 @@ ImportSummary import_hf(const std::string& dir, const std::string& out_dir) {
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON ({})", config_path, e.what());
   }
-  ModelConfig c;
+  ModelConfig c = llama_layout("rope");  // HF LLaMA rotates halves
   try {
     const std::string type = json_or<std::string>(j, "model_type", "");
     if (type != "llama") fail("{}: model_type is '{}'; loom imports 'llama' only", config_path, type);
-    c.arch = "decoder";
     c.vocab_size = j.at("vocab_size").get<int64_t>();
     c.d_model = j.at("hidden_size").get<int64_t>();
     c.n_layers = j.at("num_hidden_layers").get<int64_t>();
@@ -428,7 +419,6 @@ ImportSummary import_hf(const std::string& dir, const std::string& out_dir) {
   } catch (const nlohmann::json::exception& e) {
     fail("{}: {}", config_path, e.what());
   }
-  set_llama_blocks(c, "rope");  // HF LLaMA rotates halves
   c.validate(config_path);
 
   // The weights: one file, or the shards an index lists.
@@ -553,22 +543,41 @@ void add_foreign_keys(GgufWriter& g, const nlohmann::json& j, const std::string&
 
 }  // namespace
 
+ModelConfig llama_layout(const std::string& position) {
+  ModelConfig c;
+  c.arch = "decoder";
+  c.mixer = "attention";
+  c.position = position;
+  c.norm = "rmsnorm";
+  c.norm_placement = "pre";
+  c.ffn = "swiglu";
+  c.bias = false;
+  return c;
+}
+
 void check_llama_style(const ModelConfig& c, const std::string& what) {
+  // Compared option by option with the layout (nn/config.h's option_values): what the files carry
+  // converts at any value, options without effect at inference are ignored, blocks must be the
+  // layout's (either RoPE pairing), the options of blocks the model does not use do not matter.
+  const ModelConfig layout = llama_layout(c.position == "rope_adjacent" ? "rope_adjacent" : "rope");
   std::vector<std::string> problems;
-  if (c.arch != "decoder") problems.push_back(fmt::format("arch {} (decoder needed)", c.arch));
-  for (const auto& m : c.layer_mixers())
-    if (m != "attention") {
-      problems.push_back(fmt::format("mixer {} (attention needed)", m));
-      break;
-    }
-  if (c.position != "rope" && c.position != "rope_adjacent")
-    problems.push_back(fmt::format("position {} (rope or rope_adjacent needed)", c.position));
-  if (c.norm != "rmsnorm") problems.push_back(fmt::format("norm {} (rmsnorm needed)", c.norm));
-  if (c.norm_placement != "pre") problems.push_back(fmt::format("norm_placement {} (pre needed)", c.norm_placement));
-  if (c.ffn != "swiglu") problems.push_back(fmt::format("ffn {} (swiglu needed)", c.ffn));
-  if (c.bias) problems.push_back("bias true (false needed)");
-  if (c.qk_norm) problems.push_back("qk_norm true (false needed)");
-  if (c.embed_scale) problems.push_back("embed_scale true (false needed)");
+  const auto used = c.used_blocks(), layout_blocks = layout.used_blocks();
+  for (const auto& [family, name] : used) {
+    const auto& wanted = layout_blocks;
+    const auto it = std::find_if(wanted.begin(), wanted.end(), [&](const auto& b) { return b.first == family; });
+    if (it->second != name)
+      problems.push_back(family == "position" ? fmt::format("position {} (rope or rope_adjacent needed)", name)
+                                              : fmt::format("{} {} ({} needed)", family, name, it->second));
+  }
+  const auto options = option_values(c), wanted = option_values(layout);
+  for (size_t i = 0; i < options.size(); ++i) {
+    const OptionValue& o = options[i];
+    if (kCarriedOptions.count(o.key) || o.at_inference == AtInference::kNoEffect ||
+        o.at_inference == AtInference::kBlockName || o.value == wanted[i].value)
+      continue;
+    if (o.block && std::find(used.begin(), used.end(), *o.block) == used.end()) continue;
+    problems.push_back(fmt::format("{} {} ({} needed)", o.key, o.value, wanted[i].value));
+  }
   if (!problems.empty())
     fail("{}: not a LLaMA-style model: {}", what, fmt::join(problems, ", "));
 }

@@ -1,4 +1,5 @@
-// Training checkpoints: a directory <run>/step-NNNNNN/ written atomically (io/checkpoint.h) with
+// Checkpoints, written by training and read by everything else (inference, conversion, serving):
+// a directory <run>/step-NNNNNN/ written atomically (io/checkpoint_dir.h) with
 //   model.safetensors      the weights (parameter names are the file format)
 //   optimizer.safetensors  AdamW moments, named "<param>.exp_avg" / "<param>.exp_avg_sq"
 //   recipe.yaml            the resolved recipe the run used
@@ -9,18 +10,18 @@
 #include <optional>
 #include <string>
 
+#include "loom/checkpoint/recipe.h"
 #include "loom/data/tokenizer.h"
+#include "loom/io/safetensors.h"
 #include "loom/models/model.h"
 #include "loom/quant/quantize.h"
-#include "loom/train/adamw.h"
-#include "loom/train/recipe.h"
 
 namespace loom {
 
 inline constexpr int kCheckpointFormat = 1;
 
 // A checkpoint imported from GGUF whose vocabulary is not SentencePiece (tokenizer.ggml.model
-// "gpt2", ...) holds it here as JSON instead of tokenizer.model (train/llama_format.h has the
+// "gpt2", ...) holds it here as JSON instead of tokenizer.model (convert/llama_format.h has the
 // format). A "gpt2" vocabulary loads as a byte-level BPE Tokenizer (data/bpe_tokenizer.h); any
 // other kind loads with has_tokenizer false.
 inline constexpr const char* kForeignVocabFile = "tokenizer.gguf.json";
@@ -33,8 +34,10 @@ struct TrainerState {
 };
 
 // Writes <run_dir>/step-NNNNNN atomically and keeps the newest keep_last. Returns its path.
+// optimizer_state: the optimizer's named tensors (AdamW::state(), train/adamw.h), written as
+// optimizer.safetensors with the step in its metadata.
 std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Model& model,
-                            const Tokenizer* tokenizer, const AdamW& optimizer,
+                            const Tokenizer* tokenizer, const NamedTensors& optimizer_state,
                             const TrainerState& state, int64_t keep_last);
 
 // A model ready for inference. `path` is a checkpoint directory or a run directory (its newest
@@ -61,8 +64,5 @@ void require_tokenizer(const LoadedModel& loaded, const std::string& what);
 // optimizer state (fairseq's scripts/average_checkpoints.py). The checkpoints must hold the same
 // tensors and the same model recipe. Returns out_dir.
 std::string average_checkpoints(const std::vector<std::string>& checkpoints, const std::string& out_dir);
-
-// Restores the optimizer's moments and step from a checkpoint directory.
-void load_optimizer_state(const std::string& dir, AdamW& optimizer);
 
 }  // namespace loom

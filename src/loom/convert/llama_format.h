@@ -1,8 +1,8 @@
 // Interchange with the LLaMA ecosystem: export a loom LLaMA-style decoder to GGUF (llama.cpp) or
 // to a Hugging Face LlamaForCausalLM directory, and import either back into a loom checkpoint.
-// docs/formats.md has the tensor-name mapping and the RoPE permutation. It lives in train/, not
-// io/, because it reads and writes checkpoints (LoadedModel, train/checkpoint.h): io/ stays below
-// models/ and train/ (io/gguf.h is the torch-free file format).
+// docs/formats.md has the tensor-name mapping and the RoPE permutation. It lives in convert/, above
+// checkpoint/, because it reads and writes checkpoints (LoadedModel); io/gguf.h is the torch-free
+// file format below.
 //
 // A "LLaMA-style" loom model: arch decoder, every layer `attention`, position rope or
 // rope_adjacent, norm rmsnorm (pre), ffn swiglu, no biases, no QK-norm, no embedding scale; any
@@ -18,11 +18,18 @@
 #include <string>
 
 #include "loom/io/gguf.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 
 namespace loom {
 
-// Fails (one loom::Error naming every unsupported property) unless `config` is LLaMA-style.
+// The LLaMA architecture as a loom config, written once: decoder, every layer `attention`,
+// `position` (rope or rope_adjacent: the file's RoPE pairing), rmsnorm placed pre, swiglu, no
+// biases; everything else at its default. Imports start from it and set what the file carries.
+ModelConfig llama_layout(const std::string& position);
+
+// Fails (one loom::Error naming every unsupported property) unless `config` is llama_layout() up to
+// what the files carry (sizes, norm_eps, rope_theta, tied output) and options without effect at
+// inference (AtInference::kNoEffect).
 void check_llama_style(const ModelConfig& config, const std::string& what);
 
 // Writes a GGUF v3 file (general.architecture llama). `type`: F32, F16, BF16, Q8_0, Q4_0 or Q4_1

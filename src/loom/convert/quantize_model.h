@@ -4,7 +4,7 @@
 #include <string>
 
 #include "loom/quant/quantize.h"
-#include "loom/train/checkpoint.h"
+#include "loom/checkpoint/checkpoint.h"
 
 namespace loom {
 
