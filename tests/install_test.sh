@@ -10,6 +10,11 @@ build=$1 src=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 unset LOOM_SENTENCEPIECE_SHIM
+# The README shows the example as it is.
+if ! diff <(awk '/^```cpp/{f=1; next} /^```/{f=0} f' "$src/README.md") \
+          <(sed -n '/^#include <cstdio>/,$p' "$src/examples/embed/main.cpp") >"$tmp/readme.diff"; then
+  echo "install: README.md's C++ example differs from examples/embed/main.cpp:" >&2; cat "$tmp/readme.diff" >&2; exit 1
+fi
 cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
 for f in bin/loom lib/libloom.so lib/loom/libloom_sentencepiece.so lib/cmake/loom/loomConfig.cmake \
          include/loom/checkpoint/checkpoint.h include/loom/infer/generate.h; do

@@ -69,4 +69,47 @@ std::vector<int64_t> generate(Engine& engine, int64_t slot, const std::vector<in
   return generated;
 }
 
+std::string generate_text(const LoadedModel& loaded, const std::string& prompt_text, const GenerateOptions& options,
+                          const std::function<void(const std::string&)>& on_text) {
+  require_tokenizer(loaded, "generate");
+  const auto& tokenizer = loaded.tokenizer;
+  // The model's own start convention: eos for loom's models, whose training text is paragraphs
+  // each ended by eos, so generation starts a paragraph; bos or nothing for an imported model.
+  const std::vector<int> prefix = tokenizer.prompt_prefix();
+  std::vector<int64_t> prompt(prefix.begin(), prefix.end());
+  for (int id : tokenizer.encode(prompt_text)) prompt.push_back(id);
+  if (prompt.empty()) fail("generate: this model takes no start token, so the prompt must not be empty");
+  if (static_cast<int64_t>(prompt.size()) >= loaded.recipe.model.max_seq_len)
+    fail("the prompt is {} tokens but the model's context is {} tokens", prompt.size(),
+         loaded.recipe.model.max_seq_len);
+  // Prompt and continuation are decoded together and what is new is passed on: SentencePiece
+  // drops the leading space of a sequence's first piece, and a token may end inside a UTF-8
+  // character (decoded as U+FFFD until complete), so decoding the new tokens alone would glue
+  // words together or split characters.
+  std::vector<int> ids(prompt.begin() + static_cast<std::ptrdiff_t>(prefix.size()), prompt.end());
+  std::string text = tokenizer.decode(ids);
+  if (on_text) on_text(text);
+  size_t passed = text.size();
+  auto pass_new_text = [&](bool final) {
+    text = tokenizer.decode(ids);
+    const bool unfinished = text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0;
+    if (text.size() > passed && (final || !unfinished)) {
+      if (on_text) on_text(text.substr(passed));
+      passed = text.size();
+    }
+  };
+  // The engine's cache holds just this generation (an imported model's context may be long).
+  EngineOptions engine_options;
+  engine_options.context =
+      std::min<int64_t>(loaded.recipe.model.max_seq_len, static_cast<int64_t>(prompt.size()) + options.max_new_tokens);
+  auto engine = make_engine(loaded, engine_options);
+  generate(*engine, 0, prompt, options, [&](int64_t token) {
+    if (token == options.stop_token) return;
+    ids.push_back(static_cast<int>(token));
+    pass_new_text(false);
+  });
+  pass_new_text(true);
+  return text;
+}
+
 }  // namespace loom

@@ -2,7 +2,10 @@
 // per step reusing the KV cache (or, for testing, recomputing the whole sequence each step).
 #pragma once
 #include <functional>
+#include <string>
 #include <vector>
+
+#include "loom/checkpoint/checkpoint.h"
 
 #include "loom/infer/engine.h"
 #include "loom/infer/sampler.h"
@@ -29,5 +32,13 @@ std::vector<int64_t> generate(Model& model, const std::vector<int64_t>& prompt,
 std::vector<int64_t> generate(Engine& engine, int64_t slot, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options,
                               const std::function<void(int64_t)>& on_token = {});
+
+// Text in, text out, as `loom generate` does it: `prompt` after the model's start convention
+// (Tokenizer::prompt_prefix) continued on the engine make_engine picks, until options.stop_token
+// (the tokenizer's eos_id() stops at the paragraph's end; the stop token is not printed),
+// max_new_tokens or the context. Returns the prompt and its continuation decoded together;
+// `on_text` sees the prompt's text, then each new piece as soon as its characters are whole.
+std::string generate_text(const LoadedModel& loaded, const std::string& prompt, const GenerateOptions& options,
+                          const std::function<void(const std::string&)>& on_text = {});
 
 }  // namespace loom
