@@ -13,23 +13,21 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <cstdio>
 #include <numeric>
 #include <sstream>
 
+#include "loom/checkpoint/recipe.h"
 #include "loom/core/runtime.h"
 #include "loom/infer/fast_engine.h"
-#include "loom/checkpoint/recipe.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 // Read bandwidth: the sum of a 512 MiB float array, threads splitting it, best of 5. Sixteen
 // partial sums per thread, so the sum is load-bound (one chain of float adds would be latency-bound).
@@ -123,7 +121,7 @@ int main(int argc, char** argv) {
     std::string name;
     while (std::getline(list, name, ',')) {
       loom::FastEngineOptions options;
-      options.weights = name == "f32" ? loom::WeightFormat::kF32
+      options.weights = name == "f32"    ? loom::WeightFormat::kF32
                         : name == "int8" ? loom::WeightFormat::kInt8
                         : name == "q4_0" ? loom::WeightFormat::kQ4_0
                                          : (loom::fail("unknown format {}", name), loom::WeightFormat::kF32);

@@ -40,8 +40,9 @@ int main(int argc, char** argv) {
   };
   const double reference = time_ms(run(loom::selective_scan_reference), repeats);
   const double fused = time_ms(run(loom::selective_scan), repeats);
-  std::printf("{\"bench\": \"mamba_scan\", \"threads\": %d, \"shape\": [%lld, %lld, %lld, %lld], "
-              "\"reference_ms\": %.1f, \"fused_ms\": %.1f, \"speedup\": %.2f}\n",
-              threads, static_cast<long long>(b), static_cast<long long>(t), static_cast<long long>(di),
-              static_cast<long long>(n), reference, fused, reference / fused);
+  std::printf(
+      "{\"bench\": \"mamba_scan\", \"threads\": %d, \"shape\": [%lld, %lld, %lld, %lld], "
+      "\"reference_ms\": %.1f, \"fused_ms\": %.1f, \"speedup\": %.2f}\n",
+      threads, static_cast<long long>(b), static_cast<long long>(t), static_cast<long long>(di),
+      static_cast<long long>(n), reference, fused, reference / fused);
 }

@@ -86,7 +86,8 @@ double read_bandwidth_gbs(int threads) {
 #pragma omp parallel num_threads(threads) reduction(+ : total)
         {
           const size_t chunk = count / omp_get_num_threads() / 64 * 64, begin = chunk * omp_get_thread_num();
-          total += sum_floats(a.data() + begin, omp_get_thread_num() == omp_get_num_threads() - 1 ? count - begin : chunk);
+          total +=
+              sum_floats(a.data() + begin, omp_get_thread_num() == omp_get_num_threads() - 1 ? count - begin : chunk);
         }
         sink = total;
       },
@@ -128,7 +129,8 @@ struct Weights {
       std::copy(i8.begin(), i8.begin() + rows * cols, i8.begin() + c * rows * cols);
       std::copy(scale.begin(), scale.begin() + rows, scale.begin() + c * rows);
     }
-    for (int64_t c = 1; c < copies[2]; ++c) std::copy(q4.begin(), q4.begin() + rows * cols / 32, q4.begin() + c * rows * cols / 32);
+    for (int64_t c = 1; c < copies[2]; ++c)
+      std::copy(q4.begin(), q4.begin() + rows * cols / 32, q4.begin() + c * rows * cols / 32);
   }
   const float* f32_at(int64_t c) const { return f32.data() + c * rows * cols; }
   const int8_t* i8_at(int64_t c) const { return i8.data() + c * rows * cols; }
@@ -153,8 +155,8 @@ void run(Format f, const Weights& w, int64_t copy, const float* x, int64_t n, fl
       if (n == 1) {
         cblas_sgemv(CblasRowMajor, CblasNoTrans, w.rows, w.cols, 1.0f, w.f32_at(copy), w.cols, x, 1, 0.0f, y, 1);
       } else {  // y[n, rows] = x[n, cols] . W[rows, cols]^T
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, w.rows, w.cols, 1.0f, x, w.cols, w.f32_at(copy),
-                    w.cols, 0.0f, y, w.rows);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, w.rows, w.cols, 1.0f, x, w.cols, w.f32_at(copy), w.cols,
+                    0.0f, y, w.rows);
       }
       break;
     case kInt8: q::linear_int8(x, n, w.cols, w.i8_at(copy), w.scale_at(copy), w.rows, y); break;
@@ -181,8 +183,11 @@ int main(int argc, char** argv) {
   const int rounds = quick ? 1 : decode_only ? 5 : 3;
   std::printf("kernel isa: %s, %d rounds\n", q::isa_name(q::best_isa()), rounds);
 
-  const Shape shapes[] = {{"qkv", 1536, 512, 8}, {"o", 512, 512, 8}, {"gate_up", 3072, 512, 8},
-                          {"down", 512, 1536, 8}, {"output", 8192, 512, 1}};
+  const Shape shapes[] = {{"qkv", 1536, 512, 8},
+                          {"o", 512, 512, 8},
+                          {"gate_up", 3072, 512, 8},
+                          {"down", 512, 1536, 8},
+                          {"output", 8192, 512, 1}};
   constexpr int kShapes = 5, kNs = 3;
   const int64_t ns[kNs] = {1, 8, 512};
   const double cold_bytes = 96e6;  // 3x the 32 MB L3
@@ -225,17 +230,18 @@ int main(int argc, char** argv) {
             double& c = cold[si][ni][t - 1][f];
             c = n == 512 ? h  // compute-bound: the copies would add nothing but time
                          : std::min(c, seconds_per_call([&](int i) {
-                             run(fmt, w, 1 + i % (w.copies[f] - 1), x.data(), n, y.data());
-                           }));
+                                      run(fmt, w, 1 + i % (w.copies[f] - 1), x.data(), n, y.data());
+                                    }));
           }
           park_openblas();
         }
         if (n == 512) {  // the prefill alternative: dequantize (serial, once per call) then sgemm
           std::vector<float> deq(s.rows * s.cols);
           deq8[si] = std::min(deq8[si], seconds_per_call([&](int) {
-            q::dequantize_int8(w.i8_at(0), w.scale_at(0), s.rows, s.cols, deq.data());
-          }));
-          deq4[si] = std::min(deq4[si], seconds_per_call([&](int) { q::dequantize_q4_0(w.q4_at(0), s.rows * s.cols, deq.data()); }));
+                                q::dequantize_int8(w.i8_at(0), w.scale_at(0), s.rows, s.cols, deq.data());
+                              }));
+          deq4[si] = std::min(
+              deq4[si], seconds_per_call([&](int) { q::dequantize_q4_0(w.q4_at(0), s.rows * s.cols, deq.data()); }));
         }
       }
     }
@@ -245,29 +251,32 @@ int main(int argc, char** argv) {
       for (int f : {kInt8, kQ4, kF32}) {
         const Format fmt = static_cast<Format>(f);
         chained[t - 1][f] = std::min(chained[t - 1][f], seconds_per_call([&](int) {
-          for (const Weights& w : layer_weights) run(fmt, w, 0, x.data(), 1, y.data());
-        }));
+                                       for (const Weights& w : layer_weights) run(fmt, w, 0, x.data(), 1, y.data());
+                                     }));
         if (fmt == kF32) park_openblas();
       }
       // The same step in one parallel region with the _team variants: no fork/join per call.
       for (int f : {kInt8, kQ4}) {
-        team[t - 1][f - kInt8] = std::min(team[t - 1][f - kInt8], seconds_per_call([&](int) {
+        team[t - 1][f - kInt8] =
+            std::min(team[t - 1][f - kInt8], seconds_per_call([&](int) {
 #pragma omp parallel
-          for (const Weights& w : layer_weights) {
-            if (f == kInt8) q::linear_int8_team(x.data(), 1, w.cols, w.i8_at(0), w.scale_at(0), w.rows, y.data());
-            else q::linear_q4_0_team(x.data(), 1, w.cols, w.q4_at(0), w.rows, y.data());
-          }
-        }));
+                       for (const Weights& w : layer_weights) {
+                         if (f == kInt8)
+                           q::linear_int8_team(x.data(), 1, w.cols, w.i8_at(0), w.scale_at(0), w.rows, y.data());
+                         else q::linear_q4_0_team(x.data(), 1, w.cols, w.q4_at(0), w.rows, y.data());
+                       }
+                     }));
       }
     }
     std::fprintf(stderr, "round %d done\n", round + 1);
   }
 
-  for (int t : {1, 2}) std::printf("read bandwidth, %d thread(s): %.1f GB/s (sum of a 256 MB float array)\n", t, bandwidth[t - 1]);
+  for (int t : {1, 2})
+    std::printf("read bandwidth, %d thread(s): %.1f GB/s (sum of a 256 MB float array)\n", t, bandwidth[t - 1]);
   if (!decode_only)
     std::printf("\n%-8s %5s %5s %4s %3s | %-9s %-9s %-9s | GB/s hot: %-6s %-6s %-6s | GB/s cold: %-6s %-6s %-6s\n",
-              "shape", "rows", "cols", "n", "thr", "fp32 us", "int8 us", "q4_0 us", "fp32", "int8", "q4_0", "fp32",
-              "int8", "q4_0");
+                "shape", "rows", "cols", "n", "thr", "fp32 us", "int8 us", "q4_0 us", "fp32", "int8", "q4_0", "fp32",
+                "int8", "q4_0");
   // token_s[threads - 1][format][hot/cold]: one decode step as the sum of its shapes at n = 1
   double token_s[2][kFormats][2] = {};
   for (int si = 0; si < kShapes && !decode_only; ++si) {
@@ -278,10 +287,12 @@ int main(int argc, char** argv) {
         const double* h = hot[si][ni][t - 1];
         const double* c = cold[si][ni][t - 1];
         auto gbs = [&](int f, double sec) { return weight_bytes(static_cast<Format>(f), s.rows, s.cols) / sec / 1e9; };
-        std::printf("%-8s %5lld %5lld %4lld %3d | %-9.1f %-9.1f %-9.1f |           %-6.1f %-6.1f %-6.1f |            %-6.1f %-6.1f %-6.1f\n",
-                    s.name, static_cast<long long>(s.rows), static_cast<long long>(s.cols), static_cast<long long>(ns[ni]), t,
-                    c[kF32] * 1e6, c[kInt8] * 1e6, c[kQ4] * 1e6, gbs(kF32, h[kF32]), gbs(kInt8, h[kInt8]), gbs(kQ4, h[kQ4]),
-                    gbs(kF32, c[kF32]), gbs(kInt8, c[kInt8]), gbs(kQ4, c[kQ4]));
+        std::printf(
+            "%-8s %5lld %5lld %4lld %3d | %-9.1f %-9.1f %-9.1f |           %-6.1f %-6.1f %-6.1f |            %-6.1f "
+            "%-6.1f %-6.1f\n",
+            s.name, static_cast<long long>(s.rows), static_cast<long long>(s.cols), static_cast<long long>(ns[ni]), t,
+            c[kF32] * 1e6, c[kInt8] * 1e6, c[kQ4] * 1e6, gbs(kF32, h[kF32]), gbs(kInt8, h[kInt8]), gbs(kQ4, h[kQ4]),
+            gbs(kF32, c[kF32]), gbs(kInt8, c[kInt8]), gbs(kQ4, c[kQ4]));
         if (ns[ni] == 1)
           for (int f = 0; f < kFormats; ++f) {
             token_s[t - 1][f][0] += s.per_token * h[f];
@@ -289,7 +300,8 @@ int main(int argc, char** argv) {
           }
       }
       if (ns[ni] == 512)
-        std::printf("%-8s   dequantize before sgemm (1 thread): int8 %.1f us, q4_0 %.1f us\n", s.name, deq8[si] * 1e6, deq4[si] * 1e6);
+        std::printf("%-8s   dequantize before sgemm (1 thread): int8 %.1f us, q4_0 %.1f us\n", s.name, deq8[si] * 1e6,
+                    deq4[si] * 1e6);
     }
   }
   double model_bytes[kFormats] = {};
@@ -300,8 +312,8 @@ int main(int argc, char** argv) {
     for (int f : {kInt8, kQ4, kF32}) {
       if (!decode_only)
         std::printf("  %s %d thread(s): sum of shapes hot %.1f us (%.0f tok/s), cold %.1f us (%.0f tok/s)\n",
-                    kFormatName[f], t, token_s[t - 1][f][0] * 1e6, 1 / token_s[t - 1][f][0],
-                    token_s[t - 1][f][1] * 1e6, 1 / token_s[t - 1][f][1]);
+                    kFormatName[f], t, token_s[t - 1][f][0] * 1e6, 1 / token_s[t - 1][f][0], token_s[t - 1][f][1] * 1e6,
+                    1 / token_s[t - 1][f][1]);
       std::printf("  %s %d thread(s): chained %.1f us = %.0f tok/s, %.1f GB/s (%.1f MB per token)\n", kFormatName[f], t,
                   chained[t - 1][f] * 1e6, 1 / chained[t - 1][f], model_bytes[f] / chained[t - 1][f] / 1e9,
                   model_bytes[f] / 1e6);

@@ -32,11 +32,13 @@ int main(int argc, char** argv) {
     double loss = 0;
     for (int i = 0; i < steps; ++i) loss = trainer.run(warmup + i, batch).loss;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double tokens = static_cast<double>(steps) * recipe.train.batch_size * recipe.train.grad_accum * c.max_seq_len;
-    std::printf("{\"impl\": \"loom\", \"threads\": %d, \"precision\": \"%s\", \"params\": %lld, "
-                "\"tokens_per_s\": %.1f, \"step_ms\": %.1f, \"final_loss\": %.4f}\n",
-                used_threads, precision.c_str(), static_cast<long long>(model->num_parameters()),
-                tokens / seconds, 1000.0 * seconds / steps, loss);
+    const double tokens =
+        static_cast<double>(steps) * recipe.train.batch_size * recipe.train.grad_accum * c.max_seq_len;
+    std::printf(
+        "{\"impl\": \"loom\", \"threads\": %d, \"precision\": \"%s\", \"params\": %lld, "
+        "\"tokens_per_s\": %.1f, \"step_ms\": %.1f, \"final_loss\": %.4f}\n",
+        used_threads, precision.c_str(), static_cast<long long>(model->num_parameters()), tokens / seconds,
+        1000.0 * seconds / steps, loss);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train_throughput: error: %s\n", e.what());
     return 1;

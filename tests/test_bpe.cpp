@@ -9,8 +9,8 @@
 #include "loom/data/bpe_tokenizer.h"
 #include "loom/data/tokenizer.h"
 
-using loom::BpeTokenizer;
 using loom::bpe_pretokenize;
+using loom::BpeTokenizer;
 using Pieces = std::vector<std::string>;
 
 TEST(BpePretokenize, Gpt2RegexCases) {
@@ -43,7 +43,21 @@ std::string tiny_vocab(bool add_bos) {
   nlohmann::json j;
   j["model"] = "gpt2";
   j["pre"] = "gpt2";
-  j["tokens"] = {"<s>", "</s>", "a", "b", "\xC4\xA0", "\xC4\x8A", "ab", "\xC4\xA0" "ab", "<", ">", "s", "/", "\xC4\xA0" "a"};
+  j["tokens"] = {"<s>",
+                 "</s>",
+                 "a",
+                 "b",
+                 "\xC4\xA0",
+                 "\xC4\x8A",
+                 "ab",
+                 "\xC4\xA0"
+                 "ab",
+                 "<",
+                 ">",
+                 "s",
+                 "/",
+                 "\xC4\xA0"
+                 "a"};
   j["token_type"] = {3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
   // Ranks: "a b" 0, "Ġ a" 1, "Ġ ab" 2.
   j["merges"] = {"a b", "\xC4\xA0 a", "\xC4\xA0 ab"};

@@ -1,12 +1,12 @@
 // Tests for src/loom/data: the R reader, corpus splitting, the tokenizer, token files and batching.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <set>
-#include <unistd.h>
 
 #include "loom/core/error.h"
 #include "loom/data/corpus.h"
@@ -28,7 +28,10 @@ struct Xdr {
     for (int s = 24; s >= 0; s -= 8) bytes += static_cast<char>((static_cast<uint32_t>(v) >> s) & 0xFF);
     return *this;
   }
-  Xdr& raw(const std::string& s) { bytes += s; return *this; }
+  Xdr& raw(const std::string& s) {
+    bytes += s;
+    return *this;
+  }
   Xdr& header(int version) {
     raw("X\n").i32(version).i32(0x040201).i32(0x030500);
     if (version == 3) i32(5).raw("UTF-8");
@@ -56,9 +59,9 @@ std::string expect_error(const std::function<void()>& f) {
 TEST(RData, StringVectorWithNA) {
   for (int version : {2, 3}) {
     Xdr x;
-    x.header(version).i32(16).i32(3);  // STRSXP of 3
+    x.header(version).i32(16).i32(3);                        // STRSXP of 3
     x.charsxp("hello").charsxp("h\xC3\xA9llo", 0x00008009);  // UTF-8 level
-    x.i32(0x00000009).i32(-1);                                // NA_STRING
+    x.i32(0x00000009).i32(-1);                               // NA_STRING
     rdata::RPtr obj = rdata::unserialize(x.bytes, "blob");
     ASSERT_EQ(obj->type, rdata::RType::String);
     ASSERT_EQ(obj->strings.size(), 3u);
@@ -79,11 +82,11 @@ TEST(RData, Latin1StringBecomesUtf8) {
 TEST(RData, NamedListWithSymbolReference) {
   Xdr x;
   x.header(3).i32(0x213).i32(2);
-  x.i32(13).i32(2).i32(7).i32(9);                   // INTSXP 7, 9
-  x.i32(0x213).i32(1).i32(10).i32(1).i32(1);        // VECSXP { LGLSXP TRUE }
-  x.i32(0x402).i32(1).charsxp("names");             //   attr: LISTSXP, tag SYMSXP "names"
-  x.i32(16).i32(1).charsxp("c").i32(254);           //   STRSXP "c"; NILVALUE ends the pairlist
-  x.i32(0x402).i32(0x1FF);                          // attr: LISTSXP, tag REFSXP #1 ("names")
+  x.i32(13).i32(2).i32(7).i32(9);             // INTSXP 7, 9
+  x.i32(0x213).i32(1).i32(10).i32(1).i32(1);  // VECSXP { LGLSXP TRUE }
+  x.i32(0x402).i32(1).charsxp("names");       //   attr: LISTSXP, tag SYMSXP "names"
+  x.i32(16).i32(1).charsxp("c").i32(254);     //   STRSXP "c"; NILVALUE ends the pairlist
+  x.i32(0x402).i32(0x1FF);                    // attr: LISTSXP, tag REFSXP #1 ("names")
   x.i32(16).i32(2).charsxp("a").charsxp("b").i32(254);
   rdata::RPtr obj = rdata::unserialize(x.bytes, "blob");
   ASSERT_EQ(obj->type, rdata::RType::List);
@@ -98,21 +101,16 @@ TEST(RData, MalformedInputIsError) {
   Xdr ok;
   ok.header(3).i32(16).i32(1).charsxp("hello");
   const std::string truncated = ok.bytes.substr(0, ok.bytes.size() - 2);
-  EXPECT_NE(expect_error([&] { rdata::unserialize(truncated, "t.rds"); }).find("t.rds: truncated"),
-            std::string::npos);
+  EXPECT_NE(expect_error([&] { rdata::unserialize(truncated, "t.rds"); }).find("t.rds: truncated"), std::string::npos);
   Xdr real;
   real.header(3).i32(14).i32(1).i32(0).i32(0);  // REALSXP: outside the subset
-  EXPECT_NE(expect_error([&] { rdata::unserialize(real.bytes, "r.rds"); }).find("type 14"),
-            std::string::npos);
+  EXPECT_NE(expect_error([&] { rdata::unserialize(real.bytes, "r.rds"); }).find("type 14"), std::string::npos);
   Xdr v4;
   v4.header(2);
   v4.bytes[5] = 4;  // version 4
-  EXPECT_NE(expect_error([&] { rdata::unserialize(v4.bytes, "v.rds"); }).find("version 4"),
-            std::string::npos);
-  EXPECT_NE(expect_error([&] { rdata::unserialize("A\n", "a.rds"); }).find("not an R XDR"),
-            std::string::npos);
-  EXPECT_NE(expect_error([&] { rdata::unserialize(ok.bytes + "x", "x.rds"); }).find("trailing"),
-            std::string::npos);
+  EXPECT_NE(expect_error([&] { rdata::unserialize(v4.bytes, "v.rds"); }).find("version 4"), std::string::npos);
+  EXPECT_NE(expect_error([&] { rdata::unserialize("A\n", "a.rds"); }).find("not an R XDR"), std::string::npos);
+  EXPECT_NE(expect_error([&] { rdata::unserialize(ok.bytes + "x", "x.rds"); }).find("trailing"), std::string::npos);
 }
 
 // ---- corpus ----
@@ -144,10 +142,11 @@ TEST(Corpus, UnknownNameListsKnownOnes) {
 TEST(Corpus, AustenFetchAndSplit) {
   const std::string prefix = "/usr/lib/R/site-library/janeaustenr/data/Rdata";
   // scripts/setup.sh installs the package: its absence is a set-up failure, not a skip.
-  ASSERT_TRUE(fs::exists(prefix + ".rdb")) << "Debian package r-cran-janeaustenr is not installed (run scripts/setup.sh)";
+  ASSERT_TRUE(fs::exists(prefix + ".rdb"))
+      << "Debian package r-cran-janeaustenr is not installed (run scripts/setup.sh)";
   const auto objects = rdata::read_lazyload_db(prefix);
-  const char* novels[] = {"sensesensibility", "prideprejudice", "mansfieldpark",
-                          "emma", "northangerabbey", "persuasion"};
+  const char* novels[] = {"sensesensibility", "prideprejudice", "mansfieldpark", "emma",
+                          "northangerabbey",  "persuasion"};
   for (const char* novel : novels) {
     ASSERT_TRUE(objects.count(novel)) << novel;
     EXPECT_EQ(objects.at(novel)->type, rdata::RType::String);
@@ -201,9 +200,9 @@ class TokenizerTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new TempDir;
     std::ofstream out(*dir_ / "train.txt");
-    const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and",
-                           "Elizabeth", "Darcy", "said", "she", "would", "never", "marry", "him",
-                           "Mr.", "Bennet", "was", "so", "odd", "a", "mixture", "of", "parts"};
+    const char* words[] = {"the",       "quick", "brown", "fox", "jumps", "over",    "lazy",  "dog",  "and",
+                           "Elizabeth", "Darcy", "said",  "she", "would", "never",   "marry", "him",  "Mr.",
+                           "Bennet",    "was",   "so",    "odd", "a",     "mixture", "of",    "parts"};
     std::mt19937 rng(7);
     for (int line = 0; line < 400; ++line) {
       const int n = 5 + static_cast<int>(rng() % 12);
@@ -307,8 +306,7 @@ TEST(TokenStream, TruncatedOrForeignFileIsError) {
   fs::resize_file(path, 10);
   EXPECT_NE(expect_error([&] { TokenStream s(path); }).find("truncated"), std::string::npos);
   std::ofstream(path, std::ios::trunc) << "NOTLOOM1 and some more bytes to pass the size";
-  EXPECT_NE(expect_error([&] { TokenStream s(path); }).find("not a loom token file"),
-            std::string::npos);
+  EXPECT_NE(expect_error([&] { TokenStream s(path); }).find("not a loom token file"), std::string::npos);
 }
 
 TEST(TokenStream, UnigramEntropy) {

@@ -26,7 +26,6 @@ ModelConfig encoder_config() {
   return c;
 }
 
-
 // padding [B, T]: the last `pads` positions of sequence 1 are padding.
 torch::Tensor padding_mask(int64_t b, int64_t t, int64_t pads) {
   auto padding = torch::zeros({b, t}, torch::kBool);
@@ -67,12 +66,14 @@ TEST(Encoder, BidirectionalLinearAttentionEqualsItsQuadraticForm) {
   auto x = torch::randn({b, t, c.d_model});
   auto padding = padding_mask(b, t, 2);
   auto qkv = torch::nn::functional::linear(x, param(*linear, "wqkv.weight"), param(*linear, "wqkv.bias"))
-                 .view({b, t, 3, h, d}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
+                 .view({b, t, 3, h, d})
+                 .permute({2, 0, 3, 1, 4});                                              // [3, B, H, T, D]
   auto a = (torch::elu(qkv[0]) + 1).matmul((torch::elu(qkv[1]) + 1).transpose(-2, -1));  // [B, H, T, T]
-  a = a.masked_fill(padding.view({b, 1, 1, t}), 0.0);  // no one attends to padding
+  a = a.masked_fill(padding.view({b, 1, 1, t}), 0.0);                                    // no one attends to padding
   auto out = (a / a.sum(-1, true)).matmul(qkv[2]).transpose(1, 2).reshape({b, t, h * d});
   auto expected = torch::nn::functional::linear(out, param(*linear, "wo.weight"), param(*linear, "wo.bias"));
-  EXPECT_TRUE(torch::allclose(linear->forward(x, MixerContext{position.get(), 0, nullptr, padding}), expected, 1e-4, 1e-5));
+  EXPECT_TRUE(
+      torch::allclose(linear->forward(x, MixerContext{position.get(), 0, nullptr, padding}), expected, 1e-4, 1e-5));
 }
 
 TEST(Encoder, FNetIsTheRealPartOfAnOrthonormal2dDft) {

@@ -85,7 +85,10 @@ TEST_P(EngineTest, InterleavedSlotsEqualEachAlone) {
   EXPECT_TRUE(torch::allclose(l2[0], full_logits(model, slice(seqs[0], 0, 4)), 1e-4, 1e-5));
   EXPECT_TRUE(torch::allclose(l2[1], full_logits(model, seqs[1]), 1e-4, 1e-5));
   auto l3 = engine->forward({1, 0, 2}, {{8}, slice(seqs[0], 4, 7), {9}});
-  auto with = [](std::vector<int64_t> v, int64_t t) { v.push_back(t); return v; };
+  auto with = [](std::vector<int64_t> v, int64_t t) {
+    v.push_back(t);
+    return v;
+  };
   EXPECT_TRUE(torch::allclose(l3[0], full_logits(model, with(seqs[1], 8)), 1e-4, 1e-5));
   EXPECT_TRUE(torch::allclose(l3[1], full_logits(model, seqs[0]), 1e-4, 1e-5));
   EXPECT_TRUE(torch::allclose(l3[2], full_logits(model, with(seqs[2], 9)), 1e-4, 1e-5));

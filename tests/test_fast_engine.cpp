@@ -97,9 +97,9 @@ TEST(FastEngine, ParitySweepOverEveryDeclaredConfiguration) {
   double worst = 0;
   for (size_t i = 0; i < configs.size(); ++i) {
     const ModelConfig& c = configs[i];
-    SCOPED_TRACE(fmt::format("config {}: layers [{}] position {} norm {} ffn {} kv_heads {} tied {} bias {} embed_scale {}",
-                             i, fmt::join(c.layers, ", "), c.position, c.norm, c.ffn, c.n_kv_heads, c.tie_embeddings,
-                             c.bias, c.embed_scale));
+    SCOPED_TRACE(fmt::format(
+        "config {}: layers [{}] position {} norm {} ffn {} kv_heads {} tied {} bias {} embed_scale {}", i,
+        fmt::join(c.layers, ", "), c.position, c.norm, c.ffn, c.n_kv_heads, c.tie_embeddings, c.bias, c.embed_scale));
     std::string why;
     ASSERT_TRUE(fast_engine_supports(c, &why)) << why;
     torch::manual_seed(static_cast<uint64_t>(i));
@@ -110,8 +110,10 @@ TEST(FastEngine, ParitySweepOverEveryDeclaredConfiguration) {
     const auto ref_a = full_logits(model, a), ref_b = full_logits(model, b);
     // The Model's cached generation of a: prefill 7 tokens, then one at a time.
     KVCache cache = model->make_cache(1, c.max_seq_len);
-    std::vector<torch::Tensor> cached_a{model->forward(torch::tensor(std::vector<int64_t>(a.begin(), a.begin() + 7)).unsqueeze(0), 0, &cache)[0][6]};
-    for (int64_t p = 7; p < 10; ++p) cached_a.push_back(model->forward(torch::tensor({a[p]}).unsqueeze(0), p, &cache)[0][0]);
+    std::vector<torch::Tensor> cached_a{
+        model->forward(torch::tensor(std::vector<int64_t>(a.begin(), a.begin() + 7)).unsqueeze(0), 0, &cache)[0][6]};
+    for (int64_t p = 7; p < 10; ++p)
+      cached_a.push_back(model->forward(torch::tensor({a[p]}).unsqueeze(0), p, &cache)[0][0]);
 
     FastEngineOptions options;
     options.engine.slots = 2;
@@ -153,7 +155,8 @@ TEST(FastEngine, UndeclaredOptionsRunOnlyAtTheirDefault) {
     // Another value of the same type, set through the recipe reader as a user would.
     std::string other;
     if (option.value == "true" || option.value == "false") other = option.value == "true" ? "false" : "true";
-    else if (option.value.find_first_not_of("0123456789") == std::string::npos) other = std::to_string(std::stoll(option.value) + 1);
+    else if (option.value.find_first_not_of("0123456789") == std::string::npos)
+      other = std::to_string(std::stoll(option.value) + 1);
     else other = option.value + "x";
     YAML::Node node;
     node[option.key] = YAML::Load(other);
@@ -192,9 +195,12 @@ TEST(FastEngine, MakeEngineFallsBackToTheReferenceEngineAndSaysWhy) {
   c.vocab_size = 50, c.d_model = 32, c.n_layers = 2, c.n_heads = 2, c.d_ff = 48, c.max_seq_len = 16;
   EXPECT_STREQ(engine_for(c)->name(), "fast");
   EXPECT_NE(sink->last_formatted(1).at(0).find("engine: fast"), std::string::npos);
-  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
-           {"qk_norm", "true"}, {"norm_placement", "post"}, {"norm", "dyt"}, {"position", "alibi"},
-           {"layers", "[attention, mamba]"}, {"ffn", "moe"}}) {
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{{"qk_norm", "true"},
+                                                                                   {"norm_placement", "post"},
+                                                                                   {"norm", "dyt"},
+                                                                                   {"position", "alibi"},
+                                                                                   {"layers", "[attention, mamba]"},
+                                                                                   {"ffn", "moe"}}) {
     YAML::Node node;
     node[key] = YAML::Load(value);
     ModelConfig other = c;

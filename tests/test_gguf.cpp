@@ -13,15 +13,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "loom/checkpoint/checkpoint.h"
+#include "loom/convert/llama_format.h"
+#include "loom/convert/quantize_model.h"
 #include "loom/data/spm_model.h"
 #include "loom/data/tokenizer.h"
 #include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
 #include "loom/io/gguf.h"
 #include "loom/io/safetensors.h"
-#include "loom/convert/quantize_model.h"
-#include "loom/checkpoint/checkpoint.h"
-#include "loom/convert/llama_format.h"
 #include "test_util.h"
 
 using namespace loom;
@@ -421,8 +421,8 @@ class LlamaFormat : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new TempDir;
     std::ofstream out(*dir_ / "train.txt");
-    const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "Elizabeth", "Darcy",
-                           "said", "she", "would", "never", "marry", "him", "Mr.", "Bennet", "é", "naïve"};
+    const char* words[] = {"the",  "quick", "brown", "fox",   "jumps", "over", "lazy", "dog",    "Elizabeth", "Darcy",
+                           "said", "she",   "would", "never", "marry", "him",  "Mr.",  "Bennet", "é",         "naïve"};
     std::mt19937 rng(7);
     for (int line = 0; line < 300; ++line) {
       for (int w = 0; w < 10; ++w) out << (w ? " " : "") << words[rng() % std::size(words)];
@@ -468,7 +468,8 @@ class LlamaFormat : public ::testing::Test {
     save_safetensors(writer.path("model.safetensors"), module_state(*model));
     writer.add("recipe.yaml", recipe_to_yaml(recipe));
     writer.add("tokenizer.model", read_file(*dir_ / "sp.model"));
-    writer.add("trainer.json", R"({"format": 1, "step": 0, "tokens_seen": 0, "elapsed_seconds": 0, "valid_loss": null})");
+    writer.add("trainer.json",
+               R"({"format": 1, "step": 0, "tokens_seen": 0, "elapsed_seconds": 0, "valid_loss": null})");
     return writer.commit();
   }
 
@@ -532,24 +533,35 @@ TEST_F(LlamaFormat, GgufMetadataHasLlamaCppsKeysAndTypes) {
   export_gguf(loaded, GgmlType::kQ8_0, file, "tiny llama");
   TempDir tmp;
   const std::string out = run_python(tmp, kDescribeScript, "'" + file + "' /dev/null");
-  for (const char* line : {"kv general.architecture STRING 'llama'", "kv general.name STRING 'tiny llama'",
-                           "kv general.file_type UINT32 7", "kv llama.context_length UINT32 32",
-                           "kv llama.embedding_length UINT32 64", "kv llama.block_count UINT32 2",
-                           "kv llama.feed_forward_length UINT32 96", "kv llama.attention.head_count UINT32 4",
+  for (const char* line : {"kv general.architecture STRING 'llama'",
+                           "kv general.name STRING 'tiny llama'",
+                           "kv general.file_type UINT32 7",
+                           "kv llama.context_length UINT32 32",
+                           "kv llama.embedding_length UINT32 64",
+                           "kv llama.block_count UINT32 2",
+                           "kv llama.feed_forward_length UINT32 96",
+                           "kv llama.attention.head_count UINT32 4",
                            "kv llama.attention.head_count_kv UINT32 2",
                            "kv llama.attention.layer_norm_rms_epsilon FLOAT32 9.999999747378752e-06",
-                           "kv llama.rope.dimension_count UINT32 16", "kv llama.rope.freq_base FLOAT32 500.0",
-                           "kv tokenizer.ggml.model STRING 'llama'", "kv tokenizer.ggml.bos_token_id UINT32 1",
-                           "kv tokenizer.ggml.eos_token_id UINT32 2", "kv tokenizer.ggml.unknown_token_id UINT32 0",
-                           "kv tokenizer.ggml.add_space_prefix BOOL True", "kv tokenizer.ggml.add_bos_token BOOL False",
+                           "kv llama.rope.dimension_count UINT32 16",
+                           "kv llama.rope.freq_base FLOAT32 500.0",
+                           "kv tokenizer.ggml.model STRING 'llama'",
+                           "kv tokenizer.ggml.bos_token_id UINT32 1",
+                           "kv tokenizer.ggml.eos_token_id UINT32 2",
+                           "kv tokenizer.ggml.unknown_token_id UINT32 0",
+                           "kv tokenizer.ggml.add_space_prefix BOOL True",
+                           "kv tokenizer.ggml.add_bos_token BOOL False",
                            "tensor token_embd.weight [300, 64] Q8_0 aligned=True sequential=True",
                            "tensor blk.0.attn_norm.weight [64] F32 aligned=True sequential=True",
-                           "tensor blk.0.attn_q.weight [64, 64] Q8_0", "tensor blk.0.attn_k.weight [32, 64] Q8_0",
-                           "tensor blk.1.ffn_down.weight [64, 96] Q8_0", "tensor blk.1.ffn_gate.weight [96, 64] Q8_0",
+                           "tensor blk.0.attn_q.weight [64, 64] Q8_0",
+                           "tensor blk.0.attn_k.weight [32, 64] Q8_0",
+                           "tensor blk.1.ffn_down.weight [64, 96] Q8_0",
+                           "tensor blk.1.ffn_gate.weight [96, 64] Q8_0",
                            "tensor output_norm.weight [64] F32"})
     EXPECT_NE(out.find(line), std::string::npos) << line << "\nin:\n" << out;
   EXPECT_EQ(out.find("tensor output.weight"), std::string::npos) << "tied: no output.weight";
-  EXPECT_NE(out.find("kv tokenizer.ggml.tokens ARRAY/STRING ['<unk>', '<s>', '</s>', '<0x00>'"), std::string::npos) << out;
+  EXPECT_NE(out.find("kv tokenizer.ggml.tokens ARRAY/STRING ['<unk>', '<s>', '</s>', '<0x00>'"), std::string::npos)
+      << out;
   EXPECT_NE(out.find("kv tokenizer.ggml.token_type ARRAY/INT32 [2, 3, 3, 6, 6"), std::string::npos) << out;
   EXPECT_EQ(out.find("bitexact=False"), std::string::npos) << out;
   EXPECT_EQ(out.find("=False"), std::string::npos) << out;
@@ -561,8 +573,8 @@ TEST_F(LlamaFormat, QuantizedGgufExportsStayClose) {
   // These random weights make a sensitive model (peaked attention): the bounds are loose, the
   // order of the errors is the point.
   double previous = 0;
-  for (const auto& [type, tolerance] : {std::pair{GgmlType::kF16, 5e-3}, std::pair{GgmlType::kQ8_0, 0.08},
-                                        std::pair{GgmlType::kQ4_0, 0.6}}) {
+  for (const auto& [type, tolerance] :
+       {std::pair{GgmlType::kF16, 5e-3}, std::pair{GgmlType::kQ8_0, 0.08}, std::pair{GgmlType::kQ4_0, 0.6}}) {
     SCOPED_TRACE(ggml_type_info(type).name);
     const std::string file = *dir_ / (std::string("q-") + ggml_type_info(type).name + ".gguf");
     export_gguf(original, type, file, "q");
@@ -624,7 +636,8 @@ TEST_F(LlamaFormat, Q4_0ExportOfAGptqCheckpointKeepsItsBlocks) {
       ASSERT_NE(plain, nullptr) << t.name;
       const std::vector<float> got = a.dequantize(t), want = b.dequantize(*plain);
       EXPECT_EQ(got, want) << t.name;
-      if (ggml_quantize(GgmlType::kQ4_0, want.data(), static_cast<int64_t>(want.size())) != std::string(a.data(t), t.nbytes))
+      if (ggml_quantize(GgmlType::kQ4_0, want.data(), static_cast<int64_t>(want.size())) !=
+          std::string(a.data(t), t.nbytes))
         ++would_differ;
     }
     EXPECT_EQ(q4_tensors, 2 * 7 + 1);  // q, k, v, o, gate, up, down per layer; output (tied: token_embd)
@@ -638,8 +651,8 @@ TEST_F(LlamaFormat, HfExportMatchesTransformersConventionAndRoundTrips) {
     auto original = load_checkpoint(make_checkpoint("hf-" + position, llama(position, position == "rope")));
     const std::string out = *dir_ / ("hf-out-" + position);
     export_hf(original, out);
-    for (const char* f : {"model.safetensors", "config.json", "generation_config.json", "tokenizer.model",
-                          "tokenizer_config.json"})
+    for (const char* f :
+         {"model.safetensors", "config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json"})
       EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
     const auto config = nlohmann::json::parse(read_file(out + "/config.json"));
     EXPECT_EQ(config["architectures"][0], "LlamaForCausalLM");
@@ -655,7 +668,8 @@ TEST_F(LlamaFormat, HfExportMatchesTransformersConventionAndRoundTrips) {
     EXPECT_EQ(back.recipe.model.position, "rope");
     EXPECT_LT((logits(back) - want).abs().max().item<double>(), 1e-4 * want.abs().max().item<double>());
     if (position == "rope") {  // the same weights, bit for bit
-      const auto a = load_safetensors(original.dir + "/model.safetensors"), b = load_safetensors(back.dir + "/model.safetensors");
+      const auto a = load_safetensors(original.dir + "/model.safetensors"),
+                 b = load_safetensors(back.dir + "/model.safetensors");
       ASSERT_EQ(a.tensors.size(), b.tensors.size());
       for (size_t i = 0; i < a.tensors.size(); ++i) {
         EXPECT_EQ(a.tensors[i].first, b.tensors[i].first);
@@ -716,8 +730,7 @@ TEST_F(LlamaFormat, UnsupportedArchitecturesAreErrors) {
   const std::string e = error_message([&] { export_gguf(loaded, GgmlType::kF32, *dir_ / "gpt.gguf", "x"); });
   for (const char* part : {"not a LLaMA-style model", "position learned", "norm layernorm", "ffn gelu", "bias true"})
     EXPECT_NE(e.find(part), std::string::npos) << e;
-  expect_one_line_error(run_loom("export '" + ckpt + "' --format hf --out '" + (*dir_ / "gpt-hf") + "'"),
-                        "ffn gelu");
+  expect_one_line_error(run_loom("export '" + ckpt + "' --format hf --out '" + (*dir_ / "gpt-hf") + "'"), "ffn gelu");
   EXPECT_FALSE(fs::exists(*dir_ / "gpt.gguf"));
   // A GGUF of another architecture.
   GgufWriter w;

@@ -41,9 +41,7 @@ std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
-void spit(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
+void spit(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
 
 // The loom::Error message thrown by f, or a test failure if it throws nothing.
 std::string error_of(const std::function<void()>& f) {
@@ -57,9 +55,7 @@ std::string error_of(const std::function<void()>& f) {
   ADD_FAILURE() << "expected a loom::Error";
   return "";
 }
-bool contains(const std::string& s, const std::string& word) {
-  return s.find(word) != std::string::npos;
-}
+bool contains(const std::string& s, const std::string& word) { return s.find(word) != std::string::npos; }
 
 // A safetensors file built by hand: u64 LE length, header padded to 8, data.
 std::string raw_safetensors(std::string header, const std::string& data) {
@@ -140,19 +136,19 @@ TEST_F(IoTest, WriteFileAtomicFailedWriteKeepsOldFile) {
 
 TEST_F(IoTest, SafetensorsRoundTripEveryDtype) {
   torch::manual_seed(0);
-  const std::vector<torch::ScalarType> dtypes = {
-      torch::kFloat64, torch::kFloat32, torch::kFloat16, torch::kBFloat16, torch::kInt64,
-      torch::kInt32,   torch::kInt16,   torch::kInt8,    torch::kUInt8,    torch::kBool};
+  const std::vector<torch::ScalarType> dtypes = {torch::kFloat64, torch::kFloat32, torch::kFloat16, torch::kBFloat16,
+                                                 torch::kInt64,   torch::kInt32,   torch::kInt16,   torch::kInt8,
+                                                 torch::kUInt8,   torch::kBool};
   loom::NamedTensors tensors;
   for (const auto dtype : dtypes) {
     const std::string name = c10::toString(dtype);
-    const torch::Tensor base = dtype == torch::kBool ? torch::randint(0, 2, {3, 5}).to(dtype)
-                               : dtype == torch::kUInt8 ? torch::randint(0, 256, {3, 5}).to(dtype)
+    const torch::Tensor base = dtype == torch::kBool          ? torch::randint(0, 2, {3, 5}).to(dtype)
+                               : dtype == torch::kUInt8       ? torch::randint(0, 256, {3, 5}).to(dtype)
                                : torch::isFloatingType(dtype) ? torch::randn({3, 5}).to(dtype)
                                                               : torch::randint(-100, 100, {3, 5}).to(dtype);
     tensors.emplace_back(name + ".matrix", base);
     tensors.emplace_back(name + ".transposed", base.t());  // non-contiguous input
-    tensors.emplace_back(name + ".scalar", base[1][2]);     // 0-dim, storage offset
+    tensors.emplace_back(name + ".scalar", base[1][2]);    // 0-dim, storage offset
     tensors.emplace_back(name + ".empty", torch::empty({0, 4}, dtype));
   }
   ASSERT_FALSE(tensors[1].second.is_contiguous());
@@ -177,8 +173,7 @@ TEST_F(IoTest, SafetensorsRoundTripEveryDtype) {
 TEST_F(IoTest, SafetensorsFileLayoutMatchesSpec) {
   const torch::Tensor a = torch::arange(6, torch::kFloat32).reshape({2, 3});
   const torch::Tensor b = torch::tensor({int16_t(0x0102), int16_t(-2), int16_t(7)});
-  loom::save_safetensors(file("l.safetensors"), {{"a", a}, {"b", b}, {"s", torch::tensor(1.5)}},
-                         {{"format", "pt"}});
+  loom::save_safetensors(file("l.safetensors"), {{"a", a}, {"b", b}, {"s", torch::tensor(1.5)}}, {{"format", "pt"}});
   const std::string bytes = slurp(file("l.safetensors"));
   ASSERT_GE(bytes.size(), 8u);
   uint64_t n = 0;
@@ -210,13 +205,12 @@ TEST_F(IoTest, SafetensorsFileLayoutMatchesSpec) {
 // A file written by hand (header order differs from data order, as Python's writer does).
 TEST_F(IoTest, SafetensorsReadsHandWrittenFile) {
   const int32_t x[2] = {-5, 70000};
-  const std::string data = std::string("\x01\x02\x03", 3) + std::string(1, '\0') +
-                           std::string(reinterpret_cast<const char*>(x), 8);
-  spit(file("h.safetensors"),
-       raw_safetensors(R"({"x":{"dtype":"I32","shape":[2],"data_offsets":[4,12]},)"
-                       R"("u":{"dtype":"U8","shape":[1,3],"data_offsets":[0,3]},)"
-                       R"("z":{"dtype":"BOOL","shape":[1],"data_offsets":[3,4]}})",
-                       data));
+  const std::string data =
+      std::string("\x01\x02\x03", 3) + std::string(1, '\0') + std::string(reinterpret_cast<const char*>(x), 8);
+  spit(file("h.safetensors"), raw_safetensors(R"({"x":{"dtype":"I32","shape":[2],"data_offsets":[4,12]},)"
+                                              R"("u":{"dtype":"U8","shape":[1,3],"data_offsets":[0,3]},)"
+                                              R"("z":{"dtype":"BOOL","shape":[1],"data_offsets":[3,4]}})",
+                                              data));
   const loom::Safetensors f = loom::load_safetensors(file("h.safetensors"));
   ASSERT_EQ(f.tensors.size(), 3u);
   EXPECT_EQ(f.tensors[0].first, "x");
@@ -295,13 +289,11 @@ TEST_F(IoTest, SafetensorsBadHeadersAreErrors) {
 
 TEST_F(IoTest, SafetensorsRejectsBadTensorsOnSave) {
   EXPECT_TRUE(contains(error_of([&] {
-                         loom::save_safetensors(file("d.safetensors"),
-                                                {{"w", torch::ones(1)}, {"w", torch::ones(1)}});
+                         loom::save_safetensors(file("d.safetensors"), {{"w", torch::ones(1)}, {"w", torch::ones(1)}});
                        }),
                        "duplicate"));
   EXPECT_TRUE(contains(error_of([&] {
-                         loom::save_safetensors(file("d.safetensors"),
-                                                {{"c", torch::ones(1, torch::kComplexFloat)}});
+                         loom::save_safetensors(file("d.safetensors"), {{"c", torch::ones(1, torch::kComplexFloat)}});
                        }),
                        "unsupported dtype"));
   EXPECT_FALSE(fs::exists(file("d.safetensors")));
@@ -310,9 +302,7 @@ TEST_F(IoTest, SafetensorsRejectsBadTensorsOnSave) {
 // ---- module state ---------------------------------------------------------------------------
 
 namespace {
-torch::nn::Sequential tiny_model() {
-  return torch::nn::Sequential(torch::nn::Linear(4, 3), torch::nn::BatchNorm1d(3));
-}
+torch::nn::Sequential tiny_model() { return torch::nn::Sequential(torch::nn::Linear(4, 3), torch::nn::BatchNorm1d(3)); }
 }  // namespace
 
 TEST_F(IoTest, ModuleStateNamesAndRoundTrip) {
@@ -321,17 +311,15 @@ TEST_F(IoTest, ModuleStateNamesAndRoundTrip) {
   source->forward(torch::randn({5, 4}));  // moves the BatchNorm running stats off their init
   std::vector<std::string> names;
   for (const auto& [name, t] : loom::module_state(*source)) names.push_back(name);
-  EXPECT_EQ(names, (std::vector<std::string>{"0.weight", "0.bias", "1.weight", "1.bias",
-                                             "1.running_mean", "1.running_var",
-                                             "1.num_batches_tracked"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                                             "1.running_var", "1.num_batches_tracked"}));
 
   loom::save_safetensors(file("m.safetensors"), loom::module_state(*source));
   auto target = tiny_model();
   const loom::Safetensors loaded = loom::load_safetensors(file("m.safetensors"));
   loom::load_module_state(*target, loaded, file("m.safetensors"));
   const loom::NamedTensors want = loom::module_state(*source), got = loom::module_state(*target);
-  for (size_t i = 0; i < want.size(); ++i)
-    EXPECT_TRUE(torch::equal(got[i].second, want[i].second)) << want[i].first;
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(torch::equal(got[i].second, want[i].second)) << want[i].first;
   EXPECT_TRUE(target[0]->as<torch::nn::Linear>()->weight.requires_grad());
 }
 
@@ -350,8 +338,7 @@ TEST_F(IoTest, LoadModuleStateShapeMismatchIsError) {
   loom::save_safetensors(file("s.safetensors"), loom::module_state(*small));
   const loom::Safetensors loaded = loom::load_safetensors(file("s.safetensors"));
   const torch::Tensor before = big->weight.detach().clone();
-  const std::string msg =
-      error_of([&] { loom::load_module_state(*big, loaded, file("s.safetensors")); });
+  const std::string msg = error_of([&] { loom::load_module_state(*big, loaded, file("s.safetensors")); });
   EXPECT_TRUE(contains(msg, "shape mismatch")) << msg;
   EXPECT_TRUE(contains(msg, "weight (model [5, 4], file [3, 4])")) << msg;
   EXPECT_TRUE(contains(msg, "s.safetensors")) << msg;
@@ -382,18 +369,15 @@ TEST_F(IoTest, CheckpointCommitListPruneResolve) {
   spit(run + "/step-000500", "a file, not a checkpoint");
 
   EXPECT_EQ(loom::list_checkpoints(run),
-            (std::vector<std::string>{run + "/step-000002", run + "/step-000010",
-                                      run + "/step-000120"}));
+            (std::vector<std::string>{run + "/step-000002", run + "/step-000010", run + "/step-000120"}));
   EXPECT_EQ(slurp(run + "/step-000010/model.safetensors"), "step-000010");
   EXPECT_EQ(slurp(run + "/step-000010/tokenizer.model"), "tok");
   EXPECT_EQ(loom::resolve_checkpoint(run), run + "/step-000120");
   EXPECT_EQ(loom::resolve_checkpoint(run + "/step-000010"), run + "/step-000010");
-  EXPECT_TRUE(contains(error_of([&] { loom::resolve_checkpoint(file("empty")); }),
-                       "no checkpoint in"));
+  EXPECT_TRUE(contains(error_of([&] { loom::resolve_checkpoint(file("empty")); }), "no checkpoint in"));
 
   loom::prune_checkpoints(run, 2);
-  EXPECT_EQ(loom::list_checkpoints(run),
-            (std::vector<std::string>{run + "/step-000010", run + "/step-000120"}));
+  EXPECT_EQ(loom::list_checkpoints(run), (std::vector<std::string>{run + "/step-000010", run + "/step-000120"}));
   EXPECT_TRUE(fs::exists(run + "/step-abc"));  // only step-<digits> dirs are pruned
   EXPECT_TRUE(contains(error_of([&] { loom::prune_checkpoints(run, 0); }), "keep_last"));
 }
@@ -427,8 +411,7 @@ TEST_F(IoTest, UncommittedCheckpointLeavesNothing) {
 }
 
 TEST_F(IoTest, CheckpointRejectsPathLikeNames) {
-  EXPECT_TRUE(contains(error_of([&] { loom::CheckpointWriter(file("run"), "../escape"); }),
-                       "invalid checkpoint"));
+  EXPECT_TRUE(contains(error_of([&] { loom::CheckpointWriter(file("run"), "../escape"); }), "invalid checkpoint"));
   loom::CheckpointWriter writer(file("run"), "step-1");
   EXPECT_TRUE(contains(error_of([&] { writer.path("a/b"); }), "invalid checkpoint file"));
 }

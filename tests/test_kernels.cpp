@@ -38,7 +38,8 @@ uint16_t half_nearest(float f) {
   uint16_t lo = 0, hi = 0x7bff;
   while (lo < hi) {
     const uint16_t mid = static_cast<uint16_t>((lo + hi + 1) / 2);
-    if (half_value(mid) <= a) lo = mid; else hi = static_cast<uint16_t>(mid - 1);
+    if (half_value(mid) <= a) lo = mid;
+    else hi = static_cast<uint16_t>(mid - 1);
   }
   if (lo == 0x7bff) return sign | lo;  // 65504 <= a < 65520
   const double below = a - half_value(lo), above = half_value(lo + 1) - a;
@@ -105,8 +106,8 @@ double error_bound(const float* x, const float* w_deq, int64_t cols) {
 }
 
 // Compares y (from one path) with the reference y_ref and with the exact product x . W_deq^T.
-void expect_close(const std::vector<float>& x, const std::vector<float>& w_deq, int64_t n, int64_t cols,
-                  int64_t rows, const std::vector<float>& y, const std::vector<float>& y_ref, const char* what) {
+void expect_close(const std::vector<float>& x, const std::vector<float>& w_deq, int64_t n, int64_t cols, int64_t rows,
+                  const std::vector<float>& y, const std::vector<float>& y_ref, const char* what) {
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t r = 0; r < rows; ++r) {
       const float* xi = x.data() + i * cols;
@@ -128,21 +129,33 @@ void expect_close(const std::vector<float>& x, const std::vector<float>& w_deq, 
 // ---- fp16 --------------------------------------------------------------------------------------
 
 TEST(QuantKernels, Fp16SpecialValues) {
-  struct Case { float f; uint16_t h; };
+  struct Case {
+    float f;
+    uint16_t h;
+  };
   const Case cases[] = {
-      {0.0f, 0x0000}, {-0.0f, 0x8000}, {1.0f, 0x3c00}, {-2.0f, 0xc000}, {0.5f, 0x3800},
-      {65504.0f, 0x7bff}, {65519.0f, 0x7bff}, {65520.0f, 0x7c00}, {1e9f, 0x7c00}, {-1e9f, 0xfc00},
-      {std::numeric_limits<float>::infinity(), 0x7c00}, {-std::numeric_limits<float>::infinity(), 0xfc00},
-      {0x1p-14f, 0x0400},                 // smallest normal
-      {0x1p-24f, 0x0001},                 // smallest subnormal
-      {0x1p-25f, 0x0000},                 // half of it: tie, to even (zero)
-      {0x1.8p-25f, 0x0001},               // 0.75 of it: up
-      {0x1.8p-24f, 0x0002},               // 1.5 units: tie, to even (2)
-      {0x1.4p-23f, 0x0002},               // 2.5 units: tie, to even (2)
-      {1.0f + 0x1p-11f, 0x3c00},          // tie between 1 and 1 + 2^-10: even is 1
-      {1.0f + 0x1.8p-10f, 0x3c02},        // 1.5 ulps: tie, to even (2 ulps)
+      {0.0f, 0x0000},
+      {-0.0f, 0x8000},
+      {1.0f, 0x3c00},
+      {-2.0f, 0xc000},
+      {0.5f, 0x3800},
+      {65504.0f, 0x7bff},
+      {65519.0f, 0x7bff},
+      {65520.0f, 0x7c00},
+      {1e9f, 0x7c00},
+      {-1e9f, 0xfc00},
+      {std::numeric_limits<float>::infinity(), 0x7c00},
+      {-std::numeric_limits<float>::infinity(), 0xfc00},
+      {0x1p-14f, 0x0400},                    // smallest normal
+      {0x1p-24f, 0x0001},                    // smallest subnormal
+      {0x1p-25f, 0x0000},                    // half of it: tie, to even (zero)
+      {0x1.8p-25f, 0x0001},                  // 0.75 of it: up
+      {0x1.8p-24f, 0x0002},                  // 1.5 units: tie, to even (2)
+      {0x1.4p-23f, 0x0002},                  // 2.5 units: tie, to even (2)
+      {1.0f + 0x1p-11f, 0x3c00},             // tie between 1 and 1 + 2^-10: even is 1
+      {1.0f + 0x1.8p-10f, 0x3c02},           // 1.5 ulps: tie, to even (2 ulps)
       {1.0f + 0x1p-11f + 0x1p-20f, 0x3c01},  // just above the tie: up
-      {0x1.ffcp-15f, 0x0400},             // the largest subnormal rounds up into the normals
+      {0x1.ffcp-15f, 0x0400},                // the largest subnormal rounds up into the normals
       {1e-10f, 0x0000},
   };
   for (const Case& c : cases) {
@@ -181,9 +194,9 @@ TEST(QuantKernels, Fp16EveryHalfRoundTripsAndRandomFloatsRoundToNearestEven) {
 // ---- int8 --------------------------------------------------------------------------------------
 
 TEST(QuantKernels, Int8QuantizeHandChecked) {
-  const float w[3 * 4] = {0.5f, -127.0f, 0.0f, 63.5f,  // scale 1; halves round away from zero
-                          254.0f, -1.0f, 3.0f, 0.0f,   // scale 2
-                          0.0f, 0.0f, 0.0f, 0.0f};     // zero row
+  const float w[3 * 4] = {0.5f,   -127.0f, 0.0f, 63.5f,  // scale 1; halves round away from zero
+                          254.0f, -1.0f,   3.0f, 0.0f,   // scale 2
+                          0.0f,   0.0f,    0.0f, 0.0f};  // zero row
   int8_t qw[12];
   float scale[3];
   q::quantize_int8(w, 3, 4, qw, scale);
@@ -227,10 +240,10 @@ TEST(QuantKernels, Q4_0HandCheckedBlocks) {
   // Block 2: all zeros: d = 0, every q = 8.
   float x[96] = {};
   for (int j = 0; j < 16; ++j) x[j] = static_cast<float>(j - 8);
-  x[16] = 7.9f;   // 16.4 -> 16 -> capped to 15
-  x[17] = -7.6f;  // 0.9 -> 0
-  x[18] = 0.49f;  // 8.99 -> 8
-  x[19] = 0.5f;   // 9.0 -> 9
+  x[16] = 7.9f;        // 16.4 -> 16 -> capped to 15
+  x[17] = -7.6f;       // 0.9 -> 0
+  x[18] = 0.49f;       // 8.99 -> 8
+  x[19] = 0.5f;        // 9.0 -> 9
   x[32 + 5] = 4.0f;    // 0.5 -> 0
   x[32 + 6] = -4.0f;   // 16.5 -> 16 -> 15
   x[32 + 7] = 1.0f;    // 6.5 -> 6
@@ -329,10 +342,12 @@ TEST(QuantKernels, RejectsBadShapes) {
 
 TEST(QuantKernels, Int8EveryPathMatchesReferenceAndExactProduct) {
   std::mt19937 rng(4);
-  struct Shape { int64_t rows, cols, n; };
+  struct Shape {
+    int64_t rows, cols, n;
+  };
   // Odd shapes: rows not a multiple of 4 or 16, cols with partial 32- and 64-byte tails.
-  const Shape shapes[] = {{1, 1, 1}, {7, 45, 3}, {13, 96, 17}, {37, 160, 1}, {50, 224, 17},
-                          {19, 512, 3}, {33, 1000, 1}, {5, 31, 4}};
+  const Shape shapes[] = {{1, 1, 1},     {7, 45, 3},   {13, 96, 17},  {37, 160, 1},
+                          {50, 224, 17}, {19, 512, 3}, {33, 1000, 1}, {5, 31, 4}};
   for (const Shape& s : shapes) {
     auto w = random_vector(s.rows * s.cols, rng);
     auto x = random_vector(s.n * s.cols, rng);
@@ -353,10 +368,12 @@ TEST(QuantKernels, Int8EveryPathMatchesReferenceAndExactProduct) {
 
 TEST(QuantKernels, Q4_0EveryPathMatchesReferenceAndExactProduct) {
   std::mt19937 rng(5);
-  struct Shape { int64_t rows, cols, n; };
+  struct Shape {
+    int64_t rows, cols, n;
+  };
   // 1, 3, 5 and 7 blocks per row leave 1..3 blocks after the 4-block AVX-512 steps.
-  const Shape shapes[] = {{1, 32, 1}, {7, 96, 3}, {13, 160, 17}, {37, 224, 1}, {50, 128, 17},
-                          {19, 512, 3}, {33, 1536, 1}, {6, 64, 5}};
+  const Shape shapes[] = {{1, 32, 1},    {7, 96, 3},   {13, 160, 17}, {37, 224, 1},
+                          {50, 128, 17}, {19, 512, 3}, {33, 1536, 1}, {6, 64, 5}};
   for (const Shape& s : shapes) {
     auto w = random_vector(s.rows * s.cols, rng);
     auto x = random_vector(s.n * s.cols, rng);
@@ -382,7 +399,8 @@ TEST(QuantKernels, ExactWhenActivationsAreIntegers) {
   std::mt19937 rng(6);
   std::uniform_int_distribution<int> byte(-128, 127), act(-127, 127), nibble(0, 15);
   std::vector<float> x(n * cols);
-  for (int64_t i = 0; i < n * cols; ++i) x[i] = (i % 32 == 5) ? (i % 64 ? 127.0f : -127.0f) : static_cast<float>(act(rng));
+  for (int64_t i = 0; i < n * cols; ++i)
+    x[i] = (i % 32 == 5) ? (i % 64 ? 127.0f : -127.0f) : static_cast<float>(act(rng));
   std::vector<int8_t> w8(rows * cols);
   for (auto& v : w8) v = static_cast<int8_t>(byte(rng));
   for (int64_t c = 0; c < cols; ++c) w8[c] = -128;  // row 0: all -128

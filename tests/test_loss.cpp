@@ -43,8 +43,8 @@ TEST(LinearCrossEntropy, WithoutGradientsAndBadTargets) {
   auto targets = torch::tensor({1, 9, 0});
   auto expected = lm_loss(torch::nn::functional::linear(hidden, weight), targets);
   torch::NoGradGuard no_grad;
-  EXPECT_NEAR(linear_cross_entropy(hidden, weight, targets, torch::kFloat).item<double>(),
-              expected.item<double>(), 1e-5);
+  EXPECT_NEAR(linear_cross_entropy(hidden, weight, targets, torch::kFloat).item<double>(), expected.item<double>(),
+              1e-5);
   EXPECT_THROW(linear_cross_entropy(hidden, weight, torch::tensor({1, 10, 0}), torch::kFloat), c10::Error);
 }
 

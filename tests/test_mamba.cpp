@@ -62,8 +62,10 @@ TEST(SelectiveScan, SplittingTheSequenceCarriesTheState) {
   torch::NoGradGuard no_grad;
   auto [y_all, h_all] = selective_scan(in.u, in.delta, in.A, in.Bm, in.Cm, in.D, {});
   auto part = [&](const torch::Tensor& x, int64_t s, int64_t len) { return x.narrow(1, s, len); };
-  auto [y1, h1] = selective_scan(part(in.u, 0, 7), part(in.delta, 0, 7), in.A, part(in.Bm, 0, 7), part(in.Cm, 0, 7), in.D, {});
-  auto [y2, h2] = selective_scan(part(in.u, 7, 5), part(in.delta, 7, 5), in.A, part(in.Bm, 7, 5), part(in.Cm, 7, 5), in.D, h1);
+  auto [y1, h1] =
+      selective_scan(part(in.u, 0, 7), part(in.delta, 0, 7), in.A, part(in.Bm, 0, 7), part(in.Cm, 0, 7), in.D, {});
+  auto [y2, h2] =
+      selective_scan(part(in.u, 7, 5), part(in.delta, 7, 5), in.A, part(in.Bm, 7, 5), part(in.Cm, 7, 5), in.D, h1);
   EXPECT_TRUE(torch::allclose(torch::cat({y1, y2}, 1), y_all, 1e-5, 1e-6));
   EXPECT_TRUE(torch::allclose(h2, h_all, 1e-5, 1e-6));
 }

@@ -43,7 +43,7 @@ TEST(Metrics, Tokenize13aMatchesHandWrittenCases) {
       {"don't", "don't"},  // the apostrophe is not in the symbol class
       {"$5 (ca. 20%)", "$ 5 ( ca . 20 % )"},
       {"A &amp; B &lt;tag&gt; &quot;q&quot;", "A & B < tag > \" q \""},
-      {"&amp;lt;", "<"},  // unescaped one entity at a time, &amp; before &lt;
+      {"&amp;lt;", "<"},                   // unescaped one entity at a time, &amp; before &lt;
       {"&lt;skipped&gt;", "< skipped >"},  // <skipped> is removed before unescaping
       {"a<skipped>b", "ab"},
       {"foo-\nbar", "foobar"},
@@ -54,7 +54,12 @@ TEST(Metrics, Tokenize13aMatchesHandWrittenCases) {
       {"東京。", "東京。"},
       {"\xe2\x80\x9cQuote,\xe2\x80\x9d he said.", "\xe2\x80\x9cQuote , \xe2\x80\x9d he said ."},
       // U+3000 and U+00A0 are whitespace to Python, U+200B (zero-width space) is not.
-      {"a\xe3\x80\x80" "b\xc2\xa0" "c\xe2\x80\x8b" "d", "a b c\xe2\x80\x8b" "d"},
+      {"a\xe3\x80\x80"
+       "b\xc2\xa0"
+       "c\xe2\x80\x8b"
+       "d",
+       "a b c\xe2\x80\x8b"
+       "d"},
       {"", ""},
       {"  \t ", ""},
   };
@@ -107,21 +112,26 @@ class Generator {
   size_t below(size_t n) { return rng_() % n; }
   bool chance(int percent) { return below(100) < static_cast<size_t>(percent); }
   template <class T>
-  const T& pick(const std::vector<T>& from) { return from[below(from.size())]; }
+  const T& pick(const std::vector<T>& from) {
+    return from[below(from.size())];
+  }
 
   std::string piece() {
     static const std::vector<std::string> words = {
-        "the", "cat", "sat", "on", "mat", "a", "dog", "house", "The", "is", "and", "of", "to", "in", "Haus",
-        "Straße", "über", "Mädchen", "größer", "Ärger", "naïve", "café", "東京", "日本語", "猫", "中文", "Привет",
-        "мир", "🙂", "👍🏽", "e.g.", "U.S.", "don't", "well-known", "co-operate", "x", "I", "it's", "Dr.", "etc."};
+        "the",   "cat",  "sat",   "on",         "mat",        "a",      "dog",    "house",   "The",    "is",
+        "and",   "of",   "to",    "in",         "Haus",       "Straße", "über",   "Mädchen", "größer", "Ärger",
+        "naïve", "café", "東京",  "日本語",     "猫",         "中文",   "Привет", "мир",     "🙂",   "👍🏽",
+        "e.g.",  "U.S.", "don't", "well-known", "co-operate", "x",      "I",      "it's",    "Dr.",    "etc."};
     static const std::vector<std::string> punctuation = {
-        ".", ",", "!", "?", "(", ")", "\"", "'", ":", ";", "-", "--", "—", "…", "«", "»", "/", "$", "%", "@",
-        "#", "[", "]", "{", "}", "~", "^", "_", "`", "|", "+", "=", "*", "&", "<", ">", "。", "、", "“", "”"};
-    static const std::vector<std::string> numbers = {"1,000.5", "3.14", "2-3", "1990s", "10,000", "-5", "5-", "0.5",
-                                                     "42", ",5", "5,", "12.", "v1.2.3", "2024-01-01", "1.000,5"};
-    static const std::vector<std::string> entities = {"&amp;", "&quot;", "&lt;", "&gt;", "&amp;lt;", "&#39;",
-                                                      "&nbsp;", "AT&amp;T", "&lt;skipped&gt;", "<skipped>", "&amp"};
-    static const std::vector<std::string> invalid_utf8 = {"\xff", "\xe6\x9d", "\xc3", "\xed\xa0\x80",
+        ".", ",", "!", "?", "(", ")", "\"", "'", ":", ";", "-", "--", "—", "…", "«", "»", "/",  "$",  "%", "@",
+        "#", "[", "]", "{", "}", "~", "^",  "_", "`", "|", "+", "=",  "*", "&", "<", ">", "。", "、", "“", "”"};
+    static const std::vector<std::string> numbers = {"1,000.5", "3.14", "2-3",    "1990s",      "10,000",
+                                                     "-5",      "5-",   "0.5",    "42",         ",5",
+                                                     "5,",      "12.",  "v1.2.3", "2024-01-01", "1.000,5"};
+    static const std::vector<std::string> entities = {"&amp;",           "&quot;",    "&lt;",   "&gt;",
+                                                      "&amp;lt;",        "&#39;",     "&nbsp;", "AT&amp;T",
+                                                      "&lt;skipped&gt;", "<skipped>", "&amp"};
+    static const std::vector<std::string> invalid_utf8 = {"\xff",     "\xe6\x9d",         "\xc3", "\xed\xa0\x80",
                                                           "\xc0\xaf", "\xf4\x90\x80\x80", "\x80", "ab\xc2"};
     const size_t kind = below(100);
     if (kind < 62) return pick(words);
@@ -132,9 +142,20 @@ class Generator {
   }
 
   std::string separator() {
-    static const std::vector<std::string> unusual = {
-        "", "", "", "  ", "\t", "\n", "-\n", "\r", "\xc2\xa0" /* U+00A0 */, "\xe3\x80\x80" /* U+3000 */,
-        "\xe2\x80\x89" /* U+2009 */, "\xe2\x80\x8b" /* U+200B, not whitespace */, "\x1c", "\xc2\x85" /* U+0085 */};
+    static const std::vector<std::string> unusual = {"",
+                                                     "",
+                                                     "",
+                                                     "  ",
+                                                     "\t",
+                                                     "\n",
+                                                     "-\n",
+                                                     "\r",
+                                                     "\xc2\xa0" /* U+00A0 */,
+                                                     "\xe3\x80\x80" /* U+3000 */,
+                                                     "\xe2\x80\x89" /* U+2009 */,
+                                                     "\xe2\x80\x8b" /* U+200B, not whitespace */,
+                                                     "\x1c",
+                                                     "\xc2\x85" /* U+0085 */};
     return chance(85) ? " " : pick(unusual);
   }
 
@@ -387,15 +408,14 @@ TEST(Metrics, ScoreCommandPrintsTheLibrarysScores) {
   EXPECT_EQ(from_stdin.status, 0) << from_stdin.output;
   EXPECT_EQ(from_stdin.output,
             loom::corpus_bleu(hyps, refs).format() + "\n" + loom::corpus_chrf(hyps, refs).format() + "\n");
-  const auto signed_chrf = run_command(loom + " score --metric chrf --signature --ref '" + ref_file + "' --hyp '" +
-                                       hyp_file + "'");
-  EXPECT_EQ(signed_chrf.output, "chrF2|" + loom::chrf_signature() + " = " +
-                                    loom::corpus_chrf(hyps, refs).format().substr(8) + "\n");
+  const auto signed_chrf =
+      run_command(loom + " score --metric chrf --signature --ref '" + ref_file + "' --hyp '" + hyp_file + "'");
+  EXPECT_EQ(signed_chrf.output,
+            "chrF2|" + loom::chrf_signature() + " = " + loom::corpus_chrf(hyps, refs).format().substr(8) + "\n");
   const auto short_hyps = run_command("head -n 3 '" + hyp_file + "' | " + loom + " score --ref '" + ref_file + "'");
   EXPECT_EQ(short_hyps.status, 1);
-  EXPECT_EQ(short_hyps.output,
-            "loom: error: 3 hypothesis lines (stdin) but 4 reference lines (" + ref_file +
-                "): there must be one hypothesis per reference\n");
+  EXPECT_EQ(short_hyps.output, "loom: error: 3 hypothesis lines (stdin) but 4 reference lines (" + ref_file +
+                                   "): there must be one hypothesis per reference\n");
   std::filesystem::remove_all(dir);
 }
 #endif

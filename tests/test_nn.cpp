@@ -28,7 +28,6 @@ ModelConfig tiny_config() {
   return c;
 }
 
-
 }  // namespace
 
 TEST(Attention, MatchesLibtorchMultiheadAttention) {
@@ -44,10 +43,9 @@ TEST(Attention, MatchesLibtorchMultiheadAttention) {
   auto ours = attention->forward(x, MixerContext{position.get(), 0, nullptr});
   // Additive float mask: libtorch 1.13's C++ MultiheadAttention adds attn_mask as given.
   auto mask = torch::full({t, t}, -std::numeric_limits<float>::infinity()).triu(1);
-  auto xt = x.transpose(0, 1);                             // [T, B, d_model]
+  auto xt = x.transpose(0, 1);  // [T, B, d_model]
   auto theirs = std::get<0>(reference->forward(xt, xt, xt, {}, false, mask)).transpose(0, 1);
-  EXPECT_TRUE(torch::allclose(ours, theirs, 1e-5, 1e-5))
-      << "max diff " << (ours - theirs).abs().max().item<float>();
+  EXPECT_TRUE(torch::allclose(ours, theirs, 1e-5, 1e-5)) << "max diff " << (ours - theirs).abs().max().item<float>();
 }
 
 TEST(Attention, GroupedQueryWithAllHeadsEqualsMultiHead) {
@@ -131,12 +129,20 @@ TEST(Model, ParameterNamesArePinned) {
   Model model(c);
   std::vector<std::string> names;
   for (auto& item : model->named_parameters()) names.push_back(item.key());
-  const std::vector<std::string> expected_prefix = {
-      "tok_emb.weight", "pos.weight", "layers.0.norm1.weight", "layers.0.norm1.bias",
-      "layers.0.mixer.wqkv.weight", "layers.0.mixer.wqkv.bias", "layers.0.mixer.wo.weight",
-      "layers.0.mixer.wo.bias", "layers.0.norm2.weight", "layers.0.norm2.bias",
-      "layers.0.ffn.w_in.weight", "layers.0.ffn.w_in.bias", "layers.0.ffn.w_out.weight",
-      "layers.0.ffn.w_out.bias"};
+  const std::vector<std::string> expected_prefix = {"tok_emb.weight",
+                                                    "pos.weight",
+                                                    "layers.0.norm1.weight",
+                                                    "layers.0.norm1.bias",
+                                                    "layers.0.mixer.wqkv.weight",
+                                                    "layers.0.mixer.wqkv.bias",
+                                                    "layers.0.mixer.wo.weight",
+                                                    "layers.0.mixer.wo.bias",
+                                                    "layers.0.norm2.weight",
+                                                    "layers.0.norm2.bias",
+                                                    "layers.0.ffn.w_in.weight",
+                                                    "layers.0.ffn.w_in.bias",
+                                                    "layers.0.ffn.w_out.weight",
+                                                    "layers.0.ffn.w_out.bias"};
   ASSERT_GE(names.size(), expected_prefix.size());
   for (size_t i = 0; i < expected_prefix.size(); ++i) EXPECT_EQ(names[i], expected_prefix[i]);
   EXPECT_EQ(names[names.size() - 3], "norm_f.weight");
@@ -301,7 +307,8 @@ TEST(Registry, EveryBlockBuildsRunsAndTrains) {
       Model model(c);
       auto tokens = torch::randint(1, c.vocab_size, {2, 6});
       auto out = model_output(model, tokens);
-      ASSERT_EQ(out.sizes(), arch == "decoder" ? (std::vector<int64_t>{2, 6, c.vocab_size}) : (std::vector<int64_t>{2, 3}));
+      ASSERT_EQ(out.sizes(),
+                arch == "decoder" ? (std::vector<int64_t>{2, 6, c.vocab_size}) : (std::vector<int64_t>{2, 3}));
       out.pow(2).mean().backward();
       for (auto& item : model->named_parameters()) {
         ASSERT_TRUE(item.value().grad().defined()) << item.key();
@@ -415,9 +422,8 @@ TEST(Registry, EveryBlockHasAReferenceTestNamedAfterIt) {
     std::string camel;  // local_attention -> localattention (compared lower-case)
     for (char ch : info.name)
       if (ch != '_') camel += ch;
-    const bool found = std::any_of(tests.begin(), tests.end(), [&](const auto& t) {
-      return t.first == camel || t.second.rfind(camel, 0) == 0;
-    });
+    const bool found = std::any_of(tests.begin(), tests.end(),
+                                   [&](const auto& t) { return t.first == camel || t.second.rfind(camel, 0) == 0; });
     EXPECT_TRUE(found) << info.family << " '" << info.name << "' has no reference test named after it: add one "
                        << "whose suite is its CamelCase name or whose name starts with it (docs/architecture.md)";
     EXPECT_TRUE(info.runs_on_fast_engine.has_value()) << info.name;
@@ -500,9 +506,13 @@ TEST(Block, NormPlacementsFollowTheirEquations) {
       auto h = x + b.norm1_out->forward(f(b.norm1->forward(x)));
       expected = h + g(b.norm2->forward(h));
       // The FFN normalizes its hidden layer: w_out(norm(gelu(w_in x))).
-      auto mid = torch::gelu(torch::nn::functional::linear(h, param(*b.ffn, "w_in.weight"), param(*b.ffn, "w_in.bias")));
-      auto normed = torch::layer_norm(mid, {c.d_ff}, param(*b.ffn, "mid_norm.weight"), param(*b.ffn, "mid_norm.bias"), c.norm_eps);
-      EXPECT_TRUE(torch::allclose(g(h), torch::nn::functional::linear(normed, param(*b.ffn, "w_out.weight"), param(*b.ffn, "w_out.bias")), 1e-5, 1e-6));
+      auto mid =
+          torch::gelu(torch::nn::functional::linear(h, param(*b.ffn, "w_in.weight"), param(*b.ffn, "w_in.bias")));
+      auto normed = torch::layer_norm(mid, {c.d_ff}, param(*b.ffn, "mid_norm.weight"), param(*b.ffn, "mid_norm.bias"),
+                                      c.norm_eps);
+      EXPECT_TRUE(torch::allclose(
+          g(h), torch::nn::functional::linear(normed, param(*b.ffn, "w_out.weight"), param(*b.ffn, "w_out.bias")), 1e-5,
+          1e-6));
       // Head scales multiply each head's output: all zero leaves only the output bias.
       {
         torch::NoGradGuard no_grad;
@@ -654,9 +664,10 @@ TEST(Attention, LinearAttentionCausalEqualsItsQuadraticMaskedForm) {
   auto x = torch::randn({b, t, c.d_model});
   // Reference: A = phi(Q) phi(K)^T, lower-triangular, rows normalized; out = A V.
   auto qkv = torch::nn::functional::linear(x, param(*linear, "wqkv.weight"), param(*linear, "wqkv.bias"))
-                 .view({b, t, 3, h, d}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
+                 .view({b, t, 3, h, d})
+                 .permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
   auto phi_q = torch::elu(qkv[0]) + 1, phi_k = torch::elu(qkv[1]) + 1;
-  auto a = phi_q.matmul(phi_k.transpose(-2, -1)).tril();          // [B, H, T, T]
+  auto a = phi_q.matmul(phi_k.transpose(-2, -1)).tril();  // [B, H, T, T]
   auto out = (a / a.sum(-1, true)).matmul(qkv[2]).transpose(1, 2).reshape({b, t, h * d});
   auto expected = torch::nn::functional::linear(out, param(*linear, "wo.weight"), param(*linear, "wo.bias"));
   EXPECT_TRUE(torch::allclose(linear->forward(x, MixerContext{position.get(), 0, nullptr}), expected, 1e-4, 1e-5));
@@ -706,7 +717,8 @@ TEST(Attention, TracksTheLargestLogit) {
   // Reference: q k^T / sqrt(D) over the allowed (causal) pairs of the one layer.
   auto x = block.norm1->forward(model->tok_emb(tokens));
   auto qkv = torch::nn::functional::linear(x, param(*block.mixer, "wqkv.weight"), param(*block.mixer, "wqkv.bias"))
-                 .view({2, 6, 3, c.n_heads, c.head_dim()}).permute({2, 0, 3, 1, 4});
+                 .view({2, 6, 3, c.n_heads, c.head_dim()})
+                 .permute({2, 0, 3, 1, 4});
   auto scores = qkv[0].matmul(qkv[1].transpose(-2, -1)) / std::sqrt(static_cast<double>(c.head_dim()));
   auto allowed = scores.masked_fill(torch::ones({6, 6}, torch::kBool).triu(1), -1e30);
   const double first = allowed.max().item<double>();

@@ -3,12 +3,12 @@
 // can be had) the real en-de corpus end to end.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <unistd.h>
 
 #include "loom/core/error.h"
 #include "loom/data/parallel.h"
@@ -44,14 +44,15 @@ std::string page(const std::string& lang, const std::string& body) {
 // ---- LibreOffice help ----
 
 TEST(ParallelHelp, ParagraphsAndHeadingsWithIdsFromTheBodyOnly) {
-  const std::string html = page("en-US",
-                                "<h1 id=\"hd_id1\" dir=\"auto\">Load/Save options</h1>\n"
-                                "<p id=\"par_id2\" class=\"paragraph\" dir=\"auto\"><a name=\"x\"></a>"
-                                "<span class=\"avis\">Specifies   general\n settings. </span></p>\n"
-                                "<p class=\"embedded\" dir=\"auto\">No id: not aligned.</p>\n"
-                                "<p id=\"par_id3\" class=\"code\">Dim a As Integer</p>\n"
-                                "<table><tr><td><p id=\"par_id4\" class=\"tablecontentintable\">Cell</p></td></tr></table>\n"
-                                "<p id=\"par_id2\" class=\"paragraph\">Embedded again.</p>");
+  const std::string html =
+      page("en-US",
+           "<h1 id=\"hd_id1\" dir=\"auto\">Load/Save options</h1>\n"
+           "<p id=\"par_id2\" class=\"paragraph\" dir=\"auto\"><a name=\"x\"></a>"
+           "<span class=\"avis\">Specifies   general\n settings. </span></p>\n"
+           "<p class=\"embedded\" dir=\"auto\">No id: not aligned.</p>\n"
+           "<p id=\"par_id3\" class=\"code\">Dim a As Integer</p>\n"
+           "<table><tr><td><p id=\"par_id4\" class=\"tablecontentintable\">Cell</p></td></tr></table>\n"
+           "<p id=\"par_id2\" class=\"paragraph\">Embedded again.</p>");
   const auto paras = help_paragraphs(html);
   ASSERT_EQ(paras.size(), 4u);
   EXPECT_EQ(paras[0].key, "hd_id1");
@@ -123,7 +124,7 @@ TEST(ParallelTrans, SentenceLike) {
   EXPECT_FALSE(sentence_like("Abstand halten!"));  // fewer than kMinSentenceWords words
   EXPECT_FALSE(sentence_like("to find a remedy"));
   EXPECT_FALSE(sentence_like("departure from the previous scheme."));  // lower case
-  EXPECT_FALSE(sentence_like("Abgehen von etw."));  // placeholder
+  EXPECT_FALSE(sentence_like("Abgehen von etw."));                     // placeholder
   EXPECT_FALSE(sentence_like("He gave sb. a book."));
   EXPECT_FALSE(sentence_like("We got a good/bad deal."));  // inline alternatives
   EXPECT_FALSE(sentence_like("Wir haben es gut / schlecht getroffen."));
@@ -232,13 +233,13 @@ TEST(ParallelClean, EachRuleAndItsCount) {
       {"", "Leer.", "d1"},
       {"Empty.", "", "d1"},
       {long_side, "Zu lang.", "d1"},
-      {max_utf8, max_ascii, "d1"},                          // kept: 250 code points each
+      {max_utf8, max_ascii, "d1"},                                                    // kept: 250 code points each
       {"A short one.", "Ein sehr, sehr, sehr, sehr viel l\u00e4ngerer Satz.", "d1"},  // ratio > 3
-      {"abc", "abcdefghi", "d1"},                           // ratio exactly 3: kept
-      {"LibreOffice Writer", "LibreOffice Writer", "d1"},  // untranslated
-      {"100%", "100%", "d1"},                               // identical without letters: kept
-      {"Good morning.", "Guten Morgen.", "d2"},             // duplicate pair
-      {"Good morning.", "Moin.", "d2"},                     // same English, other German: kept
+      {"abc", "abcdefghi", "d1"},                                                     // ratio exactly 3: kept
+      {"LibreOffice Writer", "LibreOffice Writer", "d1"},                             // untranslated
+      {"100%", "100%", "d1"},                                                         // identical without letters: kept
+      {"Good morning.", "Guten Morgen.", "d2"},                                       // duplicate pair
+      {"Good morning.", "Moin.", "d2"},  // same English, other German: kept
   };
   CleanStats stats;
   const auto kept = clean_pairs(pairs, &stats);
@@ -290,14 +291,11 @@ TEST(ParallelSplit, ByDocumentAndEvaluationSidesNeverInTrain) {
   const std::string& valid = doc[int(Split::Valid)];
   const std::string& test = doc[int(Split::Test)];
   const std::vector<Pair> pairs = {
-      {"One.", "Eins.", train},
-      {"Two.", "Zwei.", valid},
-      {"Three.", "Drei.", test},
-      {"Two.", "Zwo.", train},        // English side in valid: dropped from train
-      {"Tri.", "Drei.", train},       // German side in test: dropped from train
-      {"Three.", "Dreie.", valid},    // English side in test: dropped from valid
-      {"Four.", "Vier.", train},
-      {"Five.", "F\u00fcnf.", valid},
+      {"One.", "Eins.", train},    {"Two.", "Zwei.", valid},
+      {"Three.", "Drei.", test},   {"Two.", "Zwo.", train},  // English side in valid: dropped from train
+      {"Tri.", "Drei.", train},                              // German side in test: dropped from train
+      {"Three.", "Dreie.", valid},                           // English side in test: dropped from valid
+      {"Four.", "Vier.", train},   {"Five.", "F\u00fcnf.", valid},
   };
   CleanStats stats;
   const SplitPairs split = split_pairs(pairs, &stats);

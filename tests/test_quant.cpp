@@ -6,13 +6,13 @@
 #include <fstream>
 #include <set>
 
+#include "loom/checkpoint/checkpoint.h"
+#include "loom/convert/quantize_model.h"
 #include "loom/infer/fast_engine.h"
 #include "loom/infer/generate.h"
 #include "loom/io/checkpoint_dir.h"
 #include "loom/io/safetensors.h"
 #include "loom/quant/quantize.h"
-#include "loom/convert/quantize_model.h"
-#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/trainer.h"
 #include "test_util.h"
 #include "tiny_run.h"
@@ -136,7 +136,9 @@ TEST(Quantize, Q4_0MatchesLlamaCppBlockByBlock) {
   // Rounding the dequantized weights again gives the same blocks (what `export --type q4_0` of an
   // RTN checkpoint relies on).
   EXPECT_TRUE(torch::equal(quantize_rtn(deq, QuantFormat::kQ4_0).q, q.q));
-  EXPECT_NE(error_message([&] { quantize_rtn(torch::randn({2, 40}), QuantFormat::kQ4_0); }).find("multiple of 32"),
+  EXPECT_NE(error_message([&] {
+              quantize_rtn(torch::randn({2, 40}), QuantFormat::kQ4_0);
+            }).find("multiple of 32"),
             std::string::npos);
 }
 
@@ -211,7 +213,8 @@ TEST(Quantize, QuantizableWeightsAreTheDeclaredOnes) {
   c.ffn = "moe", c.layers = {"mamba", "attention"}, c.tie_embeddings = true;
   Model other(c);
   for (const auto& p : other->named_parameters())
-    EXPECT_EQ(other->is_quantizable(p.key()), p.key() == "layers.1.mixer.wqkv.weight" || p.key() == "layers.1.mixer.wo.weight")
+    EXPECT_EQ(other->is_quantizable(p.key()),
+              p.key() == "layers.1.mixer.wqkv.weight" || p.key() == "layers.1.mixer.wo.weight")
         << p.key();
   EXPECT_TRUE(fits_format(torch::zeros({8, 64}), QuantFormat::kQ4_0));
   EXPECT_FALSE(fits_format(torch::zeros({64}), QuantFormat::kInt8));
@@ -296,7 +299,8 @@ TEST_P(FastEngineMatchesModel, LongPromptsInBlocks) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, FastEngineMatchesModel,
-                         ::testing::Values("llama", "llama_adjacent", "llama_window", "gpt", "sinusoidal", "relu_nopos"));
+                         ::testing::Values("llama", "llama_adjacent", "llama_window", "gpt", "sinusoidal",
+                                           "relu_nopos"));
 
 TEST(FastEngine, QuantizedWeightsMatchTheDequantizedModel) {
   // The engine's int8 and Q4_0 kernels quantize activations to 8 bits; the Model holds the
@@ -337,7 +341,10 @@ TEST(FastEngine, RejectsBadCallsWithoutChangingState) {
   options.engine.context = 10;
   auto engine = make_fast_engine(model, {}, options);
   engine->forward({0}, {{1, 2, 3}});
-  EXPECT_NE(error_message([&] { engine->forward({0}, {{1, 2, 3, 4, 5, 6, 7, 8}}); }).find("context of 10"), std::string::npos);
+  EXPECT_NE(error_message([&] {
+              engine->forward({0}, {{1, 2, 3, 4, 5, 6, 7, 8}});
+            }).find("context of 10"),
+            std::string::npos);
   EXPECT_NE(error_message([&] { engine->forward({1}, {{97}}); }).find("outside the vocabulary"), std::string::npos);
   EXPECT_NE(error_message([&] { engine->forward({0, 0}, {{1}, {2}}); }).find("twice"), std::string::npos);
   EXPECT_NE(error_message([&] { engine->forward({2}, {{1}}); }).find("slot 2"), std::string::npos);
@@ -382,9 +389,7 @@ TEST(FastEngine, GptqThroughTheEngineLowersEveryLayersError) {
 TEST(QuantizeCli, QuantizeEvalAndRefuseToRequantize) {
   TinyRun run;
   const std::string recipe = (run.root / "recipe.yaml").string();
-  {
-    std::ofstream(recipe) << run.recipe_yaml();
-  }
+  { std::ofstream(recipe) << run.recipe_yaml(); }
   const std::string out = (run.root / "run").string();
   auto r = run_loom("--threads 1 train " + recipe + " --out " + out);
   ASSERT_EQ(r.status, 0) << r.output;
@@ -418,7 +423,8 @@ TEST(QuantizeCli, QuantizeEvalAndRefuseToRequantize) {
     auto g = run_loom("--threads 1 generate " + q + " --prompt the --max-new-tokens 6 --temperature 0");
     EXPECT_EQ(g.status, 0) << g.output;
     EXPECT_EQ(g.output.rfind("the", 0), 0u) << g.output;
-    if (method == "gptq") expect_one_line_error(run_loom("quantize " + q + " --method q4 --out " + q + "-again"), "already quantized");
+    if (method == "gptq")
+      expect_one_line_error(run_loom("quantize " + q + " --method q4 --out " + q + "-again"), "already quantized");
   }
   // --out naming an existing directory (here the float checkpoint itself) is refused, and the
   // checkpoint keeps its float weights.

@@ -8,11 +8,11 @@
 #include <set>
 #include <sstream>
 
+#include "loom/checkpoint/checkpoint.h"
+#include "loom/checkpoint/recipe.h"
 #include "loom/data/translation_data.h"
 #include "loom/train/adamw.h"
-#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/linear_cross_entropy.h"
-#include "loom/checkpoint/recipe.h"
 #include "loom/train/train_step.h"
 #include "test_util.h"
 
@@ -61,10 +61,10 @@ TEST(LabelSmoothing, MatchesFairseqFormulaAndGradients) {
 }
 
 TEST(Schedule, InverseSqrt) {
-  EXPECT_NEAR(inverse_sqrt_lr(0, 4, 1.0), 0.25, 1e-12);    // warm-up: 1/4 at the first update
-  EXPECT_NEAR(inverse_sqrt_lr(3, 4, 1.0), 1.0, 1e-12);     // the peak at update 4
-  EXPECT_NEAR(inverse_sqrt_lr(15, 4, 1.0), 0.5, 1e-12);    // sqrt(4 / 16)
-  EXPECT_NEAR(inverse_sqrt_lr(399, 4, 2e-3), 2e-4, 1e-12); // sqrt(4 / 400) = 0.1
+  EXPECT_NEAR(inverse_sqrt_lr(0, 4, 1.0), 0.25, 1e-12);     // warm-up: 1/4 at the first update
+  EXPECT_NEAR(inverse_sqrt_lr(3, 4, 1.0), 1.0, 1e-12);      // the peak at update 4
+  EXPECT_NEAR(inverse_sqrt_lr(15, 4, 1.0), 0.5, 1e-12);     // sqrt(4 / 16)
+  EXPECT_NEAR(inverse_sqrt_lr(399, 4, 2e-3), 2e-4, 1e-12);  // sqrt(4 / 400) = 0.1
 }
 
 TEST(LengthBatches, BudgetPaddingCountedEveryPairOnce) {
@@ -93,7 +93,8 @@ TEST(LengthBatches, BudgetPaddingCountedEveryPairOnce) {
   for (const auto& batch : batches) {
     size_t longest = 0;
     for (int64_t i : batch) longest = std::max(longest, pairs[i].src.size() + 1);
-    for (int64_t i : batch) real += static_cast<int64_t>(pairs[i].src.size()) + 1, padded += static_cast<int64_t>(longest);
+    for (int64_t i : batch)
+      real += static_cast<int64_t>(pairs[i].src.size()) + 1, padded += static_cast<int64_t>(longest);
   }
   EXPECT_GT(static_cast<double>(real) / static_cast<double>(padded), 0.9);
   // A sentence cap alone.
@@ -114,19 +115,22 @@ TEST(LengthBatches, CollateLayout) {
 
 TEST(Seq2SeqRecipe, ArchAndTaskMustAgree) {
   const std::string model = "model: {arch: encoder_decoder, vocab_size: 100, d_model: 32, n_heads: 4, d_ff: 64}\n";
-  EXPECT_NE(error_message([&] { parse_recipe("format: 1\n" + model, "r.yaml").validate("r.yaml"); })
-                .find("set task.name: translation"),
+  EXPECT_NE(error_message([&] {
+              parse_recipe("format: 1\n" + model, "r.yaml").validate("r.yaml");
+            }).find("set task.name: translation"),
             std::string::npos);
   EXPECT_NE(error_message([] {
               parse_recipe("format: 1\ntask: {name: translation}\n", "r.yaml").validate("r.yaml");
             }).find("set model.arch: encoder_decoder"),
             std::string::npos);
   EXPECT_NE(error_message([&] {
-              parse_recipe("format: 1\n" + model + "task: {name: translation, src: en, tgt: en}\n", "r.yaml").validate("r.yaml");
+              parse_recipe("format: 1\n" + model + "task: {name: translation, src: en, tgt: en}\n", "r.yaml")
+                  .validate("r.yaml");
             }).find("both 'en'"),
             std::string::npos);
   EXPECT_NE(error_message([&] {
-              parse_recipe("format: 1\nmodel: {arch: encoder_decoder, mixer: mamba}\ntask: {name: translation}\n", "r.yaml")
+              parse_recipe("format: 1\nmodel: {arch: encoder_decoder, mixer: mamba}\ntask: {name: translation}\n",
+                           "r.yaml")
                   .validate("r.yaml");
             }).find("no bidirectional form"),
             std::string::npos);
@@ -134,12 +138,14 @@ TEST(Seq2SeqRecipe, ArchAndTaskMustAgree) {
               parse_recipe("format: 1\nmodel: {dec_layers: 2}\n", "r.yaml").validate("r.yaml");
             }).find("dec_layers applies to model.arch encoder_decoder"),
             std::string::npos);
-  EXPECT_NE(error_message([&] {
-              parse_recipe("format: 1\n" + model + "task: {name: translation, seq_len: 9}\n", "r.yaml").validate("r.yaml");
-            }).find("task.seq_len does not apply"),
-            std::string::npos);
+  EXPECT_NE(
+      error_message([&] {
+        parse_recipe("format: 1\n" + model + "task: {name: translation, seq_len: 9}\n", "r.yaml").validate("r.yaml");
+      }).find("task.seq_len does not apply"),
+      std::string::npos);
   EXPECT_EQ(error_message([&] {
-              parse_recipe("format: 1\n" + model + "task: {name: translation, src: de, tgt: en}\n", "r.yaml").validate("r.yaml");
+              parse_recipe("format: 1\n" + model + "task: {name: translation, src: de, tgt: en}\n", "r.yaml")
+                  .validate("r.yaml");
             }),
             "no error");
 }
@@ -165,7 +171,8 @@ TEST(Seq2SeqModel, ParameterLayoutAndSharing) {
   auto residual_std = [&](const std::string& prefix) {
     std::vector<torch::Tensor> ws;
     for (auto& item : shared->named_parameters())
-      if (item.key().rfind(prefix, 0) == 0 && item.key().size() > 10 && item.key().compare(item.key().size() - 9, 9, "wo.weight") == 0)
+      if (item.key().rfind(prefix, 0) == 0 && item.key().size() > 10 &&
+          item.key().compare(item.key().size() - 9, 9, "wo.weight") == 0)
         ws.push_back(item.value().flatten());
     return torch::cat(ws).std().item<double>();
   };
@@ -175,7 +182,9 @@ TEST(Seq2SeqModel, ParameterLayoutAndSharing) {
   Model separate(c);
   EXPECT_EQ(separate->num_parameters(), shared->num_parameters() + 50 * 16);
   // An encoder-decoder has no decoder-only forward.
-  EXPECT_NE(error_message([&] { shared->hidden(torch::zeros({1, 3}, torch::kLong)); }).find("encode and decode_hidden"),
+  EXPECT_NE(error_message([&] {
+              shared->hidden(torch::zeros({1, 3}, torch::kLong));
+            }).find("encode and decode_hidden"),
             std::string::npos);
   // Label smoothing and the source reach the loss: a step with a source gives finite gradients to
   // the encoder.
@@ -209,12 +218,16 @@ TEST(Seq2SeqCli, TrainAverageEvalTranslate) {
   }
   std::ofstream(root / "recipe.yaml")
       << "format: 1\n"
-         "model: {arch: encoder_decoder, vocab_size: 280, d_model: 32, n_layers: 1, dec_layers: 1, n_heads: 2, d_ff: 64,\n"
+         "model: {arch: encoder_decoder, vocab_size: 280, d_model: 32, n_layers: 1, dec_layers: 1, n_heads: 2, d_ff: "
+         "64,\n"
          "        max_seq_len: 32, position: sinusoidal, embed_scale: true}\n"
          "task: {name: translation, src: en, tgt: de}\n"
-         "data: {corpus: toy, dir: " + (root / "data").string() + "}\n"
-         "train: {steps: 6, max_tokens: 256, schedule: inverse_sqrt, warmup_steps: 2, label_smoothing: 0.1, lr: 0.003,\n"
-         "        eval_every: 3, save_every: 2, keep_last: 3, log_every: 2, precision: fp32}\n";
+         "data: {corpus: toy, dir: " +
+             (root / "data").string() +
+             "}\n"
+             "train: {steps: 6, max_tokens: 256, schedule: inverse_sqrt, warmup_steps: 2, label_smoothing: 0.1, lr: "
+             "0.003,\n"
+             "        eval_every: 3, save_every: 2, keep_last: 3, log_every: 2, precision: fp32}\n";
   const std::string run = (root / "run").string();
   auto r = run_loom("--threads 1 train " + (root / "recipe.yaml").string() + " --out " + run);
   ASSERT_EQ(r.status, 0) << r.output;
@@ -226,9 +239,12 @@ TEST(Seq2SeqCli, TrainAverageEvalTranslate) {
   {
     auto averaged = load_checkpoint(run + "/averaged");
     std::vector<LoadedModel> parts;
-    for (const char* step : {"step-000002", "step-000004", "step-000006"}) parts.push_back(load_checkpoint(run + "/" + step));
+    for (const char* step : {"step-000002", "step-000004", "step-000006"})
+      parts.push_back(load_checkpoint(run + "/" + step));
     for (auto& item : averaged.model->named_parameters()) {
-      auto mean = (param(*parts[0].model, item.key()) + param(*parts[1].model, item.key()) + param(*parts[2].model, item.key())) / 3;
+      auto mean = (param(*parts[0].model, item.key()) + param(*parts[1].model, item.key()) +
+                   param(*parts[2].model, item.key())) /
+                  3;
       EXPECT_TRUE(torch::allclose(item.value(), mean, 1e-5, 1e-6)) << item.key();
     }
   }
@@ -245,8 +261,9 @@ TEST(Seq2SeqCli, TrainAverageEvalTranslate) {
   std::ofstream(root / "odd.txt") << "red cat \xF0\x9F\x90\x88 \xE7\x8C\xAB\n\n\x80\xFF bad bytes\n"
                                   << std::string(2000, 'a') << "\n   \nhall\n";
   const std::string out_path = (root / "odd.out").string(), err_path = (root / "odd.err").string();
-  ASSERT_EQ(std::system((std::string(LOOM_BINARY) + " --threads 1 translate " + run + " < " + (root / "odd.txt").string() +
-                         " > " + out_path + " 2> " + err_path).c_str()),
+  ASSERT_EQ(std::system((std::string(LOOM_BINARY) + " --threads 1 translate " + run + " < " +
+                         (root / "odd.txt").string() + " > " + out_path + " 2> " + err_path)
+                            .c_str()),
             0);
   std::vector<std::string> lines;
   std::ifstream out(out_path);

@@ -12,9 +12,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/infer/generate.h"
 #include "loom/serve/server.h"
-#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/trainer.h"
 #include "test_util.h"
 #include "tiny_run.h"
@@ -153,7 +153,8 @@ LoadedModel* Serve::reference_ = nullptr;
 TEST_F(Serve, GreedyCompletionEqualsGenerate) {
   Running server(*served_, {});
   const auto expected = greedy(*reference_, "the cat sat", 12);
-  auto r = server.post("/v1/completions", {{"model", "tiny"}, {"prompt", "the cat sat"}, {"max_tokens", 12}, {"temperature", 0}});
+  auto r = server.post("/v1/completions",
+                       {{"model", "tiny"}, {"prompt", "the cat sat"}, {"max_tokens", 12}, {"temperature", 0}});
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 200) << r->body;
   const json body = json::parse(r->body);
@@ -191,7 +192,8 @@ TEST_F(Serve, ChunkedPrefillGivesTheSameCompletion) {
 TEST_F(Serve, StreamedDeltasConcatenateToTheWholeText) {
   Running server(*served_, {});
   const auto expected = greedy(*reference_, "a dog ran", 14);
-  auto r = server.post("/v1/completions", {{"prompt", "a dog ran"}, {"max_tokens", 14}, {"temperature", 0}, {"stream", true}});
+  auto r = server.post("/v1/completions",
+                       {{"prompt", "a dog ran"}, {"max_tokens", 14}, {"temperature", 0}, {"stream", true}});
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
@@ -227,8 +229,10 @@ TEST_F(Serve, ChatCompletionUsesTheTemplateAndStreamsDeltas) {
     EXPECT_THROW(Server(make_engine(*reference_, engine), reference_->tokenizer, {}, chatml), Error);
   }
   const auto expected = greedy(*reference_, render_chat(messages), 10);
-  const json request{{"messages", {{{"role", "system"}, {"content", "be brief"}}, {{"role", "user"}, {"content", "the mat"}}}},
-                     {"max_tokens", 10}, {"temperature", 0}};
+  const json request{
+      {"messages", {{{"role", "system"}, {"content", "be brief"}}, {{"role", "user"}, {"content", "the mat"}}}},
+      {"max_tokens", 10},
+      {"temperature", 0}};
   auto r = server.post("/v1/chat/completions", request);
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 200) << r->body;
@@ -259,24 +263,28 @@ TEST_F(Serve, ChatCompletionUsesTheTemplateAndStreamsDeltas) {
   EXPECT_EQ(json::parse(data[data.size() - 2])["choices"][0]["finish_reason"], expected.finish_reason);
   EXPECT_EQ(text, expected.text);
   // Roles other than system, user and assistant are refused.
-  expect_error(server.post("/v1/chat/completions", {{"messages", {{{"role", "tool"}, {"content", "x"}}}}}), 400, "invalid_value");
+  expect_error(server.post("/v1/chat/completions", {{"messages", {{{"role", "tool"}, {"content", "x"}}}}}), 400,
+               "invalid_value");
 }
 
 // Continuous batching must not mix rows: eight clients at once (more than the four slots, so some
 // wait and join mid-flight), each with its own prompt and length, each get what they get alone.
 TEST_F(Serve, ConcurrentClientsEachGetWhatTheyGetAlone) {
   Running server(*served_, {});
-  const std::vector<std::string> prompts{"the cat", "a dog ran to", "on the mat", "quickly", "hall and dog sat",
-                                         "the the the", "7. café — naïve", "mat cat sat on a"};
+  const std::vector<std::string> prompts{"the cat",          "a dog ran to", "on the mat",      "quickly",
+                                         "hall and dog sat", "the the the",  "7. café — naïve", "mat cat sat on a"};
   std::vector<Expected> expected;
-  for (size_t i = 0; i < prompts.size(); ++i) expected.push_back(greedy(*reference_, prompts[i], 6 + 3 * static_cast<int64_t>(i % 4)));
+  for (size_t i = 0; i < prompts.size(); ++i)
+    expected.push_back(greedy(*reference_, prompts[i], 6 + 3 * static_cast<int64_t>(i % 4)));
   // Held until all eight wait, so that they overlap however the threads are scheduled.
   server.scheduler().pause(true);
   std::vector<std::future<httplib::Result>> answers;
   for (size_t i = 0; i < prompts.size(); ++i)
     answers.push_back(std::async(std::launch::async, [&, i] {
-      return server.post("/v1/completions", {{"prompt", prompts[i]}, {"max_tokens", 6 + 3 * static_cast<int64_t>(i % 4)},
-                                             {"temperature", 0}, {"stream", i % 2 == 1}});
+      return server.post("/v1/completions", {{"prompt", prompts[i]},
+                                             {"max_tokens", 6 + 3 * static_cast<int64_t>(i % 4)},
+                                             {"temperature", 0},
+                                             {"stream", i % 2 == 1}});
     }));
   while (server.scheduler().stats().queued < 8) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   server.scheduler().pause(false);
@@ -309,12 +317,15 @@ TEST_F(Serve, StopStringsCutTheTextStreamedOrNot) {
   ASSERT_GE(expected.text.size(), 6u) << expected.text;
   const std::string stop = expected.text.substr(3, 3);
   const std::string cut = expected.text.substr(0, expected.text.find(stop));
-  auto r = server.post("/v1/completions", {{"prompt", "the cat sat"}, {"max_tokens", 12}, {"temperature", 0}, {"stop", {"zzz", stop}}});
+  auto r = server.post("/v1/completions",
+                       {{"prompt", "the cat sat"}, {"max_tokens", 12}, {"temperature", 0}, {"stop", {"zzz", stop}}});
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(json::parse(r->body)["choices"][0]["text"], cut);
   EXPECT_EQ(json::parse(r->body)["choices"][0]["finish_reason"], "stop");
-  r = server.post("/v1/completions", {{"prompt", "the cat sat"}, {"max_tokens", 12}, {"temperature", 0}, {"stop", stop}, {"stream", true}});
+  r = server.post(
+      "/v1/completions",
+      {{"prompt", "the cat sat"}, {"max_tokens", 12}, {"temperature", 0}, {"stop", stop}, {"stream", true}});
   ASSERT_TRUE(r);
   std::string text;
   for (const auto& d : events(r->body))
@@ -324,7 +335,8 @@ TEST_F(Serve, StopStringsCutTheTextStreamedOrNot) {
 
 TEST_F(Serve, SeededSamplingIsReproducible) {
   Running server(*served_, {});
-  const json request{{"prompt", "the dog"}, {"max_tokens", 10}, {"temperature", 1.0}, {"top_p", 0.9}, {"top_k", 20}, {"seed", 42}};
+  const json request{{"prompt", "the dog"}, {"max_tokens", 10}, {"temperature", 1.0},
+                     {"top_p", 0.9},        {"top_k", 20},      {"seed", 42}};
   auto a = server.post("/v1/completions", request), b = server.post("/v1/completions", request);
   ASSERT_TRUE(a && b);
   ASSERT_EQ(a->status, 200) << a->body;
@@ -354,7 +366,8 @@ TEST_F(Serve, BadRequestsGetOpenAIErrors) {
   expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 21}}), 400, "invalid_value");
   std::string prompt_80, long_prompt;
   for (int i = 0; i < 80; ++i) prompt_80 += "dog ";
-  expect_error(server.post("/v1/completions", {{"prompt", prompt_80}, {"max_tokens", 20}}), 400, "context_length_exceeded");
+  expect_error(server.post("/v1/completions", {{"prompt", prompt_80}, {"max_tokens", 20}}), 400,
+               "context_length_exceeded");
   for (int i = 0; i < 120; ++i) long_prompt += "cat ";
   expect_error(server.post("/v1/completions", {{"prompt", long_prompt}}), 400, "context_length_exceeded");
   // A body over --max-body.
@@ -452,7 +465,8 @@ TEST_F(Serve, ModelsHealthAndMetrics) {
   EXPECT_EQ(models["data"][0]["id"], "tiny");
   EXPECT_EQ(models["data"][0]["object"], "model");
 
-  for (int i = 0; i < 3; ++i) ASSERT_EQ(server.post("/v1/completions", {{"prompt", "the"}, {"max_tokens", 4}})->status, 200);
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(server.post("/v1/completions", {{"prompt", "the"}, {"max_tokens", 4}})->status, 200);
   ASSERT_EQ(server.post("/v1/completions", {{"prompt", 1}})->status, 400);
   r = client.Get("/metrics");
   ASSERT_TRUE(r);

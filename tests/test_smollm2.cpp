@@ -20,11 +20,11 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/data/bpe_tokenizer.h"
 #include "loom/infer/engine.h"
 #include "loom/infer/generate.h"
 #include "loom/serve/server.h"
-#include "loom/checkpoint/checkpoint.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -117,7 +117,8 @@ double check_logits(const nlohmann::json& ref, const char* set, bool dump) {
       const auto top_logits = pos.at("top_logits").get<std::vector<double>>();
       const auto sample_logits = pos.at("sample_logits").get<std::vector<double>>();
       const auto row = logits[t].to(torch::kDouble);
-      for (size_t i = 0; i < top.size(); ++i) max_diff = std::max(max_diff, std::abs(row[top[i]].item<double>() - top_logits[i]));
+      for (size_t i = 0; i < top.size(); ++i)
+        max_diff = std::max(max_diff, std::abs(row[top[i]].item<double>() - top_logits[i]));
       for (size_t i = 0; i < sample.size(); ++i)
         max_diff = std::max(max_diff, std::abs(row[sample[i]].item<double>() - sample_logits[i]));
       const int64_t argmax = row.argmax().item<int64_t>();
@@ -130,11 +131,12 @@ double check_logits(const nlohmann::json& ref, const char* set, bool dump) {
       const auto it = std::find(top.begin(), top.end(), argmax);
       EXPECT_NE(it, top.end()) << set << " " << p.at("name") << " position " << t;
       if (it == top.end()) continue;
-      EXPECT_LT(top_logits[0] - top_logits[it - top.begin()], kNearTie) << set << " " << p.at("name") << " position " << t;
+      EXPECT_LT(top_logits[0] - top_logits[it - top.begin()], kNearTie)
+          << set << " " << p.at("name") << " position " << t;
     }
   }
-  std::printf("SmolLM2 vs llama.cpp (%s): argmax agrees at %d of %d positions, max |logit diff| %.4f\n", set, argmax_agree,
-              positions, max_diff);
+  std::printf("SmolLM2 vs llama.cpp (%s): argmax agrees at %d of %d positions, max |logit diff| %.4f\n", set,
+              argmax_agree, positions, max_diff);
   return max_diff;
 }
 
@@ -151,8 +153,8 @@ int check_greedy(const nlohmann::json& ref, const char* set, bool exact) {
     const auto got = loom::generate(smollm2().model, p.at("ids").get<std::vector<int64_t>>(), options);
     size_t k = 0;
     while (k < got.size() && k < want.size() && got[k] == want[k]) ++k;
-    std::printf("SmolLM2 greedy vs llama.cpp (%s) %s: %zu of %zu tokens match\n", set, p.at("name").get<std::string>().c_str(),
-                k, want.size());
+    std::printf("SmolLM2 greedy vs llama.cpp (%s) %s: %zu of %zu tokens match\n", set,
+                p.at("name").get<std::string>().c_str(), k, want.size());
     matched += static_cast<int>(k);
     total += static_cast<int>(want.size());
     if (exact) {
@@ -174,11 +176,13 @@ int check_greedy(const nlohmann::json& ref, const char* set, bool exact) {
 }  // namespace
 
 TEST(SmolLM2, LogitsMatchLlamaCppOnF32Weights) {
-  EXPECT_LT(check_logits(read_json(kSource / "tests" / "data" / "smollm2_logits.json"), "prompts_f32", true), kMaxDiffF32);
+  EXPECT_LT(check_logits(read_json(kSource / "tests" / "data" / "smollm2_logits.json"), "prompts_f32", true),
+            kMaxDiffF32);
 }
 
 TEST(SmolLM2, LogitsNearLlamaCppOnQ4_1) {
-  EXPECT_LT(check_logits(read_json(kSource / "tests" / "data" / "smollm2_logits.json"), "prompts", false), kMaxDiffQ4_1);
+  EXPECT_LT(check_logits(read_json(kSource / "tests" / "data" / "smollm2_logits.json"), "prompts", false),
+            kMaxDiffQ4_1);
 }
 
 TEST(SmolLM2, GreedyMatchesLlamaCppOnF32Weights) {

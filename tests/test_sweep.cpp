@@ -68,7 +68,8 @@ SweepResults three_variant_results() {
     return v;
   };
   const double nan = std::nan("");
-  r.variants = {variant("base", {4.0, 3.5, nan}), variant("qk_norm", {4.1, 3.4, 3.9}), variant("z.loss-1", {4.2, nan, nan})};
+  r.variants = {variant("base", {4.0, 3.5, nan}), variant("qk_norm", {4.1, 3.4, 3.9}),
+                variant("z.loss-1", {4.2, nan, nan})};
   return r;
 }
 
@@ -93,23 +94,23 @@ TEST(SweepGrid, CommaListsAndSingleValues) {
 }
 
 TEST(SweepGrid, BadGridsAreOneErrorNamingTheText) {
-  for (const auto& [text, why] : std::vector<std::pair<std::string, std::string>>{
-           {"3e-1:3e-4:7", "A must not exceed B"},
-           {"1e-3:1e-2:1", "N = 1"},
-           {"1e-3:1e-3:3", "use N = 1"},
-           {"1e-3:1e-2:0", "N must be a whole number"},
-           {"1e-3:1e-2:2.5", "N must be a whole number"},
-           {"1e-3:1e-2", "two ':'"},
-           {"1e-3:1e-2:3:4", "two ':'"},
-           {"0:1e-2:3", "positive"},
-           {"-1e-3,1e-2", "positive"},
-           {"abc:1:3", "'abc' is not a number"},
-           {"1e-3,,1e-2", "empty item"},
-           {"1e-2,1e-3", "increase"},
-           {"1e-3,1e-3", "increase"},
-           {"nan", "not a number"},
-           {"inf", "not a number"},
-           {"", "no learning rates"}}) {
+  for (const auto& [text, why] :
+       std::vector<std::pair<std::string, std::string>>{{"3e-1:3e-4:7", "A must not exceed B"},
+                                                        {"1e-3:1e-2:1", "N = 1"},
+                                                        {"1e-3:1e-3:3", "use N = 1"},
+                                                        {"1e-3:1e-2:0", "N must be a whole number"},
+                                                        {"1e-3:1e-2:2.5", "N must be a whole number"},
+                                                        {"1e-3:1e-2", "two ':'"},
+                                                        {"1e-3:1e-2:3:4", "two ':'"},
+                                                        {"0:1e-2:3", "positive"},
+                                                        {"-1e-3,1e-2", "positive"},
+                                                        {"abc:1:3", "'abc' is not a number"},
+                                                        {"1e-3,,1e-2", "empty item"},
+                                                        {"1e-2,1e-3", "increase"},
+                                                        {"1e-3,1e-3", "increase"},
+                                                        {"nan", "not a number"},
+                                                        {"inf", "not a number"},
+                                                        {"", "no learning rates"}}) {
     const std::string e = error_of([&] { parse_lr_grid(text); });
     EXPECT_TRUE(has(e, "--lr '" + text + "'") && has(e, why)) << text << ": " << e;
   }
@@ -128,14 +129,14 @@ TEST(SweepVariant, ParsesNameAndOverrides) {
 }
 
 TEST(SweepVariant, BadVariantsAreErrors) {
-  for (const auto& [text, why] : std::vector<std::pair<std::string, std::string>>{
-           {"=model.qk_norm=true", "name is empty"},
-           {"a b=model.qk_norm=true", "only letters"},
-           {"x/y=model.qk_norm=true", "only letters"},
-           {"..=model.qk_norm=true", "directory name"},
-           {"v=model.qk_norm", "'model.qk_norm' is not section.key=value"},
-           {"v=model.qk_norm=true,", "empty override"},
-           {"v==true", "is not section.key=value"}}) {
+  for (const auto& [text, why] :
+       std::vector<std::pair<std::string, std::string>>{{"=model.qk_norm=true", "name is empty"},
+                                                        {"a b=model.qk_norm=true", "only letters"},
+                                                        {"x/y=model.qk_norm=true", "only letters"},
+                                                        {"..=model.qk_norm=true", "directory name"},
+                                                        {"v=model.qk_norm", "'model.qk_norm' is not section.key=value"},
+                                                        {"v=model.qk_norm=true,", "empty override"},
+                                                        {"v==true", "is not section.key=value"}}) {
     const std::string e = error_of([&] { parse_variant(text); });
     EXPECT_TRUE(has(e, "--variant '" + text + "'") && has(e, why)) << text << ": " << e;
   }
@@ -156,8 +157,8 @@ TEST(SweepSensitivity, InitialLossIsLnVocabSizeForAFreshModel) {
   TinyRun tiny;
   TrainOptions options;
   options.out_dir = (tiny.root / "fresh").string();
-  const auto result =
-      train(parse_recipe(tiny.recipe_yaml(), "tiny", {"train.steps=1", "train.lr=1e-12", "train.warmup_steps=0"}), options);
+  const auto result = train(
+      parse_recipe(tiny.recipe_yaml(), "tiny", {"train.steps=1", "train.lr=1e-12", "train.warmup_steps=0"}), options);
   EXPECT_EQ(result.steps, 1);
   EXPECT_NEAR(result.valid_loss, std::log(300.0), 0.05);
 }
@@ -188,7 +189,8 @@ TEST(SweepOutputs, SvgHasOnePolylinePerVariantAndIsBalanced) {
   EXPECT_TRUE(has(svg, ">learning rate<") && has(svg, ">final validation loss<"));
   EXPECT_TRUE(has(svg, ">qk_norm<") && has(svg, ">z.loss-1<"));
   // Decade labels 10^-3 .. 10^-1.
-  for (int k : {-3, -2, -1}) EXPECT_TRUE(has(svg, fmt::format(">10<tspan dy=\"-6\" font-size=\"9\">{}</tspan>", k))) << k;
+  for (int k : {-3, -2, -1})
+    EXPECT_TRUE(has(svg, fmt::format(">10<tspan dy=\"-6\" font-size=\"9\">{}</tspan>", k))) << k;
   // Distinct colours.
   EXPECT_TRUE(has(svg, "#1f77b4") && has(svg, "#ff7f0e") && has(svg, "#2ca02c"));
 }
@@ -226,10 +228,12 @@ TEST(Sweep, TinyModelEndToEndAndARerunContinues) {
     EXPECT_TRUE(std::isfinite(variant.cells[0].final_loss)) << variant.name;
     EXPECT_LT(variant.cells[0].final_loss, variant.initial_loss + 0.5) << variant.name;
     EXPECT_TRUE(variant.cells[1].diverged) << variant.name;
-    EXPECT_TRUE(std::isfinite(lr_sensitivity({variant.cells[0].final_loss, variant.cells[1].final_loss}, variant.initial_loss)));
+    EXPECT_TRUE(std::isfinite(
+        lr_sensitivity({variant.cells[0].final_loss, variant.cells[1].final_loss}, variant.initial_loss)));
   }
   const fs::path dir = options.out_dir;
-  for (const char* name : {"sweep.json", "sweep.md", "results.json", "sweep.svg"}) EXPECT_TRUE(fs::exists(dir / name)) << name;
+  for (const char* name : {"sweep.json", "sweep.md", "results.json", "sweep.svg"})
+    EXPECT_TRUE(fs::exists(dir / name)) << name;
   const fs::path cell = dir / sweep_cell_dir("qknorm_zloss", 0, 3e-3);
   EXPECT_EQ(sweep_cell_dir("qknorm_zloss", 0, 3e-3), "qknorm_zloss/lr-0-0.003");
   const auto result = nlohmann::json::parse(read_file((cell / "result.json").string()));
@@ -237,7 +241,8 @@ TEST(Sweep, TinyModelEndToEndAndARerunContinues) {
   EXPECT_DOUBLE_EQ(result.at("lr").get<double>(), 3e-3);
   EXPECT_DOUBLE_EQ(result.at("final_loss").get<double>(), first.variants[1].cells[0].final_loss);
   EXPECT_FALSE(result.at("diverged").get<bool>());
-  EXPECT_TRUE(nlohmann::json::parse(read_file((dir / "base/lr-1-1e+30/result.json").string())).at("diverged").get<bool>());
+  EXPECT_TRUE(
+      nlohmann::json::parse(read_file((dir / "base/lr-1-1e+30/result.json").string())).at("diverged").get<bool>());
   const std::string svg = read_file((dir / "sweep.svg").string());
   EXPECT_EQ(count(svg, "<polyline"), 2u);
 

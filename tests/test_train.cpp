@@ -9,10 +9,10 @@
 #include <random>
 #include <sstream>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
 #include "loom/io/safetensors.h"
-#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/trainer.h"
 #include "test_util.h"
 #include "tiny_run.h"
@@ -35,8 +35,10 @@ void expect_same_tensors(const Safetensors& a, const Safetensors& b) {
 }  // namespace
 
 TEST(Recipe, RoundTripsThroughYaml) {
-  auto recipe = parse_recipe("model: {d_model: 64, n_heads: 4, layers: [attention, attention], n_layers: 2}\n"
-                             "train: {lr: 0.1, precision: fp32}", "inline");
+  auto recipe = parse_recipe(
+      "model: {d_model: 64, n_heads: 4, layers: [attention, attention], n_layers: 2}\n"
+      "train: {lr: 0.1, precision: fp32}",
+      "inline");
   auto again = parse_recipe(recipe_to_yaml(recipe), "saved");
   EXPECT_EQ(recipe_to_yaml(again), recipe_to_yaml(recipe));
   EXPECT_EQ(again.model.d_model, 64);
@@ -45,8 +47,8 @@ TEST(Recipe, RoundTripsThroughYaml) {
 }
 
 TEST(Recipe, OverridesApplyAndCreateSections) {
-  auto recipe = parse_recipe("", "inline", {"model.d_model=128", "train.precision=fp32", "model.layers=[attention]",
-                                            "model.n_layers=1"});
+  auto recipe = parse_recipe(
+      "", "inline", {"model.d_model=128", "train.precision=fp32", "model.layers=[attention]", "model.n_layers=1"});
   EXPECT_EQ(recipe.model.d_model, 128);
   EXPECT_EQ(recipe.train.precision, "fp32");
   EXPECT_EQ(recipe.model.layers.size(), 1u);
@@ -181,7 +183,8 @@ TEST_F(Cli, TranslateWritesOneLinePerInputInOrder) {
   AdamW optimizer({}, 0.9, 0.95, 1e-8);
   const auto dir = save_checkpoint((tiny_->root / "translation").string(), loaded.recipe, model, &loaded.tokenizer,
                                    optimizer.state(), TrainerState{}, 1);
-  auto r = run_loom("--threads 1 translate " + dir + " --beam 2 --max-len-b 3 < " + write("source.txt", "the cat\n\n  \nsat on"));
+  auto r = run_loom("--threads 1 translate " + dir + " --beam 2 --max-len-b 3 < " +
+                    write("source.txt", "the cat\n\n  \nsat on"));
   ASSERT_EQ(r.status, 0) << r.output;
   std::vector<std::string> lines;
   std::stringstream out(r.output);
@@ -208,7 +211,8 @@ TEST_F(Cli, GenerateAndEvalWork) {
 TEST_F(Cli, BadRecipesGiveOneLineErrors) {
   expect_one_line_error(run_loom("train /nonexistent/recipe.yaml"), "cannot read recipe '/nonexistent/recipe.yaml'");
   expect_one_line_error(run_loom("train " + write("unknown.yaml", "model: {widht: 3}\n")), "unknown key 'model.widht'");
-  expect_one_line_error(run_loom("train " + write("block.yaml", "model: {norm: batchnorm}\n")), "unknown norm block 'batchnorm'");
+  expect_one_line_error(run_loom("train " + write("block.yaml", "model: {norm: batchnorm}\n")),
+                        "unknown norm block 'batchnorm'");
   expect_one_line_error(run_loom("train --set model.n_heads=0"), "model.n_heads must be positive");
 }
 
@@ -216,13 +220,15 @@ TEST_F(Cli, DamagedCheckpointsGiveOneLineErrorsAndStayAsTheyWere) {
   const auto truncated = copy_checkpoint("truncated");
   const auto weights_path = truncated + "/model.safetensors";
   const std::string full = read_file(weights_path);
-  std::ofstream(weights_path, std::ios::binary | std::ios::trunc).write(full.data(), static_cast<long>(full.size() / 2));
+  std::ofstream(weights_path, std::ios::binary | std::ios::trunc)
+      .write(full.data(), static_cast<long>(full.size() / 2));
   const std::string damaged = read_file(weights_path);
   expect_one_line_error(run_loom("generate " + truncated + " --prompt hi"), "model.safetensors");
   EXPECT_EQ(read_file(weights_path), damaged);
 
   const auto corrupt = copy_checkpoint("corrupt");
-  std::ofstream(corrupt + "/model.safetensors", std::ios::binary | std::ios::trunc) << "\x10\0\0\0\0\0\0\0{not json}      ";
+  std::ofstream(corrupt + "/model.safetensors", std::ios::binary | std::ios::trunc)
+      << "\x10\0\0\0\0\0\0\0{not json}      ";
   expect_one_line_error(run_loom("eval " + corrupt), "model.safetensors");
 
   const auto no_recipe = copy_checkpoint("no-recipe");

@@ -77,7 +77,8 @@ std::vector<int64_t> with_eos(std::vector<int64_t> tokens) {
 }
 
 // The log-probs [T + 1, V] of the decoder reading bos + target, without any cache.
-torch::Tensor teacher_forced_lprobs(Model& model, const std::vector<int64_t>& source, const std::vector<int64_t>& target) {
+torch::Tensor teacher_forced_lprobs(Model& model, const std::vector<int64_t>& source,
+                                    const std::vector<int64_t>& target) {
   torch::NoGradGuard no_grad;
   auto memory = model->encode(padded({with_eos(source)}));
   std::vector<int64_t> input{kBos};
@@ -117,7 +118,8 @@ SearchOptions search(int64_t beam, int64_t nbest = 1) {
   return o;
 }
 
-void expect_same_hypotheses(const std::vector<std::vector<Hypothesis>>& x, const std::vector<std::vector<Hypothesis>>& y) {
+void expect_same_hypotheses(const std::vector<std::vector<Hypothesis>>& x,
+                            const std::vector<std::vector<Hypothesis>>& y) {
   ASSERT_EQ(x.size(), y.size());
   for (size_t i = 0; i < x.size(); ++i) {
     ASSERT_EQ(x[i].size(), y[i].size()) << "source " << i;
@@ -141,7 +143,8 @@ bool has_repeated_ngram(const std::vector<int64_t>& tokens, size_t n) {
 // the other tests (delete build/test-cache after changing the model's forward pass).
 Model& copy_model() {
   static Model model = [] {
-    const auto cache = std::filesystem::path(LOOM_BINARY).parent_path() / "test-cache" / "translate-copy-model-v1.safetensors";
+    const auto cache =
+        std::filesystem::path(LOOM_BINARY).parent_path() / "test-cache" / "translate-copy-model-v1.safetensors";
     torch::manual_seed(5);
     Model m(translation_config(24, 0.02));
     if (std::filesystem::exists(cache)) {
@@ -168,8 +171,9 @@ Model& copy_model() {
       auto memory = m->encode(padded(sources));
       auto hidden = m->decode_hidden(padded(inputs), memory, padded(sources).lt(0));
       auto logits = m->logits(hidden);
-      auto loss = torch::nn::functional::cross_entropy(
-          logits.view({-1, 24}), padded(labels).view({-1}), torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1));
+      auto loss =
+          torch::nn::functional::cross_entropy(logits.view({-1, 24}), padded(labels).view({-1}),
+                                               torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1));
       adam.zero_grad();
       loss.backward();
       adam.step();
@@ -210,13 +214,15 @@ TEST(CrossAttention, MatchesLibtorchWithKeyPaddingAndCachesTheMemory) {
   auto padding = torch::zeros({b, s}, torch::kBool);
   padding[1].narrow(0, 4, 3).fill_(true);
   auto ours = cross->forward(x, MixerContext{nullptr, 0, nullptr, {}, memory, padding});
-  auto theirs = std::get<0>(reference->forward(x.transpose(0, 1), memory.transpose(0, 1), memory.transpose(0, 1), padding))
-                    .transpose(0, 1);
+  auto theirs =
+      std::get<0>(reference->forward(x.transpose(0, 1), memory.transpose(0, 1), memory.transpose(0, 1), padding))
+          .transpose(0, 1);
   EXPECT_TRUE(torch::allclose(ours, theirs, 1e-5, 1e-5)) << (ours - theirs).abs().max().item<float>();
   // The padded keys matter not at all: changing that memory changes nothing.
   auto changed = memory.clone();
   changed[1].narrow(0, 4, 3).normal_();
-  EXPECT_TRUE(torch::allclose(cross->forward(x, MixerContext{nullptr, 0, nullptr, {}, changed, padding}), ours, 1e-5, 1e-6));
+  EXPECT_TRUE(
+      torch::allclose(cross->forward(x, MixerContext{nullptr, 0, nullptr, {}, changed, padding}), ours, 1e-5, 1e-6));
   // With a cache the memory is projected on the first call and reused without it.
   MixerState cache;
   auto first = cross->forward(x.narrow(1, 0, 2), MixerContext{nullptr, 0, &cache, {}, memory, padding});
@@ -488,7 +494,8 @@ TEST(Translate, SamplingDrawsFromTheSampler) {
   bool differs = false;
   for (size_t i = 0; i < sources.size(); ++i) {
     differs |= drawn[i][0].tokens != greedy[i][0].tokens;
-    EXPECT_NEAR(drawn[i][0].score, teacher_forced_score(model, sources[i], drawn[i][0].tokens) / (drawn[i][0].tokens.size() + 1), 1e-4);
+    EXPECT_NEAR(drawn[i][0].score,
+                teacher_forced_score(model, sources[i], drawn[i][0].tokens) / (drawn[i][0].tokens.size() + 1), 1e-4);
   }
   EXPECT_TRUE(differs);
 }
@@ -500,12 +507,15 @@ TEST(Translate, ErrorsAndEdgeCases) {
   auto sampling = search(2);
   sampling.sampling = true;
   EXPECT_NE(error_message([&] { translate_batch(model, {{3}}, sampling); }).find("beam 1"), std::string::npos);
-  EXPECT_NE(error_message([&] { translate_batch(model, {{3, 40}}, search(1)); }).find("outside the vocabulary"),
+  EXPECT_NE(error_message([&] {
+              translate_batch(model, {{3, 40}}, search(1));
+            }).find("outside the vocabulary"),
             std::string::npos);
   ModelConfig lm;
   lm.vocab_size = 40, lm.d_model = 16, lm.n_layers = 1, lm.n_heads = 2, lm.d_ff = 32, lm.max_seq_len = 16;
   Model decoder(lm);
-  EXPECT_NE(error_message([&] { translate_batch(decoder, {{3}}, search(1)); }).find("encoder_decoder"), std::string::npos);
+  EXPECT_NE(error_message([&] { translate_batch(decoder, {{3}}, search(1)); }).find("encoder_decoder"),
+            std::string::npos);
   // No sources, an empty source; the training mode survives.
   EXPECT_TRUE(translate_batch(model, {}, search(4)).empty());
   model->train();

@@ -6,10 +6,10 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
-#include <filesystem>
 #include <array>
+#include <atomic>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include <torch/torch.h>

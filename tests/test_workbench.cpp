@@ -11,8 +11,8 @@
 #include <set>
 #include <sstream>
 
-#include "loom/data/tasks.h"
 #include "loom/checkpoint/checkpoint.h"
+#include "loom/data/tasks.h"
 #include "loom/train/trainer.h"
 #include "test_util.h"
 
@@ -57,7 +57,8 @@ int64_t evaluate_listops(const std::string& text, int64_t* max_depth) {
       std::sort(args.begin(), args.end());
       if (op == "[MIN") value = args.front();
       else if (op == "[MAX") value = args.back();
-      else if (op == "[MED") value = args.size() % 2 ? args[args.size() / 2] : (args[args.size() / 2 - 1] + args[args.size() / 2]) / 2;
+      else if (op == "[MED")
+        value = args.size() % 2 ? args[args.size() / 2] : (args[args.size() / 2 - 1] + args[args.size() / 2]) / 2;
       else value = std::accumulate(args.begin(), args.end(), int64_t{0}) % 10;
     } else {
       value = std::stoll(word);
@@ -137,7 +138,8 @@ TEST(Workbench, AdditionTextIsRightInBothFormats) {
       const bool reversed = format == "reversed";
       ASSERT_EQ(text.front() == '$', reversed) << text;
       const auto plus = text.find('+'), equals = text.find('=');
-      const long a = std::stol(text.substr(reversed, plus - reversed)), b = std::stol(text.substr(plus + 1, equals - plus - 1));
+      const long a = std::stol(text.substr(reversed, plus - reversed)),
+                 b = std::stol(text.substr(plus + 1, equals - plus - 1));
       std::string answer = text.substr(equals + 1, text.size() - equals - 2 - reversed);
       if (reversed) std::reverse(answer.begin(), answer.end());
       EXPECT_EQ(std::stol(answer), a + b) << text;
@@ -202,19 +204,25 @@ TEST(Workbench, SplitsAreDeterministicDisjointAndBatchesReplay) {
 
 TEST(Workbench, RecipeErrorsNameTheKey) {
   auto error_of = [](const std::string& yaml) { return error_message([&] { parse_recipe(yaml, "w.yaml"); }); };
-  const std::string model = "model: {vocab_size: 15, d_model: 16, n_heads: 2, n_layers: 1, d_ff: 32, max_seq_len: 16}\n";
+  const std::string model =
+      "model: {vocab_size: 15, d_model: 16, n_heads: 2, n_layers: 1, d_ff: 32, max_seq_len: 16}\n";
   EXPECT_EQ(error_of(model + "task: {name: addition}"), "no error");
-  EXPECT_NE(error_of(model + "task: {name: additon}").find("unknown task.name 'additon' (valid: addition,"), std::string::npos);
-  EXPECT_NE(error_of(model + "task: {name: addition, seq_len: 64}").find("task.seq_len does not apply to task 'addition'"),
+  EXPECT_NE(error_of(model + "task: {name: additon}").find("unknown task.name 'additon' (valid: addition,"),
             std::string::npos);
+  EXPECT_NE(
+      error_of(model + "task: {name: addition, seq_len: 64}").find("task.seq_len does not apply to task 'addition'"),
+      std::string::npos);
   EXPECT_NE(error_of(model + "task: {name: addition, format: backwards}").find("task.format"), std::string::npos);
   EXPECT_NE(error_of(model + "task: {name: mqar, n_tokens: 4}").find("set model.vocab_size: 18"), std::string::npos);
   EXPECT_NE(error_of("model: {vocab_size: 16, d_model: 16, n_heads: 2, n_layers: 1, d_ff: 32, max_seq_len: 16}\n"
-                     "task: {name: listops, min_length: 5, max_length: 14}").find("set model.arch: encoder"),
+                     "task: {name: listops, min_length: 5, max_length: 14}")
+                .find("set model.arch: encoder"),
             std::string::npos);
-  const std::string encoder = "model: {arch: encoder, n_classes: 10, vocab_size: 16, d_model: 16, n_heads: 2, n_layers: 1, "
-                              "d_ff: 32, max_seq_len: 16}\n";
-  EXPECT_NE(error_of(encoder + "task: {name: listops, min_length: 5, max_length: 16}").find("needs sequences of 17 tokens (CLS included)"),
+  const std::string encoder =
+      "model: {arch: encoder, n_classes: 10, vocab_size: 16, d_model: 16, n_heads: 2, n_layers: 1, "
+      "d_ff: 32, max_seq_len: 16}\n";
+  EXPECT_NE(error_of(encoder + "task: {name: listops, min_length: 5, max_length: 16}")
+                .find("needs sequences of 17 tokens (CLS included)"),
             std::string::npos);
   EXPECT_EQ(error_of(encoder + "task: {name: listops, min_length: 5, max_length: 15}"), "no error");
   EXPECT_NE(error_of(encoder).find("task lm trains a decoder"), std::string::npos);

@@ -18,9 +18,10 @@ class TinyRun {
     const std::filesystem::path corpus = root / "data" / "tiny";
     std::filesystem::create_directories(corpus);
     std::mt19937 rng(7);
-    const std::array<const char*, 12> words{"the", "cat", "sat", "on", "a", "mat", "and", "dog",
-                                            "ran", "to", "hall", "quickly"};
-    for (const auto& [name, lines] : {std::pair{"train.txt", 400}, std::pair{"valid.txt", 40}, std::pair{"test.txt", 40}}) {
+    const std::array<const char*, 12> words{"the", "cat", "sat", "on", "a",    "mat",
+                                            "and", "dog", "ran", "to", "hall", "quickly"};
+    for (const auto& [name, lines] :
+         {std::pair{"train.txt", 400}, std::pair{"valid.txt", 40}, std::pair{"test.txt", 40}}) {
       std::ofstream out(corpus / name);
       for (int i = 0; i < lines; ++i) {
         for (int w = 0; w < 12; ++w) out << (w ? " " : "") << words[rng() % words.size()];
@@ -35,7 +36,9 @@ class TinyRun {
   std::string recipe_yaml() const {
     return "format: 1\n"
            "model: {vocab_size: 300, d_model: 32, n_layers: 2, n_heads: 4, d_ff: 64, max_seq_len: 32, dropout: 0.1}\n"
-           "data: {corpus: tiny, dir: " + (root / "data").string() + "}\n"
+           "data: {corpus: tiny, dir: " +
+           (root / "data").string() +
+           "}\n"
            "train: {steps: 12, batch_size: 4, warmup_steps: 2, eval_every: 6, eval_batches: 2, save_every: 4, "
            "keep_last: 5, log_every: 3, lr: 0.003, precision: fp32}\n";
   }

@@ -19,8 +19,8 @@ TrainerState parse_state(const std::string& path) {
   try {
     const auto j = nlohmann::json::parse(text);
     if (j.at("format").get<int>() != kCheckpointFormat)
-      fail("{}: checkpoint format {} is not supported (this loom reads {})", path,
-           j.at("format").get<int>(), kCheckpointFormat);
+      fail("{}: checkpoint format {} is not supported (this loom reads {})", path, j.at("format").get<int>(),
+           kCheckpointFormat);
     TrainerState state;
     state.step = j.at("step").get<int64_t>();
     state.tokens_seen = j.at("tokens_seen").get<int64_t>();
@@ -43,9 +43,8 @@ std::string foreign_vocab_model(const std::string& path) {
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Model& model,
-                            const Tokenizer* tokenizer, const NamedTensors& optimizer_state,
-                            const TrainerState& state, int64_t keep_last) {
+std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Model& model, const Tokenizer* tokenizer,
+                            const NamedTensors& optimizer_state, const TrainerState& state, int64_t keep_last) {
   CheckpointWriter writer(run_dir, fmt::format("step-{:06d}", state.step));
   const std::map<std::string, std::string> metadata{{"format", "loom-" + std::to_string(kCheckpointFormat)},
                                                     {"step", std::to_string(state.step)}};
@@ -97,17 +96,20 @@ LoadedModel load_checkpoint(const std::string& path) {
 
 void require_tokenizer(const LoadedModel& loaded, const std::string& what) {
   if (!loaded.has_tokenizer && fs::exists(fs::path(loaded.dir) / kForeignVocabFile))
-    fail("{}: {} needs a tokenizer, but this checkpoint's vocabulary ({}, imported from GGUF) is "
-         "'{}', neither a SentencePiece model nor a byte-level BPE ('gpt2'): loom cannot run it yet", loaded.dir,
-         what, kForeignVocabFile, foreign_vocab_model((fs::path(loaded.dir) / kForeignVocabFile).string()));
+    fail(
+        "{}: {} needs a tokenizer, but this checkpoint's vocabulary ({}, imported from GGUF) is "
+        "'{}', neither a SentencePiece model nor a byte-level BPE ('gpt2'): loom cannot run it yet",
+        loaded.dir, what, kForeignVocabFile, foreign_vocab_model((fs::path(loaded.dir) / kForeignVocabFile).string()));
   if (!loaded.has_tokenizer)
-    fail("{}: {} needs text, but this model learned the generated task '{}' (no tokenizer); score it with "
-         "`loom eval {}`", loaded.dir, what, loaded.recipe.task.name, loaded.dir);
+    fail(
+        "{}: {} needs text, but this model learned the generated task '{}' (no tokenizer); score it with "
+        "`loom eval {}`",
+        loaded.dir, what, loaded.recipe.task.name, loaded.dir);
 }
 
 std::string average_checkpoints(const std::vector<std::string>& checkpoints, const std::string& out_dir) {
   if (checkpoints.empty()) fail("average: no checkpoints given");
-  NamedTensors sum;                    // fp64 running sums, in the first checkpoint's order
+  NamedTensors sum;                     // fp64 running sums, in the first checkpoint's order
   std::map<std::string, size_t> index;  // name -> position in sum
   std::vector<at::ScalarType> dtypes;
   std::string first_model_yaml, last_dir;
@@ -146,13 +148,18 @@ std::string average_checkpoints(const std::vector<std::string>& checkpoints, con
   CheckpointWriter writer(out.has_parent_path() ? out.parent_path().string() : ".", out.filename().string());
   const TrainerState state = parse_state((fs::path(last_dir) / "trainer.json").string());
   save_safetensors(writer.path("model.safetensors"), sum,
-                   {{"format", "loom-" + std::to_string(kCheckpointFormat)}, {"step", std::to_string(state.step)},
+                   {{"format", "loom-" + std::to_string(kCheckpointFormat)},
+                    {"step", std::to_string(state.step)},
                     {"averaged", std::to_string(dirs.size())}});
   writer.add("recipe.yaml", read_file((fs::path(last_dir) / "recipe.yaml").string()));
   for (const char* name : {"tokenizer.model", "tokenizer.gguf.json"})
     if (fs::exists(fs::path(last_dir) / name)) writer.add(name, read_file((fs::path(last_dir) / name).string()));
-  nlohmann::json j{{"format", kCheckpointFormat}, {"step", state.step}, {"tokens_seen", state.tokens_seen},
-                   {"elapsed_seconds", state.elapsed_seconds}, {"valid_loss", nullptr}, {"averaged_from", dirs}};
+  nlohmann::json j{{"format", kCheckpointFormat},
+                   {"step", state.step},
+                   {"tokens_seen", state.tokens_seen},
+                   {"elapsed_seconds", state.elapsed_seconds},
+                   {"valid_loss", nullptr},
+                   {"averaged_from", dirs}};
   writer.add("trainer.json", j.dump(2) + "\n");
   return writer.commit();
 }

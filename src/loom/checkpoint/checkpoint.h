@@ -36,9 +36,8 @@ struct TrainerState {
 // Writes <run_dir>/step-NNNNNN atomically and keeps the newest keep_last. Returns its path.
 // optimizer_state: the optimizer's named tensors (AdamW::state(), train/adamw.h), written as
 // optimizer.safetensors with the step in its metadata.
-std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Model& model,
-                            const Tokenizer* tokenizer, const NamedTensors& optimizer_state,
-                            const TrainerState& state, int64_t keep_last);
+std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Model& model, const Tokenizer* tokenizer,
+                            const NamedTensors& optimizer_state, const TrainerState& state, int64_t keep_last);
 
 // A model ready for inference. `path` is a checkpoint directory or a run directory (its newest
 // checkpoint). Every problem (missing file, corrupt weights, wrong shapes) is one loom::Error.

@@ -52,38 +52,39 @@ void Recipe::validate(const std::string& source) const {
   train.validate(source);
   if (task.is_translation()) {
     if (!model.encoder_decoder())
-      fail("{}: task translation trains an encoder-decoder: set model.arch: encoder_decoder (it is {})", source, model.arch);
+      fail("{}: task translation trains an encoder-decoder: set model.arch: encoder_decoder (it is {})", source,
+           model.arch);
     return;
   }
   if (model.encoder_decoder())
     fail("{}: model.arch encoder_decoder needs a source and a target: set task.name: translation", source);
   if (task.is_lm()) {
-    if (!model.causal()) fail("{}: task lm trains a decoder; model.arch is encoder (encoders classify: task listops)", source);
+    if (!model.causal())
+      fail("{}: task lm trains a decoder; model.arch is encoder (encoders classify: task listops)", source);
     return;
   }
   // A generated task fixes the vocabulary, the longest sequence and (for classification) the
   // model's head: the model must match it.
   const auto generated = make_task(task);
   if (model.vocab_size != generated->vocab_size())
-    fail("{}: task {} has {} tokens: set model.vocab_size: {} (it is {})", source, task.name,
-         generated->vocab_size(), generated->vocab_size(), model.vocab_size);
+    fail("{}: task {} has {} tokens: set model.vocab_size: {} (it is {})", source, task.name, generated->vocab_size(),
+         generated->vocab_size(), model.vocab_size);
   const bool classifies = generated->n_classes() > 0;
   if (classifies != !model.causal())
     fail("{}: task {} {}: set model.arch: {}", source, task.name,
          classifies ? "classifies whole sequences" : "predicts tokens", classifies ? "encoder" : "decoder");
   if (classifies && model.n_classes != generated->n_classes())
-    fail("{}: task {} has {} classes: set model.n_classes: {} (it is {})", source, task.name,
-         generated->n_classes(), generated->n_classes(), model.n_classes);
+    fail("{}: task {} has {} classes: set model.n_classes: {} (it is {})", source, task.name, generated->n_classes(),
+         generated->n_classes(), model.n_classes);
   const int64_t needed = generated->max_length() + (classifies && model.pooling == "cls" ? 1 : 0);
   if (model.max_seq_len < needed)
-    fail("{}: task {} needs sequences of {} tokens{}: raise model.max_seq_len (it is {})", source, task.name,
-         needed, classifies && model.pooling == "cls" ? " (CLS included)" : "", model.max_seq_len);
+    fail("{}: task {} needs sequences of {} tokens{}: raise model.max_seq_len (it is {})", source, task.name, needed,
+         classifies && model.pooling == "cls" ? " (CLS included)" : "", model.max_seq_len);
 }
 
 Recipe default_recipe() { return Recipe{}; }
 
-Recipe parse_recipe(const std::string& yaml, const std::string& source,
-                    const std::vector<std::string>& overrides) {
+Recipe parse_recipe(const std::string& yaml, const std::string& source, const std::vector<std::string>& overrides) {
   YAML::Node root;
   try {
     root = YAML::Load(yaml);

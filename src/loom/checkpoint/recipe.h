@@ -62,9 +62,13 @@ struct TrainConfig {
     v("eps", eps, "AdamW epsilon");
     v("grad_clip", grad_clip, "clip the global gradient norm to this (0 = off)");
     v("z_loss", z_loss, "weight of the z-loss, z_loss * log(Z)^2 of the output softmax (1e-4 in Wortsman et al. 2023)");
-    v("schedule", schedule, "learning-rate schedule after warm-up: cosine (to min_lr_ratio at steps) or inverse_sqrt (fairseq)");
-    v("label_smoothing", label_smoothing, "label-smoothed cross-entropy epsilon (0.1 in fairseq's transformer recipes)");
-    v("max_tokens", max_tokens, "task translation: micro-batches of similar-length pairs up to this many tokens, padding counted (0 = batch_size pairs)");
+    v("schedule", schedule,
+      "learning-rate schedule after warm-up: cosine (to min_lr_ratio at steps) or inverse_sqrt (fairseq)");
+    v("label_smoothing", label_smoothing,
+      "label-smoothed cross-entropy epsilon (0.1 in fairseq's transformer recipes)");
+    v("max_tokens", max_tokens,
+      "task translation: micro-batches of similar-length pairs up to this many tokens, padding counted (0 = batch_size "
+      "pairs)");
     v("precision", precision, "fp32 or bf16 (bf16 autocast for matmuls, fp32 weights)");
     v("eval_every", eval_every, "validate every N steps (0 = only at the end)");
     v("eval_batches", eval_batches, "validation batches per evaluation (0 = the whole split)");
@@ -100,8 +104,7 @@ Recipe default_recipe();
 // the file and the key.
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
 // Same, from YAML text (e.g. a checkpoint's recipe.yaml); `source` names it in errors.
-Recipe parse_recipe(const std::string& yaml, const std::string& source,
-                    const std::vector<std::string>& overrides = {});
+Recipe parse_recipe(const std::string& yaml, const std::string& source, const std::vector<std::string>& overrides = {});
 std::string recipe_to_yaml(const Recipe& recipe);
 
 }  // namespace loom

@@ -1,8 +1,8 @@
 #include <cstdio>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/cli/commands.h"
 #include "loom/io/checkpoint_dir.h"
-#include "loom/checkpoint/checkpoint.h"
 
 namespace loom::cli {
 
@@ -14,7 +14,8 @@ void add_average(CLI::App& app, const GlobalOptions&) {
   };
   auto args = std::make_shared<Args>();
   app.add_option("checkpoints", args->inputs, "checkpoint directories, or one run directory with --last")->required();
-  app.add_option("--last", args->last, "average the last N checkpoints of the run directory")->check(CLI::PositiveNumber);
+  app.add_option("--last", args->last, "average the last N checkpoints of the run directory")
+      ->check(CLI::PositiveNumber);
   app.add_option("--out", args->out, "the averaged checkpoint directory to write")->required();
   app.callback([args] {
     std::vector<std::string> checkpoints = args->inputs;

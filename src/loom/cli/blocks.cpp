@@ -13,7 +13,8 @@ void add_blocks(CLI::App& app, const GlobalOptions&) {
     for (const auto& info : block_catalogue()) {
       std::string extra;
       if (!info.traits.empty()) extra += fmt::format("\n{:>27}{}", "traits: ", fmt::join(info.traits, ", "));
-      if (!info.options.empty()) extra += fmt::format("\n{:>27}model.{}", "options: ", fmt::join(info.options, ", model."));
+      if (!info.options.empty())
+        extra += fmt::format("\n{:>27}model.{}", "options: ", fmt::join(info.options, ", model."));
       extra += fmt::format("\n{:>27}{}", "fast engine: ", *info.runs_on_fast_engine ? "yes" : "no (reference engine)");
       std::printf("%-9s %-16s %s\n%27s%s%s\n", info.family.c_str(), info.name.c_str(), info.description.c_str(),
                   "paper: ", info.paper.c_str(), extra.c_str());

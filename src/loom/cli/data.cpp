@@ -49,10 +49,9 @@ void add_data(CLI::App& app, const GlobalOptions&) {
     if (is_parallel_corpus(args->corpus)) {
       const auto [src_lang, tgt_lang] = parallel_corpus_languages(args->corpus);
       const ParallelFiles files = fetch_parallel_corpus(args->corpus, args->dir, src_lang, tgt_lang);
-      for (const auto& [split, src, tgt] :
-           {std::tuple{"train", files.train_src, files.train_tgt},
-            std::tuple{"valid", files.valid_src, files.valid_tgt},
-            std::tuple{"test", files.test_src, files.test_tgt}}) {
+      for (const auto& [split, src, tgt] : {std::tuple{"train", files.train_src, files.train_tgt},
+                                            std::tuple{"valid", files.valid_src, files.valid_tgt},
+                                            std::tuple{"test", files.test_src, files.test_tgt}}) {
         const size_t n_src = count_lines(src), n_tgt = count_lines(tgt);
         if (n_src != n_tgt) fail("{} has {} lines but {} has {}", src, n_src, tgt, n_tgt);
         std::printf("%-5s %10zu pairs  %s  %s\n", split, n_src, src.c_str(), tgt.c_str());

@@ -1,10 +1,11 @@
 #include <unistd.h>
 
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <numeric>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/cli/commands.h"
 #include "loom/core/runtime.h"
 #include "loom/data/corpus.h"
@@ -14,7 +15,6 @@
 #include "loom/eval/metrics.h"
 #include "loom/infer/translate.h"
 #include "loom/io/fs.h"
-#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/train_step.h"
 
 namespace loom::cli {
@@ -38,9 +38,11 @@ namespace {
 void eval_translation(LoadedModel& loaded, const std::string& split, int batch_size, const SearchOptions& search,
                       const std::string& output) {
   const auto& recipe = loaded.recipe;
-  const ParallelFiles files = find_parallel_files(recipe.data.corpus, recipe.data.dir, recipe.task.src, recipe.task.tgt);
-  const TranslationSplit data = encode_split(loaded.tokenizer, split == "test" ? files.test_src : files.valid_src,
-                                             split == "test" ? files.test_tgt : files.valid_tgt, recipe.model.max_seq_len);
+  const ParallelFiles files =
+      find_parallel_files(recipe.data.corpus, recipe.data.dir, recipe.task.src, recipe.task.tgt);
+  const TranslationSplit data =
+      encode_split(loaded.tokenizer, split == "test" ? files.test_src : files.valid_src,
+                   split == "test" ? files.test_tgt : files.valid_tgt, recipe.model.max_seq_len);
   std::vector<Batch> batches;
   const int64_t bos = loaded.tokenizer.bos_id(), eos = loaded.tokenizer.eos_id();
   for (const auto& indices : length_batches(data.pairs, 4096, 0)) {
@@ -56,7 +58,8 @@ void eval_translation(LoadedModel& loaded, const std::string& split, int batch_s
     for (int id : loaded.tokenizer.encode(data.src_text[i])) sources[i].push_back(id);
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sources[a].size() < sources[b].size(); });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return sources[a].size() < sources[b].size(); });
   std::vector<std::string> hyps(n);
   int64_t target_tokens = 0;
   SearchOptions options = search;
@@ -86,14 +89,15 @@ void eval_translation(LoadedModel& loaded, const std::string& split, int batch_s
   }
   const BleuScore bleu = corpus_bleu(hyps, data.tgt_text);
   const ChrfScore chrf = corpus_chrf(hyps, data.tgt_text);
-  std::printf("checkpoint %s (step %lld), %s %s->%s\n%s split: %zu pairs (%lld usable for the loss)\n"
-              "loss %.4f nats/target token, perplexity %.2f\n"
-              "beam %lld, lenpen %.2f, batch %d%s: %lld target tokens in %.1f s (%.1f tokens/s)\n%s\n%s\n",
-              loaded.dir.c_str(), static_cast<long long>(loaded.state.step), recipe.data.corpus.c_str(),
-              recipe.task.src.c_str(), recipe.task.tgt.c_str(), split.c_str(), n,
-              static_cast<long long>(data.pairs.size()), loss, std::exp(loss), static_cast<long long>(options.beam),
-              options.lenpen, batch_size, options.bf16 ? ", bf16" : "", static_cast<long long>(target_tokens), seconds,
-              static_cast<double>(target_tokens) / seconds, bleu.format().c_str(), chrf.format().c_str());
+  std::printf(
+      "checkpoint %s (step %lld), %s %s->%s\n%s split: %zu pairs (%lld usable for the loss)\n"
+      "loss %.4f nats/target token, perplexity %.2f\n"
+      "beam %lld, lenpen %.2f, batch %d%s: %lld target tokens in %.1f s (%.1f tokens/s)\n%s\n%s\n",
+      loaded.dir.c_str(), static_cast<long long>(loaded.state.step), recipe.data.corpus.c_str(),
+      recipe.task.src.c_str(), recipe.task.tgt.c_str(), split.c_str(), n, static_cast<long long>(data.pairs.size()),
+      loss, std::exp(loss), static_cast<long long>(options.beam), options.lenpen, batch_size,
+      options.bf16 ? ", bf16" : "", static_cast<long long>(target_tokens), seconds,
+      static_cast<double>(target_tokens) / seconds, bleu.format().c_str(), chrf.format().c_str());
 }
 
 }  // namespace
@@ -112,7 +116,8 @@ void add_eval(CLI::App& app, const GlobalOptions& global) {
   app.add_option("--split", args->split, "held-out split")->check(CLI::IsMember({"test", "valid"}));
   app.add_option("--max-batches", args->max_batches, "evaluate at most this many batches (0 = the whole split)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--batch-size", args->batch_size, "windows (tasks: examples; translation: sentences, default 32) per batch")
+  app.add_option("--batch-size", args->batch_size,
+                 "windows (tasks: examples; translation: sentences, default 32) per batch")
       ->check(CLI::PositiveNumber);
   app.add_option("--beam", args->search.beam, "translation: beam size (1 = greedy)")->check(CLI::PositiveNumber);
   app.add_option("--lenpen", args->search.lenpen, "translation: length penalty (score / length^lenpen)");
@@ -123,13 +128,15 @@ void add_eval(CLI::App& app, const GlobalOptions& global) {
     auto loaded = load_checkpoint(args->checkpoint);
     const auto& recipe = loaded.recipe;
     if (recipe.task.is_translation()) {
-      eval_translation(loaded, args->split, app.count("--batch-size") ? args->batch_size : 32, args->search, args->output);
+      eval_translation(loaded, args->split, app.count("--batch-size") ? args->batch_size : 32, args->search,
+                       args->output);
       return;
     }
     if (!recipe.task.is_lm()) {  // regenerate the held-out split from the recipe's task.seed
       const TaskData data(recipe.task);
       auto batches = to_batches(data.split_batches(args->split, args->batch_size));
-      if (args->max_batches > 0 && static_cast<int>(batches.size()) > args->max_batches) batches.resize(args->max_batches);
+      if (args->max_batches > 0 && static_cast<int>(batches.size()) > args->max_batches)
+        batches.resize(args->max_batches);
       std::printf("checkpoint %s (step %lld), task %s\n", loaded.dir.c_str(), static_cast<long long>(loaded.state.step),
                   recipe.task.name.c_str());
       const bool classification = data.task().n_classes() > 0;
@@ -141,8 +148,8 @@ void add_eval(CLI::App& app, const GlobalOptions& global) {
     require_tokenizer(loaded, "eval");  // an import may carry a vocabulary loom cannot run yet
     const CorpusFiles files = fetch_corpus(recipe.data.corpus, recipe.data.dir);
     const std::string text = args->split == "test" ? files.test : files.valid;
-    const auto tokens_path = std::filesystem::temp_directory_path() /
-                             fmt::format("loom-eval-{}-{}.bin", getpid(), args->split);
+    const auto tokens_path =
+        std::filesystem::temp_directory_path() / fmt::format("loom-eval-{}-{}.bin", getpid(), args->split);
     encode_text_file(loaded.tokenizer, text, tokens_path.string());
     TokenStream tokens(tokens_path.string());
     std::filesystem::remove(tokens_path);  // the mapping stays valid
@@ -153,10 +160,11 @@ void add_eval(CLI::App& app, const GlobalOptions& global) {
     const double loss = evaluate_loss(loaded.model, batches, /*bf16=*/false);
     if (!loaded.quantization.empty())
       std::printf("quantized weights: %s (%zu tensors)\n", loaded.quantization.c_str(), loaded.quantized.size());
-    std::printf("checkpoint %s (step %lld)\n%s split: %lld tokens evaluated\nloss %.4f nats/token, perplexity %.2f\n"
-                "unigram entropy of the split's own tokens %.4f nats/token\n",
-                loaded.dir.c_str(), static_cast<long long>(loaded.state.step), args->split.c_str(),
-                static_cast<long long>(evaluated), loss, std::exp(loss), unigram_entropy(tokens));
+    std::printf(
+        "checkpoint %s (step %lld)\n%s split: %lld tokens evaluated\nloss %.4f nats/token, perplexity %.2f\n"
+        "unigram entropy of the split's own tokens %.4f nats/token\n",
+        loaded.dir.c_str(), static_cast<long long>(loaded.state.step), args->split.c_str(),
+        static_cast<long long>(evaluated), loss, std::exp(loss), unigram_entropy(tokens));
   });
 }
 

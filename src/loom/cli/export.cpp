@@ -24,8 +24,7 @@ void add_export(CLI::App& app, const GlobalOptions&) {
     LoadedModel loaded = load_checkpoint(args->checkpoint);
     if (args->format == "gguf") {
       const GgmlType type = ggml_type_from_name(args->type.empty() ? "f16" : args->type);
-      const std::string name =
-          args->name.empty() ? std::filesystem::path(loaded.dir).filename().string() : args->name;
+      const std::string name = args->name.empty() ? std::filesystem::path(loaded.dir).filename().string() : args->name;
       export_gguf(loaded, type, args->out, name);
       std::printf("wrote %s (GGUF llama, %s)\n", args->out.c_str(), ggml_type_info(type).name);
     } else {

@@ -1,15 +1,17 @@
 #include <cstdio>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/cli/commands.h"
 #include "loom/core/runtime.h"
 #include "loom/infer/generate.h"
-#include "loom/checkpoint/checkpoint.h"
 
 namespace loom::cli {
 
 void add_sampling_options(CLI::App& app, SamplingOptions& options) {
-  app.add_option("--temperature", options.temperature, "sampling temperature; 0 = greedy")->check(CLI::NonNegativeNumber);
-  app.add_option("--top-k", options.top_k, "sample among the k likeliest tokens (0 = off)")->check(CLI::NonNegativeNumber);
+  app.add_option("--temperature", options.temperature, "sampling temperature; 0 = greedy")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--top-k", options.top_k, "sample among the k likeliest tokens (0 = off)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--top-p", options.top_p, "sample within the smallest set of this mass (1 = off)")
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", options.seed, "sampling seed");

@@ -19,15 +19,20 @@ struct Command {
 
 const Command kCommands[] = {
     {"train", "train a model from a recipe (default: the built-in recipe), or resume a run", loom::cli::add_train},
-    {"sweep", "train a recipe at each LR of a grid, per variant: table, LR sensitivity, SVG chart", loom::cli::add_sweep},
+    {"sweep", "train a recipe at each LR of a grid, per variant: table, LR sensitivity, SVG chart",
+     loom::cli::add_sweep},
     {"generate", "continue a prompt with a trained model", loom::cli::add_generate},
     {"serve", "serve a language model over HTTP (OpenAI-compatible, continuous batching)", loom::cli::add_serve},
-    {"translate", "translate stdin lines with an encoder-decoder: beam search, greedy or sampling", loom::cli::add_translate},
+    {"translate", "translate stdin lines with an encoder-decoder: beam search, greedy or sampling",
+     loom::cli::add_translate},
     {"eval", "held-out loss and perplexity, or a workbench task's metric, of a trained model", loom::cli::add_eval},
-    {"score", "corpus BLEU and chrF of hypotheses against references, as sacreBLEU computes them", loom::cli::add_score},
+    {"score", "corpus BLEU and chrF of hypotheses against references, as sacreBLEU computes them",
+     loom::cli::add_score},
     {"average", "average the weights of checkpoints (e.g. a run's last N) into one checkpoint", loom::cli::add_average},
-    {"quantize", "quantize a checkpoint's linear weights: int8 per row, 4-bit Q4_0 by rounding or by GPTQ", loom::cli::add_quantize},
-    {"export", "write a LLaMA-style checkpoint as GGUF (llama.cpp) or a Hugging Face LLaMA directory", loom::cli::add_export},
+    {"quantize", "quantize a checkpoint's linear weights: int8 per row, 4-bit Q4_0 by rounding or by GPTQ",
+     loom::cli::add_quantize},
+    {"export", "write a LLaMA-style checkpoint as GGUF (llama.cpp) or a Hugging Face LLaMA directory",
+     loom::cli::add_export},
     {"import", "turn a GGUF file or a Hugging Face LLaMA directory into a loom checkpoint", loom::cli::add_import},
     {"data", "fetch a corpus, train its tokenizer and encode its splits", loom::cli::add_data},
     {"blocks", "list every registered block with its family, description and paper", loom::cli::add_blocks},
@@ -41,7 +46,7 @@ int main(int argc, char** argv) {
   auto policy = loom::WaitPolicy::kPassive;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--threads") == 0) ++i;  // skip its value
-    else if (argv[i][0] != '-') {                      // the subcommand
+    else if (argv[i][0] != '-') {                     // the subcommand
       if (std::strcmp(argv[i], "generate") == 0) policy = loom::WaitPolicy::kActive;
       if (std::strcmp(argv[i], "serve") == 0) policy = loom::WaitPolicy::kSpinThenSleep;
       break;

@@ -6,10 +6,10 @@
 #include <spdlog/spdlog.h>
 
 #include "loom/cli/commands.h"
+#include "loom/convert/quantize_model.h"
 #include "loom/core/runtime.h"
 #include "loom/data/corpus.h"
 #include "loom/data/lm_data.h"
-#include "loom/convert/quantize_model.h"
 
 namespace loom::cli {
 
@@ -41,11 +41,13 @@ void add_quantize(CLI::App& app, const GlobalOptions& global) {
   };
   auto args = std::make_shared<Args>();
   app.add_option("checkpoint", args->checkpoint, "float checkpoint or run directory")->required();
-  app.add_option("--method", args->method, "int8 (per-row), q4 (Q4_0 groups of 32, round to nearest) or gptq (Q4_0 by GPTQ)")
+  app.add_option("--method", args->method,
+                 "int8 (per-row), q4 (Q4_0 groups of 32, round to nearest) or gptq (Q4_0 by GPTQ)")
       ->required()
       ->check(CLI::IsMember({"int8", "q4", "gptq"}));
   app.add_option("--out", args->out, "the quantized checkpoint directory to write")->required();
-  app.add_option("--calib", args->calib, "gptq: calibration text, one paragraph per line (default: the corpus's train split)");
+  app.add_option("--calib", args->calib,
+                 "gptq: calibration text, one paragraph per line (default: the corpus's train split)");
   app.add_option("--calib-sequences", args->calib_sequences, "gptq: calibration windows")->check(CLI::PositiveNumber);
   app.add_option("--calib-length", args->calib_length, "gptq: tokens per window (0 = the model's context)")
       ->check(CLI::NonNegativeNumber);
@@ -63,9 +65,11 @@ void add_quantize(CLI::App& app, const GlobalOptions& global) {
       require_tokenizer(loaded, "gptq calibration");
       std::string text = args->calib;
       if (text.empty()) text = fetch_corpus(loaded.recipe.data.corpus, loaded.recipe.data.dir).train;
-      const int length = args->calib_length > 0 ? args->calib_length : static_cast<int>(loaded.recipe.model.max_seq_len);
+      const int length =
+          args->calib_length > 0 ? args->calib_length : static_cast<int>(loaded.recipe.model.max_seq_len);
       calibration = calibration_windows(loaded, text, args->calib_sequences, length, args->seed);
-      spdlog::info("gptq: calibrating on {} windows of {} tokens from {}", calibration.size(0), calibration.size(1), text);
+      spdlog::info("gptq: calibrating on {} windows of {} tokens from {}", calibration.size(0), calibration.size(1),
+                   text);
     }
     std::vector<QuantizeStats> stats;
     const auto weights = quantize_model(loaded, method, calibration, args->gptq, &stats);

@@ -45,9 +45,8 @@ void add_score(CLI::App& app, const GlobalOptions&) {
                "print sacreBLEU's text format, 'BLEU|nrefs:1|...|version:X = ...', naming the configuration");
   app.callback([args] {
     const std::vector<std::string> refs = split_lines(read_file(args->ref));
-    const std::string hyp_text = args->hyp.empty()
-                                     ? std::string(std::istreambuf_iterator<char>(std::cin), {})
-                                     : read_file(args->hyp);
+    const std::string hyp_text =
+        args->hyp.empty() ? std::string(std::istreambuf_iterator<char>(std::cin), {}) : read_file(args->hyp);
     const std::vector<std::string> hyps = split_lines(hyp_text);
     const std::string hyp_name = args->hyp.empty() ? "stdin" : args->hyp;
     if (hyps.size() != refs.size()) {
@@ -58,8 +57,8 @@ void add_score(CLI::App& app, const GlobalOptions&) {
     // "BLEU = 41.10 ..." becomes "BLEU|<signature> = 41.10 ..." with --signature.
     auto print = [&](const std::string& line, const std::string& signature) {
       const size_t name_end = line.find(" = ");
-      const std::string text = args->signature ? line.substr(0, name_end) + "|" + signature + line.substr(name_end)
-                                               : line;
+      const std::string text =
+          args->signature ? line.substr(0, name_end) + "|" + signature + line.substr(name_end) : line;
       std::printf("%s\n", text.c_str());
     };
     for (const auto& metric : args->metrics) {

@@ -8,11 +8,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/cli/commands.h"
 #include "loom/core/error.h"
 #include "loom/core/runtime.h"
 #include "loom/serve/server.h"
-#include "loom/checkpoint/checkpoint.h"
 
 namespace loom::cli {
 
@@ -43,15 +43,21 @@ void add_serve(CLI::App& app, const GlobalOptions& global) {
   app.add_option("--host", args->server.host, "address to listen on (127.0.0.1: this machine only)");
   app.add_option("--port", args->server.port, "port to listen on")->check(CLI::Range(0, 65535));
   app.add_option("--api-key", args->server.api_key, "require 'Authorization: Bearer KEY' (all but /health)");
-  app.add_option("--model-name", args->server.model_name, "model id in responses (default: the checkpoint's directory name)");
+  app.add_option("--model-name", args->server.model_name,
+                 "model id in responses (default: the checkpoint's directory name)");
   app.add_option("--slots", args->slots, "sequences decoded together")->check(CLI::PositiveNumber);
-  app.add_option("--max-tokens", args->server.max_tokens, "largest max_tokens a request may ask for")->check(CLI::PositiveNumber);
-  app.add_option("--max-body", args->server.max_body, "largest request body, bytes (larger: 413)")->check(CLI::PositiveNumber);
-  app.add_option("--queue", args->scheduler.queue, "requests waiting for a slot at most (more: 429)")->check(CLI::NonNegativeNumber);
-  app.add_option("--prefill-chunk", args->scheduler.prefill_chunk, "prompt tokens a slot feeds per step at most (0 = all)")
+  app.add_option("--max-tokens", args->server.max_tokens, "largest max_tokens a request may ask for")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-body", args->server.max_body, "largest request body, bytes (larger: 413)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--queue", args->scheduler.queue, "requests waiting for a slot at most (more: 429)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--chat-template", args->chat_template,
-                 "chat template: auto (chatml when the vocabulary has <|im_start|>/<|im_end|>, else loom), loom, chatml")
+  app.add_option("--prefill-chunk", args->scheduler.prefill_chunk,
+                 "prompt tokens a slot feeds per step at most (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option(
+         "--chat-template", args->chat_template,
+         "chat template: auto (chatml when the vocabulary has <|im_start|>/<|im_end|>, else loom), loom, chatml")
       ->check(CLI::IsMember({"auto", "loom", "chatml"}));
   app.add_option("--threads-http", args->server.http_threads, "HTTP handler threads (each open connection holds one)")
       ->check(CLI::PositiveNumber);

@@ -17,14 +17,16 @@ void add_sweep(CLI::App& app, const GlobalOptions& global) {
   };
   auto args = std::make_shared<Args>();
   app.add_option("recipe", args->options.recipe, "recipe YAML")->required();
-  app.add_option("--lr", args->lr, "learning rates: A:B:N (N log-spaced from A to B, e.g. 3e-4:3e-1:7) or a list 1e-3,3e-3")
+  app.add_option("--lr", args->lr,
+                 "learning rates: A:B:N (N log-spaced from A to B, e.g. 3e-4:3e-1:7) or a list 1e-3,3e-3")
       ->required();
   // One value per occurrence, so a variant never swallows the recipe argument after it.
   app.add_option("--variant", args->variants,
                  "NAME=section.key=value,...: a variant with its own recipe overrides (repeatable; default: one "
                  "variant 'base' without overrides)")
       ->allow_extra_args(false);
-  app.add_option("--set", args->options.overrides, "override a recipe key in every variant, e.g. --set train.steps=500 (repeatable)")
+  app.add_option("--set", args->options.overrides,
+                 "override a recipe key in every variant, e.g. --set train.steps=500 (repeatable)")
       ->allow_extra_args(false);
   app.add_option("--steps", args->options.steps, "optimizer steps of every run (overrides train.steps)")
       ->check(CLI::NonNegativeNumber);

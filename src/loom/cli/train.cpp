@@ -1,9 +1,9 @@
 #include <spdlog/spdlog.h>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/cli/commands.h"
 #include "loom/core/runtime.h"
 #include "loom/infer/generate.h"
-#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/trainer.h"
 
 namespace loom::cli {
@@ -18,8 +18,10 @@ void add_train(CLI::App& app, const GlobalOptions& global) {
   auto args = std::make_shared<Args>();
   app.add_option("recipe", args->recipe, "recipe YAML (default: the built-in recipe)");
   app.add_option("--set", args->overrides, "override a recipe key, e.g. --set train.lr=1e-3 (repeatable)");
-  app.add_option("--out", args->options.out_dir, "run directory (default: runs/default; on resume: the checkpoint's run)");
-  app.add_option("--steps", args->options.steps, "total optimizer steps (overrides train.steps)")->check(CLI::NonNegativeNumber);
+  app.add_option("--out", args->options.out_dir,
+                 "run directory (default: runs/default; on resume: the checkpoint's run)");
+  app.add_option("--steps", args->options.steps, "total optimizer steps (overrides train.steps)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--resume", args->options.resume, "continue exactly from a checkpoint or run directory");
   app.add_option("--stop-after", args->options.stop_after, "stop with a checkpoint after N steps of this invocation")
       ->check(CLI::NonNegativeNumber);
@@ -46,9 +48,10 @@ void add_train(CLI::App& app, const GlobalOptions& global) {
                   std::exp(result.valid_loss), result.checkpoint.c_str());
       return;
     }
-    std::printf("validation loss %.4f nats/token (perplexity %.2f); unigram entropy of the training tokens "
-                "%.4f nats/token\ncheckpoint: %s\n",
-                result.valid_loss, std::exp(result.valid_loss), result.unigram_entropy, result.checkpoint.c_str());
+    std::printf(
+        "validation loss %.4f nats/token (perplexity %.2f); unigram entropy of the training tokens "
+        "%.4f nats/token\ncheckpoint: %s\n",
+        result.valid_loss, std::exp(result.valid_loss), result.unigram_entropy, result.checkpoint.c_str());
     // A sample from the trained model, starting a new paragraph.
     auto loaded = load_checkpoint(result.checkpoint);
     GenerateOptions options;

@@ -3,17 +3,17 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 
 #include <spdlog/spdlog.h>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/cli/commands.h"
 #include "loom/core/runtime.h"
 #include "loom/infer/translate.h"
-#include "loom/checkpoint/checkpoint.h"
 
 namespace loom::cli {
 namespace {
@@ -74,11 +74,13 @@ void add_translate(CLI::App& app, const GlobalOptions& global) {
       "longer than the model's context is truncated (with a warning on stderr). With --nbest N > 1, each "
       "input gives up to N lines '<input index>\\t<score>\\t<translation>', best first, the index counting "
       "input lines from 0 (a blank input line gives one line with score 0 and no text).");
-  app.add_option("checkpoint", args->checkpoint, "checkpoint or run directory of an encoder-decoder (model.arch encoder_decoder)")
+  app.add_option("checkpoint", args->checkpoint,
+                 "checkpoint or run directory of an encoder-decoder (model.arch encoder_decoder)")
       ->required();
   auto* beam = app.add_option("--beam", args->options.beam, "beam size (1 = greedy; default 4, or 1 with --sample)")
                    ->check(CLI::PositiveNumber);
-  app.add_option("--nbest", args->options.nbest, "translations printed per input (<= beam)")->check(CLI::PositiveNumber);
+  app.add_option("--nbest", args->options.nbest, "translations printed per input (<= beam)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--lenpen", args->options.lenpen, "length penalty: score = sum log p / length^lenpen");
   app.add_option("--max-len-a", args->options.max_len_a, "at most a * source length + b target tokens");
   app.add_option("--max-len-b", args->options.max_len_b, "at most a * source length + b target tokens");
@@ -87,15 +89,15 @@ void add_translate(CLI::App& app, const GlobalOptions& global) {
   app.add_option("--unkpen", args->options.unkpen, "subtracted from the unknown token's log-prob");
   app.add_flag("--sample", args->sample, "sample each token instead of searching (beam 1)");
   add_sampling_options(app, args->options.sample);
-  app.add_option("--batch-size", args->batch_size, "source lines translated together at most")->check(CLI::PositiveNumber);
+  app.add_option("--batch-size", args->batch_size, "source lines translated together at most")
+      ->check(CLI::PositiveNumber);
   app.add_flag("--bf16", args->options.bf16, "run the matmuls under bf16 autocast (log-probs stay fp32)");
   app.callback([args, &global, beam] {
     configure_threads(global.threads);
     auto& options = args->options;
     options.sampling = args->sample;
     if (args->sample && beam->count() == 0) options.beam = 1;
-    if (options.nbest > options.beam)
-      fail("--nbest {} exceeds the beam size {}", options.nbest, options.beam);
+    if (options.nbest > options.beam) fail("--nbest {} exceeds the beam size {}", options.nbest, options.beam);
     if (options.sampling && options.beam != 1) fail("--sample draws one translation per input: it needs --beam 1");
     auto loaded = load_checkpoint(args->checkpoint);
     if (!loaded.recipe.model.encoder_decoder())

@@ -19,7 +19,7 @@ namespace {
 
 // The options the LLaMA files carry (GGUF llama.* keys, HF config.json): any value converts. Every
 // other option that changes a decoder at inference must equal llama_layout()'s.
-const std::set<std::string> kCarriedOptions{"vocab_size", "d_model",  "n_layers",  "n_heads",        "n_kv_heads",
+const std::set<std::string> kCarriedOptions{"vocab_size", "d_model",     "n_layers", "n_heads",    "n_kv_heads",
                                             "d_ff",       "max_seq_len", "norm_eps", "rope_theta", "tie_embeddings"};
 
 // A LLaMA decoder's weights with the fused loom projections split, [out, in] as nn.Linear
@@ -146,8 +146,9 @@ std::string write_checkpoint(const std::string& out_dir, const ModelConfig& conf
   save_safetensors(writer.path("model.safetensors"), weights, metadata);
   writer.add("recipe.yaml", recipe_to_yaml(recipe));
   for (const auto& [name, bytes] : files) writer.add(name, bytes);
-  nlohmann::json j{{"format", kCheckpointFormat}, {"step", 0}, {"tokens_seen", 0}, {"elapsed_seconds", 0.0},
-                   {"valid_loss", nullptr}, {"imported_from", source}};
+  nlohmann::json j{
+      {"format", kCheckpointFormat}, {"step", 0}, {"tokens_seen", 0}, {"elapsed_seconds", 0.0}, {"valid_loss", nullptr},
+      {"imported_from", source}};
   writer.add("trainer.json", j.dump(2) + "\n");
   return writer.commit();
 }
@@ -166,8 +167,8 @@ uint32_t file_type_of(GgmlType t) {  // llama_ftype: ALL_F32 0, MOSTLY_F16 1, Q4
     case GgmlType::kQ4_1: return 3;
     case GgmlType::kQ8_0: return 7;
     case GgmlType::kBF16: return 32;
-    default: fail("loom does not export GGUF tensors of type {} (f32, f16, bf16, q8_0, q4_0, q4_1)",
-                  ggml_type_info(t).name);
+    default:
+      fail("loom does not export GGUF tensors of type {} (f32, f16, bf16, q8_0, q4_0, q4_1)", ggml_type_info(t).name);
   }
 }
 
@@ -245,7 +246,8 @@ std::string spm_from_gguf(const GgufFile& f) {
   vocab.bos_id = static_cast<int>(int_or(f, "tokenizer.ggml.bos_token_id", 1));
   vocab.eos_id = static_cast<int>(int_or(f, "tokenizer.ggml.eos_token_id", 2));
   vocab.pad_id = static_cast<int>(int_or(f, "tokenizer.ggml.padding_token_id", -1));
-  if (const GgufValue* v = f.find("tokenizer.ggml.add_space_prefix")) vocab.add_dummy_prefix = v->as_int("add_space_prefix");
+  if (const GgufValue* v = f.find("tokenizer.ggml.add_space_prefix"))
+    vocab.add_dummy_prefix = v->as_int("add_space_prefix");
   vocab.remove_extra_whitespaces = false;
   vocab.normalizer_name = "identity";
   return build_spm_model(vocab);
@@ -266,7 +268,8 @@ ImportSummary import_gguf(const std::string& path, const std::string& out_dir) {
   c.norm_eps = f.get("llama.attention.layer_norm_rms_epsilon").as_float("llama.attention.layer_norm_rms_epsilon");
   // Stored as f32: round to the nearest short decimal (9.99999974738e-06 -> 1e-05) so recipes read well.
   c.norm_eps = std::stod(fmt::format("{:.6g}", c.norm_eps));
-  c.rope_theta = f.find("llama.rope.freq_base") ? f.get("llama.rope.freq_base").as_float("llama.rope.freq_base") : 10000.0;
+  c.rope_theta =
+      f.find("llama.rope.freq_base") ? f.get("llama.rope.freq_base").as_float("llama.rope.freq_base") : 10000.0;
   if (c.n_heads <= 0 || c.d_model % c.n_heads != 0)
     fail("{}: embedding_length {} is not a multiple of head_count {}", path, c.d_model, c.n_heads);
   const int64_t head_dim = c.d_model / c.n_heads;
@@ -279,7 +282,8 @@ ImportSummary import_gguf(const std::string& path, const std::string& out_dir) {
            f.get(key).as_int(key), head_dim);
   if (const GgufValue* s = f.find("llama.rope.scaling.type"); s && s->as_string("llama.rope.scaling.type") != "none")
     fail("{}: RoPE scaling '{}' is not supported", path, s->as_string("llama.rope.scaling.type"));
-  if (f.find("llama.expert_count") && u("expert_count") > 0) fail("{}: mixture-of-experts llama models are not supported", path);
+  if (f.find("llama.expert_count") && u("expert_count") > 0)
+    fail("{}: mixture-of-experts llama models are not supported", path);
 
   std::map<std::string, const GgufTensorInfo*> by_name;
   for (const auto& t : f.tensors) by_name[t.name] = &t;
@@ -459,7 +463,8 @@ ImportSummary import_hf(const std::string& dir, const std::string& out_dir) {
   else if (state.count("lm_head.weight")) used.insert("lm_head.weight");  // a saved copy of the tied weight
   for (const auto& [name, t] : state) {
     const bool rotary_buffer = name.size() > 9 && name.compare(name.size() - 9, 9, ".inv_freq") == 0;
-    if (!used.count(name) && !rotary_buffer) fail("{}: unexpected tensor '{}' (loom imports plain LLaMA models)", dir, name);
+    if (!used.count(name) && !rotary_buffer)
+      fail("{}: unexpected tensor '{}' (loom imports plain LLaMA models)", dir, name);
   }
 
   ImportSummary summary;
@@ -516,8 +521,7 @@ void add_foreign_vocab(GgufWriter& g, const std::string& path, int64_t vocab_siz
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON ({})", path, e.what());
   }
-  if (!j.is_object() || !j.contains("tokens") || !j["tokens"].is_array())
-    fail("{}: no \"tokens\" array", path);
+  if (!j.is_object() || !j.contains("tokens") || !j["tokens"].is_array()) fail("{}: no \"tokens\" array", path);
   if (static_cast<int64_t>(j["tokens"].size()) != vocab_size)
     fail("{}: {} tokens but the model's vocab_size is {}", path, j["tokens"].size(), vocab_size);
   try {
@@ -534,9 +538,12 @@ void add_foreign_keys(GgufWriter& g, const nlohmann::json& j, const std::string&
     else if (v.is_boolean()) g.add(name, GgufValue::boolean(v.get<bool>()));
     else if (v.is_number_integer()) g.add(name, GgufValue::u32(static_cast<uint32_t>(v.get<int64_t>())));
     else if (v.is_number()) g.add(name, GgufValue::f32(v.get<float>()));
-    else if (v.is_array() && (v.empty() || v[0].is_string())) g.add(name, GgufValue::string_array(v.get<std::vector<std::string>>()));
-    else if (v.is_array() && v[0].is_number_integer()) g.add(name, GgufValue::int_array(GgufType::kI32, v.get<std::vector<int64_t>>()));
-    else if (v.is_array() && v[0].is_number()) g.add(name, GgufValue::float_array(GgufType::kF32, v.get<std::vector<double>>()));
+    else if (v.is_array() && (v.empty() || v[0].is_string()))
+      g.add(name, GgufValue::string_array(v.get<std::vector<std::string>>()));
+    else if (v.is_array() && v[0].is_number_integer())
+      g.add(name, GgufValue::int_array(GgufType::kI32, v.get<std::vector<int64_t>>()));
+    else if (v.is_array() && v[0].is_number())
+      g.add(name, GgufValue::float_array(GgufType::kF32, v.get<std::vector<double>>()));
     else fail("{}: key '{}' is not a string, number, bool or flat array", path, key);
   }
 }
@@ -578,8 +585,7 @@ void check_llama_style(const ModelConfig& c, const std::string& what) {
     if (o.block && std::find(used.begin(), used.end(), *o.block) == used.end()) continue;
     problems.push_back(fmt::format("{} {} ({} needed)", o.key, o.value, wanted[i].value));
   }
-  if (!problems.empty())
-    fail("{}: not a LLaMA-style model: {}", what, fmt::join(problems, ", "));
+  if (!problems.empty()) fail("{}: not a LLaMA-style model: {}", what, fmt::join(problems, ", "));
 }
 
 void export_gguf(LoadedModel& loaded, GgmlType type, const std::string& path, const std::string& name) {
@@ -588,7 +594,8 @@ void export_gguf(LoadedModel& loaded, GgmlType type, const std::string& path, co
   // The vocabulary: the SentencePiece tokenizer, or the foreign GGUF vocabulary an import kept.
   const std::string foreign = (fs::path(loaded.dir) / kForeignVocabFile).string();
   // (A "gpt2" one loads as a byte-level BPE Tokenizer, whose file is that same JSON.)
-  const bool has_foreign = fs::exists(foreign) && (!loaded.has_tokenizer || loaded.tokenizer.file_name() == std::string(kForeignVocabFile));
+  const bool has_foreign =
+      fs::exists(foreign) && (!loaded.has_tokenizer || loaded.tokenizer.file_name() == std::string(kForeignVocabFile));
   if (!has_foreign) require_tokenizer(loaded, "GGUF export");
   const uint32_t file_type = file_type_of(type);
   torch::NoGradGuard no_grad;
@@ -646,8 +653,10 @@ void export_hf(LoadedModel& loaded, const std::string& out_dir, GgmlType dtype) 
   check_llama_style(c, loaded.dir);
   require_tokenizer(loaded, "Hugging Face export");
   if (loaded.tokenizer.file_name() == std::string(kForeignVocabFile))
-    fail("{}: Hugging Face export needs a SentencePiece tokenizer, but this checkpoint's vocabulary is {} "
-         "(a GGUF byte-level BPE)", loaded.dir, kForeignVocabFile);
+    fail(
+        "{}: Hugging Face export needs a SentencePiece tokenizer, but this checkpoint's vocabulary is {} "
+        "(a GGUF byte-level BPE)",
+        loaded.dir, kForeignVocabFile);
   torch::ScalarType st;
   std::string torch_dtype;
   switch (dtype) {
@@ -703,7 +712,10 @@ void export_hf(LoadedModel& loaded, const std::string& out_dir, GgmlType dtype) 
       {"eos_token_id", id(eos)},
   };
   const SpmVocab vocab = parse_spm_model(loaded.tokenizer.serialized());
-  auto piece = [&](int i) { return i >= 0 && i < static_cast<int>(vocab.pieces.size()) ? nlohmann::json(vocab.pieces[i].piece) : nlohmann::json(); };
+  auto piece = [&](int i) {
+    return i >= 0 && i < static_cast<int>(vocab.pieces.size()) ? nlohmann::json(vocab.pieces[i].piece)
+                                                               : nlohmann::json();
+  };
   const nlohmann::json tokenizer_config = {
       {"tokenizer_class", "LlamaTokenizer"},
       {"bos_token", piece(bos)},
@@ -716,7 +728,8 @@ void export_hf(LoadedModel& loaded, const std::string& out_dir, GgmlType dtype) 
       {"clean_up_tokenization_spaces", false},
       {"model_max_length", c.max_seq_len},
   };
-  const nlohmann::json generation = {{"_from_model_config", true}, {"bos_token_id", id(bos)}, {"eos_token_id", id(eos)}};
+  const nlohmann::json generation = {
+      {"_from_model_config", true}, {"bos_token_id", id(bos)}, {"eos_token_id", id(eos)}};
 
   const fs::path out(out_dir);
   CheckpointWriter writer(out.has_parent_path() ? out.parent_path().string() : ".", out.filename().string());

@@ -17,8 +17,8 @@
 #pragma once
 #include <string>
 
-#include "loom/io/gguf.h"
 #include "loom/checkpoint/checkpoint.h"
+#include "loom/io/gguf.h"
 
 namespace loom {
 

@@ -47,11 +47,13 @@ std::map<std::string, QuantizedLinear> quantize_model(const LoadedModel& loaded,
 
   const auto& config = loaded.model->config();
   std::string why;
-  if (!fast_engine_supports(config, &why)) fail("gptq calibrates through the fast engine, which cannot run this model: {}", why);
+  if (!fast_engine_supports(config, &why))
+    fail("gptq calibrates through the fast engine, which cannot run this model: {}", why);
   if (calibration.dim() != 2 || calibration.size(0) < 1 || calibration.size(1) < 2)
     fail("gptq needs calibration tokens [sequences, length], got shape {}", shape_string(calibration.sizes()));
   if (calibration.size(1) > config.max_seq_len)
-    fail("calibration sequences of {} tokens exceed the model's context of {}", calibration.size(1), config.max_seq_len);
+    fail("calibration sequences of {} tokens exceed the model's context of {}", calibration.size(1),
+         config.max_seq_len);
   // One forward of every calibration sequence (one slot each) through an fp32 engine whose hook
   // replaces each layer's linear by its GPTQ quantization just before it first runs.
   FastEngineOptions engine_options;

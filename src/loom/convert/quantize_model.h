@@ -3,8 +3,8 @@
 #include <map>
 #include <string>
 
-#include "loom/quant/quantize.h"
 #include "loom/checkpoint/checkpoint.h"
+#include "loom/quant/quantize.h"
 
 namespace loom {
 
@@ -25,8 +25,7 @@ struct QuantizeStats {
 // an untied lm_head by round to nearest). GPTQ needs an architecture the fast engine runs.
 // `stats` (optional) receives the per-weight errors of GPTQ.
 std::map<std::string, QuantizedLinear> quantize_model(const LoadedModel& loaded, QuantMethod method,
-                                                      const torch::Tensor& calibration,
-                                                      const GptqOptions& options = {},
+                                                      const torch::Tensor& calibration, const GptqOptions& options = {},
                                                       std::vector<QuantizeStats>* stats = nullptr);
 
 // Writes a checkpoint directory (atomically): the float checkpoint's files with model.safetensors

@@ -26,8 +26,7 @@ void apply_override(YAML::Node& root, const std::string& assignment) {
   std::vector<YAML::Node> chain{root};
   for (size_t i = 0; i + 1 < path.size(); ++i) {
     YAML::Node next = chain.back()[path[i]];
-    if (next && !next.IsMap() && !next.IsNull())
-      fail("--set '{}': '{}' is not a section", assignment, path[i]);
+    if (next && !next.IsMap() && !next.IsNull()) fail("--set '{}': '{}' is not a section", assignment, path[i]);
     chain.push_back(next);
   }
   chain.back()[path.back()] = value;

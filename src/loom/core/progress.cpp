@@ -38,8 +38,8 @@ void Progress::update(int64_t done, const std::string& fields) {
     const int filled = total_ > 0 ? static_cast<int>(width * done / total_) : width;
     bar = "[" + std::string(filled, '#') + std::string(width - filled, '.') + "] ";
   }
-  std::string line = fmt::format("{} {}{}/{} | {} | {} elapsed, ETA {}", label_, bar, done, total_,
-                                 fields, format_duration(elapsed), format_duration(eta));
+  std::string line = fmt::format("{} {}{}/{} | {} | {} elapsed, ETA {}", label_, bar, done, total_, fields,
+                                 format_duration(elapsed), format_duration(eta));
   if (tty_) {
     const size_t width = line.size();
     if (line.size() < last_width_) line += std::string(last_width_ - line.size(), ' ');

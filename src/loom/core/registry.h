@@ -74,8 +74,10 @@ class Registry {
     info.family = family_;
     if (entries_.count(info.name)) fail("{} block '{}' registered twice", family_, info.name);
     if (!info.runs_on_fast_engine)
-      fail("{} block '{}' does not say whether the fast engine runs it: register it with "
-           "BlockInfo(...).fast_engine(true or false)", family_, info.name);
+      fail(
+          "{} block '{}' does not say whether the fast engine runs it: register it with "
+          "BlockInfo(...).fast_engine(true or false)",
+          family_, info.name);
     block_catalogue().push_back(info);
     const std::string name = info.name;
     entries_.emplace(name, Entry{std::move(info), std::move(factory)});
@@ -86,8 +88,7 @@ class Registry {
   // `where` says who asked, e.g. "layer 3": the error names it and lists the valid names.
   const Factory& get(const std::string& name, const std::string& where) const {
     auto it = entries_.find(name);
-    if (it == entries_.end())
-      fail("{}: unknown {} block '{}' (valid: {})", where, family_, name, names_joined());
+    if (it == entries_.end()) fail("{}: unknown {} block '{}' (valid: {})", where, family_, name, names_joined());
     return it->second.factory;
   }
 

@@ -45,10 +45,10 @@ BlasInfo inspect_blas() {
         "install libopenblas0-pthread");
   }
   if (const char* coretype = std::getenv("OPENBLAS_CORETYPE")) {
-    info.warnings.push_back(fmt::format(
-        "OPENBLAS_CORETYPE={} is set: OpenBLAS may skip its fastest kernels for this CPU "
-        "(Haswell halves fp32 speed on AVX-512 machines)",
-        coretype));
+    info.warnings.push_back(
+        fmt::format("OPENBLAS_CORETYPE={} is set: OpenBLAS may skip its fastest kernels for this CPU "
+                    "(Haswell halves fp32 speed on AVX-512 machines)",
+                    coretype));
   }
   return info;
 }
@@ -60,8 +60,7 @@ int configure_threads(int threads) {
   omp_set_num_threads(threads);
   // OpenBLAS keeps its own pool and ignores at::set_num_threads.
   using SetThreads = void (*)(int);
-  if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
-    set(threads);
+  if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(threads);
 
   static bool warned = false;
   if (!warned) {

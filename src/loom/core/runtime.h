@@ -21,8 +21,8 @@ enum class WaitPolicy { kPassive, kActive, kSpinThenSleep };
 void ensure_runtime_environment(int argc, char** argv, WaitPolicy policy = WaitPolicy::kPassive);
 
 struct BlasInfo {
-  std::string name;              // "OpenBLAS", "reference BLAS", ...
-  std::string config;            // OpenBLAS's own build description, if any
+  std::string name;    // "OpenBLAS", "reference BLAS", ...
+  std::string config;  // OpenBLAS's own build description, if any
   std::vector<std::string> warnings;
 };
 

@@ -39,8 +39,7 @@ bool is_number(uint32_t cp) {
 // Unicode's White_Space property (PropList.txt), the set llama.cpp's \s matches.
 bool is_whitespace(uint32_t cp) {
   return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
-         cp == 0x205F || cp == 0x3000;
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
 }
 
 constexpr uint32_t kReplacement = 0xFFFD;
@@ -62,17 +61,29 @@ std::vector<uint32_t> utf8_to_codepoints(std::string_view s) {
       out.push_back(kReplacement);
       i += 1;
     } else if (!(b & 0x20)) {
-      if (!cont(i + 1)) { out.push_back(kReplacement); i += 1; continue; }
+      if (!cont(i + 1)) {
+        out.push_back(kReplacement);
+        i += 1;
+        continue;
+      }
       out.push_back(((b & 0x1Fu) << 6) | (byte(i + 1) & 0x3Fu));
       i += 2;
     } else if (!(b & 0x10)) {
-      if (!cont(i + 1) || !cont(i + 2)) { out.push_back(kReplacement); i += 1; continue; }
+      if (!cont(i + 1) || !cont(i + 2)) {
+        out.push_back(kReplacement);
+        i += 1;
+        continue;
+      }
       out.push_back(((b & 0x0Fu) << 12) | ((byte(i + 1) & 0x3Fu) << 6) | (byte(i + 2) & 0x3Fu));
       i += 3;
     } else if (!(b & 0x08)) {
-      if (!cont(i + 1) || !cont(i + 2) || !cont(i + 3)) { out.push_back(kReplacement); i += 1; continue; }
-      out.push_back(((b & 0x07u) << 18) | ((byte(i + 1) & 0x3Fu) << 12) |
-                    ((byte(i + 2) & 0x3Fu) << 6) | (byte(i + 3) & 0x3Fu));
+      if (!cont(i + 1) || !cont(i + 2) || !cont(i + 3)) {
+        out.push_back(kReplacement);
+        i += 1;
+        continue;
+      }
+      out.push_back(((b & 0x07u) << 18) | ((byte(i + 1) & 0x3Fu) << 12) | ((byte(i + 2) & 0x3Fu) << 6) |
+                    (byte(i + 3) & 0x3Fu));
       i += 4;
     } else {
       out.push_back(kReplacement);
@@ -268,8 +279,7 @@ BpeTokenizer BpeTokenizer::from_json(const std::string& json_text) {
   t.types_.assign(n, BpeTokenType::kNormal);
   if (j.contains("token_type")) {
     const auto types = j.at("token_type").get<std::vector<int>>();
-    if (static_cast<int>(types.size()) != n)
-      fail("{} token types for {} tokens", types.size(), n);
+    if (static_cast<int>(types.size()) != n) fail("{} token types for {} tokens", types.size(), n);
     for (int i = 0; i < n; ++i) t.types_[i] = static_cast<BpeTokenType>(types[i]);
   }
   for (int i = 0; i < n; ++i) t.token_ids_.emplace(t.tokens_[i], i);
@@ -285,9 +295,8 @@ BpeTokenizer BpeTokenizer::from_json(const std::string& json_text) {
     if (type == BpeTokenType::kControl || type == BpeTokenType::kUserDefined || type == BpeTokenType::kUnknown)
       if (!t.tokens_[i].empty()) t.specials_.push_back(i);
   }
-  std::stable_sort(t.specials_.begin(), t.specials_.end(), [&](int a, int b) {
-    return t.tokens_[a].size() > t.tokens_[b].size();
-  });
+  std::stable_sort(t.specials_.begin(), t.specials_.end(),
+                   [&](int a, int b) { return t.tokens_[a].size() > t.tokens_[b].size(); });
   return t;
 }
 
@@ -369,9 +378,7 @@ std::string BpeTokenizer::decode(const std::vector<int>& ids) const {
           out += static_cast<char>(it->second);
         }
         break;
-      case BpeTokenType::kUserDefined:
-        out += tokens_[id];
-        break;
+      case BpeTokenType::kUserDefined: out += tokens_[id]; break;
       default:  // control, unknown, unused: no text, as llama.cpp's token_to_piece(special=false)
         break;
     }

@@ -58,7 +58,7 @@ class BpeTokenizer {
   std::vector<BpeTokenType> types_;
   std::unordered_map<std::string, int> token_ids_;
   std::unordered_map<std::string, int> merge_ranks_;  // "left right" -> rank
-  std::vector<int> specials_;  // ids matched in text, longest text first
+  std::vector<int> specials_;                         // ids matched in text, longest text first
   int bos_id_ = -1, eos_id_ = -1;
   bool add_bos_ = false;
 };

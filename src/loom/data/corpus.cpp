@@ -23,8 +23,8 @@ namespace {
 constexpr const char* kAustenPackage = "r-cran-janeaustenr";
 constexpr const char* kAustenRdata = "usr/lib/R/site-library/janeaustenr/data/Rdata";
 // Publication order; the split files concatenate each novel's share in this order.
-constexpr std::array<const char*, 6> kAustenNovels = {
-    "sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion"};
+constexpr std::array<const char*, 6> kAustenNovels = {"sensesensibility", "prideprejudice", "mansfieldpark", "emma",
+                                                      "northangerabbey",  "persuasion"};
 
 std::string shell_quote(const std::string& s) {
   std::string out = "'";
@@ -52,17 +52,17 @@ std::string find_austen_rdata(const std::string& data_dir) {
   const std::string local_prefix = (pkg_dir / "root" / kAustenRdata).string();
   if (fs::exists(local_prefix + ".rdb")) return local_prefix;
 
-  logger().info("{} is not installed; fetching it with apt-get download into {}", kAustenPackage,
-               pkg_dir.string());
+  logger().info("{} is not installed; fetching it with apt-get download into {}", kAustenPackage, pkg_dir.string());
   fs::create_directories(pkg_dir);
   const std::string q = shell_quote(pkg_dir.string());
-  const std::string cmd = fmt::format(
-      "cd {} && apt-get download {} >/dev/null && dpkg -x \"$(ls -t {}_*.deb | head -n1)\" root",
-      q, kAustenPackage, kAustenPackage);
+  const std::string cmd =
+      fmt::format("cd {} && apt-get download {} >/dev/null && dpkg -x \"$(ls -t {}_*.deb | head -n1)\" root", q,
+                  kAustenPackage, kAustenPackage);
   if (std::system(cmd.c_str()) != 0 || !fs::exists(local_prefix + ".rdb")) {
-    fail("could not find or download the Jane Austen corpus ({}.rdb): run "
-         "'apt-get install {}' (or make 'apt-get download {}' work)",
-         system_prefix, kAustenPackage, kAustenPackage);
+    fail(
+        "could not find or download the Jane Austen corpus ({}.rdb): run "
+        "'apt-get install {}' (or make 'apt-get download {}' work)",
+        system_prefix, kAustenPackage, kAustenPackage);
   }
   return local_prefix;
 }
@@ -92,8 +92,7 @@ CorpusFiles fetch_austen(const CorpusFiles& out, const std::string& data_dir) {
   const char* names[3] = {"train", "valid", "test"};
   for (int split = 0; split < 3; ++split) {
     write_text_atomic(*paths[split], text[split]);
-    logger().info("austen {}: {} paragraphs, {} bytes", names[split], paragraphs[split],
-                 text[split].size());
+    logger().info("austen {}: {} paragraphs, {} bytes", names[split], paragraphs[split], text[split].size());
   }
   return out;
 }
@@ -119,8 +118,7 @@ CorpusFiles fetch_corpus(const std::string& name, const std::string& data_dir) {
   for (const auto& [known, fetch] : registry()) {
     if (known != name) continue;
     const fs::path dir = fs::path(data_dir) / name;
-    const CorpusFiles files{(dir / "train.txt").string(), (dir / "valid.txt").string(),
-                            (dir / "test.txt").string()};
+    const CorpusFiles files{(dir / "train.txt").string(), (dir / "valid.txt").string(), (dir / "test.txt").string()};
     if (fs::exists(files.train) && fs::exists(files.valid) && fs::exists(files.test)) {
       return files;
     }
@@ -129,11 +127,10 @@ CorpusFiles fetch_corpus(const std::string& name, const std::string& data_dir) {
   }
   // Any other name is a corpus the user supplies: <data_dir>/<name>/{train,valid,test}.txt.
   const fs::path dir = fs::path(data_dir) / name;
-  const CorpusFiles files{(dir / "train.txt").string(), (dir / "valid.txt").string(),
-                          (dir / "test.txt").string()};
+  const CorpusFiles files{(dir / "train.txt").string(), (dir / "valid.txt").string(), (dir / "test.txt").string()};
   if (fs::exists(files.train) && fs::exists(files.valid) && fs::exists(files.test)) return files;
-  fail("unknown corpus '{}' (known: {}; or put your own train.txt, valid.txt and test.txt in {})",
-       name, fmt::join(known_corpora(), ", "), dir.string());
+  fail("unknown corpus '{}' (known: {}; or put your own train.txt, valid.txt and test.txt in {})", name,
+       fmt::join(known_corpora(), ", "), dir.string());
 }
 
 std::vector<std::string> join_paragraphs(const std::vector<std::string>& lines) {

@@ -32,7 +32,6 @@ void encode_text_file(const Tokenizer& tokenizer, const std::string& txt, const 
   logger().info("encoded {}: {} tokens -> {}", txt, tokens.size(), bin);
 }
 
-
 LMData prepare_lm_data(const std::string& corpus, int vocab_size, const std::string& data_dir) {
   const CorpusFiles text = fetch_corpus(corpus, data_dir);
   const fs::path dir = fs::path(data_dir) / corpus;
@@ -47,8 +46,7 @@ LMData prepare_lm_data(const std::string& corpus, int vocab_size, const std::str
   }
   std::optional<Tokenizer> tokenizer;  // loaded only when some split needs encoding
   const std::pair<const std::string*, const std::string*> splits[] = {
-      {&text.train, &out.train_tokens}, {&text.valid, &out.valid_tokens},
-      {&text.test, &out.test_tokens}};
+      {&text.train, &out.train_tokens}, {&text.valid, &out.valid_tokens}, {&text.test, &out.test_tokens}};
   for (const auto& [txt, bin] : splits) {
     if (fs::exists(*bin)) continue;
     if (!tokenizer) tokenizer = Tokenizer::load(out.tokenizer_model);
@@ -63,15 +61,13 @@ LMBatcher::LMBatcher(const TokenStream& stream, int batch_size, int seq_len)
     fail("LMBatcher needs positive batch_size and seq_len, got {} and {}", batch_size, seq_len);
   }
   if (stream.size() < static_cast<int64_t>(seq_len) + 1) {
-    fail("token file {} has {} tokens, fewer than seq_len + 1 = {}", stream.path(), stream.size(),
-         seq_len + 1);
+    fail("token file {} has {} tokens, fewer than seq_len + 1 = {}", stream.path(), stream.size(), seq_len + 1);
   }
 }
 
-std::pair<torch::Tensor, torch::Tensor> LMBatcher::sample(uint64_t seed, int64_t step,
-                                                          int micro_index) const {
-  std::mt19937_64 rng(splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^
-                          static_cast<uint64_t>(micro_index)));
+std::pair<torch::Tensor, torch::Tensor> LMBatcher::sample(uint64_t seed, int64_t step, int micro_index) const {
+  std::mt19937_64 rng(
+      splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^ static_cast<uint64_t>(micro_index)));
   // Starts uniform in [0, size - seq_len - 1]. Modulo rather than std::uniform_int_distribution,
   // whose output differs between standard libraries; the bias is < range / 2^64.
   const auto range = static_cast<uint64_t>(stream_->size() - seq_len_);
@@ -91,8 +87,8 @@ std::vector<std::pair<torch::Tensor, torch::Tensor>> LMBatcher::eval_batches(int
     if (max_batches > 0 && static_cast<int64_t>(out.size()) >= max_batches) break;
     const int64_t n = std::min<int64_t>(batch_size_, n_windows - first);
     // Windows are adjacent, so one slice of n * seq_len + 1 tokens holds the whole batch.
-    torch::Tensor flat = stream_->slice(first * seq_len_, n * seq_len_ + 1);  // [n*seq_len + 1]
-    out.emplace_back(flat.narrow(0, 0, n * seq_len_).view({n, seq_len_}),   // x: [n, seq_len]
+    torch::Tensor flat = stream_->slice(first * seq_len_, n * seq_len_ + 1);   // [n*seq_len + 1]
+    out.emplace_back(flat.narrow(0, 0, n * seq_len_).view({n, seq_len_}),      // x: [n, seq_len]
                      flat.narrow(0, 1, n * seq_len_).reshape({n, seq_len_}));  // y: [n, seq_len]
   }
   return out;

@@ -35,8 +35,7 @@ class LMBatcher {
   // Random windows, a pure function of (seed, step, micro_index), so a resumed run sees the same
   // batches without saved RNG state. Returns x, y: [batch_size, seq_len] int64, y[:, t] = x[:, t+1]
   // in the stream (the next token).
-  std::pair<torch::Tensor, torch::Tensor> sample(uint64_t seed, int64_t step,
-                                                 int micro_index = 0) const;
+  std::pair<torch::Tensor, torch::Tensor> sample(uint64_t seed, int64_t step, int micro_index = 0) const;
 
   // The stream cut into consecutive non-overlapping windows (window i: x = tokens
   // [i*seq_len, (i+1)*seq_len), y = the same shifted by one), in order, batch_size per batch;

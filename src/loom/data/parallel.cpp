@@ -26,9 +26,7 @@ namespace parallel {
 namespace {
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f'; }
-bool is_alnum(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-}
+bool is_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
 std::string lower(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = (c >= 'A' && c <= 'Z') ? char(c - 'A' + 'a') : c;
@@ -129,8 +127,8 @@ size_t find_close(std::string_view html, size_t from, const std::string& name) {
 }
 
 bool is_void(const std::string& name) {
-  return name == "br" || name == "img" || name == "input" || name == "meta" || name == "link" ||
-         name == "hr" || name == "wbr" || name == "source";
+  return name == "br" || name == "img" || name == "input" || name == "meta" || name == "link" || name == "hr" ||
+         name == "wbr" || name == "source";
 }
 bool is_block(const std::string& name) {
   static const char* kBlocks[] = {"p",  "div", "li", "td", "th", "tr", "table", "ul", "ol", "h1",
@@ -140,8 +138,7 @@ bool is_block(const std::string& name) {
   return false;
 }
 bool is_paragraph(const std::string& name) {
-  return name == "p" || name == "h" ||
-         (name.size() == 2 && name[0] == 'h' && name[1] >= '1' && name[1] <= '6');
+  return name == "p" || name == "h" || (name.size() == 2 && name[0] == 'h' && name[1] >= '1' && name[1] <= '6');
 }
 
 }  // namespace
@@ -160,8 +157,8 @@ std::string unescape_entities(std::string_view text) {
       continue;
     }
     const std::string_view name = text.substr(i + 1, semi - i - 1);
-    static const std::pair<const char*, uint32_t> kNamed[] = {
-        {"amp", '&'}, {"lt", '<'}, {"gt", '>'}, {"quot", '"'}, {"apos", '\''}, {"nbsp", 0xA0}};
+    static const std::pair<const char*, uint32_t> kNamed[] = {{"amp", '&'},  {"lt", '<'},    {"gt", '>'},
+                                                              {"quot", '"'}, {"apos", '\''}, {"nbsp", 0xA0}};
     uint32_t cp = 0;
     bool ok = false;
     for (const auto& [n, c] : kNamed) {
@@ -225,10 +222,8 @@ std::string strip_markup(std::string_view html) {
     }
     const auto hidden = t.attrs.find("hidden");
     const auto id = t.attrs.find("id");
-    const bool other_variant =
-        hidden != t.attrs.end() && (id == t.attrs.end() || id->second.rfind("default", 0) != 0);
-    if (!t.name.empty() && !is_void(t.name) &&
-        (other_variant || t.name == "script" || t.name == "style")) {
+    const bool other_variant = hidden != t.attrs.end() && (id == t.attrs.end() || id->second.rfind("default", 0) != 0);
+    if (!t.name.empty() && !is_void(t.name) && (other_variant || t.name == "script" || t.name == "style")) {
       const size_t close = find_close(html, pos, t.name);
       pos = close < html.size() ? read_tag(html, close).end : html.size();
       continue;
@@ -260,21 +255,19 @@ std::vector<HelpParagraph> help_paragraphs(std::string_view html) {
     if (id == t.attrs.end() || id->second.empty()) continue;
     const size_t close = find_close(body, pos, t.name);
     const auto cls = t.attrs.find("class");
-    const bool code = cls != t.attrs.end() &&
-                      (cls->second == "code" || cls->second == "codeintable" ||
-                       cls->second == "smathcode");
+    const bool code =
+        cls != t.attrs.end() && (cls->second == "code" || cls->second == "codeintable" || cls->second == "smathcode");
     if (!code) {
       const int n = ++seen[id->second];
-      out.push_back({n == 1 ? id->second : fmt::format("{}#{}", id->second, n),
-                     strip_markup(body.substr(pos, close - pos))});
+      out.push_back(
+          {n == 1 ? id->second : fmt::format("{}#{}", id->second, n), strip_markup(body.substr(pos, close - pos))});
     }
     pos = close;
   }
   return out;
 }
 
-std::vector<Pair> align_help_page(std::string_view en_html, std::string_view de_html,
-                                  const std::string& doc) {
+std::vector<Pair> align_help_page(std::string_view en_html, std::string_view de_html, const std::string& doc) {
   std::unordered_map<std::string, std::string> de;
   for (auto& p : help_paragraphs(de_html)) de.emplace(std::move(p.key), std::move(p.text));
   std::vector<Pair> out;
@@ -382,7 +375,7 @@ bool sentence_like(std::string_view text) {
     if (w.empty()) continue;
     ++words;
     // Placeholders of dictionary templates: "jdm. etw. geben", "to give sb. sth.".
-    static const char* kPlaceholders[] = {"etw.", "jdm.", "jdn.", "jds.", "jd.", "sth.",
+    static const char* kPlaceholders[] = {"etw.", "jdm.",  "jdn.",       "jds.",   "jd.",        "sth.",
                                           "sb.",  "sb.'s", "sb.\u2019s", "sth.'s", "sth.\u2019s"};
     for (const char* p : kPlaceholders)
       if (w == p) return false;
@@ -426,8 +419,7 @@ std::vector<Pair> parse_trans_line(std::string_view line, TransStats* stats) {
 
 // ---- gettext .mo ----
 
-std::vector<std::pair<std::string, std::string>> read_mo(std::string_view data,
-                                                         const std::string& what) {
+std::vector<std::pair<std::string, std::string>> read_mo(std::string_view data, const std::string& what) {
   // GNU gettext's format: magic 0x950412de (in the file's byte order), revision, N, offset of
   // the msgid table, offset of the msgstr table; each table holds N (length, offset) pairs.
   if (data.size() < 20) fail("{}: not a .mo file (too short)", what);
@@ -541,9 +533,8 @@ SplitPairs split_pairs(const std::vector<Pair>& pairs, CleanStats* stats) {
     }
   };
   auto drop_held = [&](std::vector<Pair>& v, size_t* count) {
-    const auto keep_end = std::stable_partition(v.begin(), v.end(), [&](const Pair& p) {
-      return !en_held.count(p.en) && !de_held.count(p.de);
-    });
+    const auto keep_end = std::stable_partition(
+        v.begin(), v.end(), [&](const Pair& p) { return !en_held.count(p.en) && !de_held.count(p.de); });
     *count += size_t(v.end() - keep_end);
     v.erase(keep_end, v.end());
   };
@@ -579,34 +570,31 @@ std::string read_file(const fs::path& path) {
 // `relative` (e.g. "usr/share/trans/de-en") from Debian package `package`: the installed file if
 // present, else a private copy unpacked from `apt-get download` (no root needed) under
 // <data_dir>/.pkg/root.
-fs::path package_path(const std::string& package, const std::string& relative,
-                      const std::string& data_dir) {
+fs::path package_path(const std::string& package, const std::string& relative, const std::string& data_dir) {
   const fs::path system = fs::path("/") / relative;
   if (fs::exists(system)) return system;
   const fs::path pkg_dir = fs::path(data_dir) / ".pkg";
   const fs::path local = pkg_dir / "root" / relative;
   if (fs::exists(local)) return local;
 
-  logger().info("{} is not installed; fetching it with apt-get download into {}", package,
-               pkg_dir.string());
+  logger().info("{} is not installed; fetching it with apt-get download into {}", package, pkg_dir.string());
   fs::create_directories(pkg_dir);
-  const std::string cmd = fmt::format(
-      "cd {} && apt-get download {} >/dev/null && dpkg -x \"$(ls -t {}_*.deb | head -n1)\" root",
-      shell_quote(pkg_dir.string()), package, package);
+  const std::string cmd =
+      fmt::format("cd {} && apt-get download {} >/dev/null && dpkg -x \"$(ls -t {}_*.deb | head -n1)\" root",
+                  shell_quote(pkg_dir.string()), package, package);
   if (std::system(cmd.c_str()) != 0 || !fs::exists(local)) {
-    fail("could not find or download {} (from Debian package {}): run 'apt-get install {}' (or "
-         "make 'apt-get download {}' work)",
-         system.string(), package, package, package);
+    fail(
+        "could not find or download {} (from Debian package {}): run 'apt-get install {}' (or "
+        "make 'apt-get download {}' work)",
+        system.string(), package, package, package);
   }
   return local;
 }
 
 // The help pages present in both languages, by path relative to the language's directory.
 std::vector<Pair> libreoffice_help_pairs(const std::string& data_dir) {
-  const fs::path en_dir =
-      package_path("libreoffice-help-en-us", "usr/share/libreoffice/help/en-US/text", data_dir);
-  const fs::path de_dir =
-      package_path("libreoffice-help-de", "usr/share/libreoffice/help/de/text", data_dir);
+  const fs::path en_dir = package_path("libreoffice-help-en-us", "usr/share/libreoffice/help/en-US/text", data_dir);
+  const fs::path de_dir = package_path("libreoffice-help-de", "usr/share/libreoffice/help/de/text", data_dir);
   std::vector<std::string> pages;
   for (const auto& entry : fs::recursive_directory_iterator(en_dir)) {
     if (entry.is_regular_file() && entry.path().extension() == ".html") {
@@ -619,12 +607,11 @@ std::vector<Pair> libreoffice_help_pairs(const std::string& data_dir) {
   for (const auto& page : pages) {
     if (!fs::exists(de_dir / page)) continue;
     ++paired_pages;
-    auto pairs = align_help_page(read_file(en_dir / page), read_file(de_dir / page),
-                                 "libreoffice-help/" + page);
+    auto pairs = align_help_page(read_file(en_dir / page), read_file(de_dir / page), "libreoffice-help/" + page);
     std::move(pairs.begin(), pairs.end(), std::back_inserter(out));
   }
-  logger().info("libreoffice-help: {} pages ({} in both languages), {} aligned paragraphs",
-               pages.size(), paired_pages, out.size());
+  logger().info("libreoffice-help: {} pages ({} in both languages), {} aligned paragraphs", pages.size(), paired_pages,
+                out.size());
   return out;
 }
 
@@ -639,10 +626,10 @@ std::vector<Pair> trans_de_en_pairs(const std::string& data_dir) {
     auto pairs = parse_trans_line(line, &stats);
     std::move(pairs.begin(), pairs.end(), std::back_inserter(out));
   }
-  logger().info("trans-de-en: {} entries ({} malformed, {} with unequal sense counts), {} sense "
-               "pairs, {} sentence-like",
-               stats.lines, stats.malformed, stats.sense_count_mismatch, stats.sense_pairs,
-               stats.sentence_pairs);
+  logger().info(
+      "trans-de-en: {} entries ({} malformed, {} with unequal sense counts), {} sense "
+      "pairs, {} sentence-like",
+      stats.lines, stats.malformed, stats.sense_count_mismatch, stats.sense_pairs, stats.sentence_pairs);
   return out;
 }
 
@@ -660,8 +647,8 @@ constexpr Catalog kCatalogs[] = {
 std::vector<Pair> gettext_pairs(const std::string& data_dir) {
   std::vector<Pair> out;
   for (const auto& catalog : kCatalogs) {
-    const fs::path path = package_path(
-        catalog.package, std::string("usr/share/locale/de/LC_MESSAGES/") + catalog.mo, data_dir);
+    const fs::path path =
+        package_path(catalog.package, std::string("usr/share/locale/de/LC_MESSAGES/") + catalog.mo, data_dir);
     const auto messages = read_mo(read_file(path), path.string());
     size_t kept = 0;
     for (const auto& [id, str] : messages) {
@@ -701,12 +688,12 @@ void fetch_ende(const fs::path& dir, const std::string& data_dir) {
   }
   CleanStats stats;
   const SplitPairs split = split_pairs(clean_pairs(std::move(pairs), &stats), &stats);
-  logger().info("ende cleaning: {} pairs in; removed {} empty, {} longer than {} chars, {} with "
-               "length ratio > {}, {} untranslated, {} duplicates, {} valid pairs sharing a side "
-               "with test, {} train pairs sharing a side with valid/test",
-               stats.input, stats.empty, stats.too_long, kMaxChars, stats.length_ratio,
-               kMaxLengthRatio, stats.untranslated, stats.duplicate, stats.valid_overlaps_test,
-               stats.train_overlaps_eval);
+  logger().info(
+      "ende cleaning: {} pairs in; removed {} empty, {} longer than {} chars, {} with "
+      "length ratio > {}, {} untranslated, {} duplicates, {} valid pairs sharing a side "
+      "with test, {} train pairs sharing a side with valid/test",
+      stats.input, stats.empty, stats.too_long, kMaxChars, stats.length_ratio, kMaxLengthRatio, stats.untranslated,
+      stats.duplicate, stats.valid_overlaps_test, stats.train_overlaps_eval);
 
   std::vector<std::pair<std::string, std::string>> files;
   const std::pair<const char*, const std::vector<Pair>*> splits[] = {
@@ -723,8 +710,7 @@ void fetch_ende(const fs::path& dir, const std::string& data_dir) {
       s[2] += utf8_length(p.de);
     }
     for (const auto& [source, s] : by_source) {
-      logger().info("ende {} {}: {} pairs, {} en chars, {} de chars", name, source, s[0], s[1],
-                   s[2]);
+      logger().info("ende {} {}: {} pairs, {} en chars, {} de chars", name, source, s[0], s[1], s[2]);
     }
     files.emplace_back((dir / (std::string(name) + ".en")).string(), std::move(en));
     files.emplace_back((dir / (std::string(name) + ".de")).string(), std::move(de));
@@ -756,25 +742,24 @@ std::pair<std::string, std::string> parallel_corpus_languages(const std::string&
   fail("unknown parallel corpus '{}' (known: {})", name, fmt::join(known_parallel_corpora(), ", "));
 }
 
-ParallelFiles fetch_parallel_corpus(const std::string& name, const std::string& data_dir,
-                                    const std::string& src_lang, const std::string& tgt_lang) {
+ParallelFiles fetch_parallel_corpus(const std::string& name, const std::string& data_dir, const std::string& src_lang,
+                                    const std::string& tgt_lang) {
   for (const auto& corpus : parallel::kCorpora) {
     if (name != corpus.name) continue;
     const std::string a = corpus.languages[0], b = corpus.languages[1];
     if (!((src_lang == a && tgt_lang == b) || (src_lang == b && tgt_lang == a))) {
-      fail("parallel corpus '{}' has languages {} and {}, not {} -> {}", name, a, b, src_lang,
-           tgt_lang);
+      fail("parallel corpus '{}' has languages {} and {}, not {} -> {}", name, a, b, src_lang, tgt_lang);
     }
     const fs::path dir = fs::path(data_dir) / name;
     auto file = [&](const char* split, const std::string& lang) {
       return (dir / fmt::format("{}.{}", split, lang)).string();
     };
-    ParallelFiles files{dir.string() + "/",        file("train", src_lang), file("train", tgt_lang),
+    ParallelFiles files{dir.string() + "/",      file("train", src_lang), file("train", tgt_lang),
                         file("valid", src_lang), file("valid", tgt_lang), file("test", src_lang),
                         file("test", tgt_lang)};
     bool cached = true;
-    for (const auto* p : {&files.train_src, &files.train_tgt, &files.valid_src, &files.valid_tgt,
-                          &files.test_src, &files.test_tgt}) {
+    for (const auto* p :
+         {&files.train_src, &files.train_tgt, &files.valid_src, &files.valid_tgt, &files.test_src, &files.test_tgt}) {
       cached = cached && fs::exists(*p);
     }
     if (!cached) {

@@ -19,8 +19,8 @@ struct ParallelFiles {
 // Fetches and converts parallel corpus `name` (built in: "ende") under `data_dir`; cached: does
 // nothing when the six files exist. src_lang and tgt_lang are the corpus's two languages in either
 // order ("en", "de" or "de", "en"); they only choose which files are called src and which tgt.
-ParallelFiles fetch_parallel_corpus(const std::string& name, const std::string& data_dir,
-                                    const std::string& src_lang, const std::string& tgt_lang);
+ParallelFiles fetch_parallel_corpus(const std::string& name, const std::string& data_dir, const std::string& src_lang,
+                                    const std::string& tgt_lang);
 
 std::vector<std::string> known_parallel_corpora();
 
@@ -63,8 +63,7 @@ std::string normalize_space(std::string_view text);
 
 // Pairs the paragraphs of one page in both languages by key, in the English page's order; a key
 // on one side only is skipped.
-std::vector<Pair> align_help_page(std::string_view en_html, std::string_view de_html,
-                                  const std::string& doc);
+std::vector<Pair> align_help_page(std::string_view en_html, std::string_view de_html, const std::string& doc);
 
 // ---- trans-de-en dictionary (Frank Richter's "Ding" de-en list) ----
 
@@ -93,20 +92,19 @@ bool sentence_like(std::string_view text);
 // The (msgid, msgstr) pairs of a GNU .mo file (either byte order); entries with a context, plural
 // entries, the header (empty msgid) and untranslated entries are skipped. Malformed data is an
 // error naming `what`.
-std::vector<std::pair<std::string, std::string>> read_mo(std::string_view data,
-                                                         const std::string& what);
+std::vector<std::pair<std::string, std::string>> read_mo(std::string_view data, const std::string& what);
 
 // ---- cleaning and splitting ----
 
-constexpr size_t kMaxChars = 250;  // longest side kept, in Unicode code points
+constexpr size_t kMaxChars = 250;        // longest side kept, in Unicode code points
 constexpr double kMaxLengthRatio = 3.0;  // longest/shortest side, in code points
 
 size_t utf8_length(std::string_view text);
 
 // How many pairs each rule removed, in the order the rules run.
 struct CleanStats {
-  size_t input = 0, empty = 0, too_long = 0, length_ratio = 0, untranslated = 0, duplicate = 0,
-         valid_overlaps_test = 0, train_overlaps_eval = 0;
+  size_t input = 0, empty = 0, too_long = 0, length_ratio = 0, untranslated = 0, duplicate = 0, valid_overlaps_test = 0,
+         train_overlaps_eval = 0;
 };
 
 // Drops pairs with an empty side, a side longer than kMaxChars, a length ratio above

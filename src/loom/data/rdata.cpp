@@ -38,8 +38,10 @@ class Reader {
 
   RPtr read_all() {
     if (bytes_.size() < 2 || bytes_.substr(0, 2) != "X\n") {
-      fail("{}: not an R XDR serialization (expected header \"X\\n\"; ASCII/native formats and "
-           "still-compressed data are not supported)", what_);
+      fail(
+          "{}: not an R XDR serialization (expected header \"X\\n\"; ASCII/native formats and "
+          "still-compressed data are not supported)",
+          what_);
     }
     pos_ = 2;
     const int32_t version = read_int();
@@ -63,8 +65,8 @@ class Reader {
     need(4);
     const auto* p = reinterpret_cast<const unsigned char*>(bytes_.data() + pos_);
     pos_ += 4;
-    return static_cast<int32_t>((uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) |
-                                (uint32_t{p[2]} << 8) | uint32_t{p[3]});
+    return static_cast<int32_t>((uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) |
+                                uint32_t{p[3]});
   }
 
   std::string read_bytes(int64_t n) {
@@ -119,9 +121,7 @@ class Reader {
         refs_.push_back(obj);
         return obj;
       }
-      case static_cast<int>(RType::Pairlist):
-        read_pairlist(flags, *obj);
-        return obj;
+      case static_cast<int>(RType::Pairlist): read_pairlist(flags, *obj); return obj;
       case static_cast<int>(RType::Char): {
         const int32_t n = read_int();
         if (n != -1) {
@@ -151,8 +151,10 @@ class Reader {
         break;
       }
       default:
-        fail("{}: unsupported R object type {} at byte {} (this reader handles character, "
-             "integer, logical, list and pairlist data only)", what_, type, pos_ - 4);
+        fail(
+            "{}: unsupported R object type {} at byte {} (this reader handles character, "
+            "integer, logical, list and pairlist data only)",
+            what_, type, pos_ - 4);
     }
     if (has_attr) obj->attributes = as_attributes(read_item());
     if (has_tag) fail("{}: unexpected tag on R object type {}", what_, type);
@@ -208,8 +210,7 @@ std::string read_file(const std::string& path) {
 std::string inflate_prefixed(std::string_view data, const std::string& what) {
   if (data.size() < 4) fail("{}: truncated compressed block", what);
   const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-  const uint32_t expected =
-      (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+  const uint32_t expected = (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
   std::string out = inflate(data.substr(4), what);
   if (out.size() != expected) {
     fail("{}: inflated to {} bytes, header says {}", what, out.size(), expected);
@@ -234,9 +235,7 @@ std::vector<std::string> RObject::names() const {
   return out;
 }
 
-RPtr unserialize(std::string_view bytes, const std::string& what) {
-  return Reader(bytes, what).read_all();
-}
+RPtr unserialize(std::string_view bytes, const std::string& what) { return Reader(bytes, what).read_all(); }
 
 std::string inflate(std::string_view compressed, const std::string& what) {
   z_stream zs{};
@@ -262,8 +261,8 @@ std::map<std::string, RPtr> read_lazyload_db(const std::string& prefix) {
   // The index is written whole-file gzip by current R, and as a length-prefixed zlib block by
   // older versions; accept both.
   const std::string rdx = read_file(rdx_path);
-  const bool gzip = rdx.size() >= 2 && static_cast<unsigned char>(rdx[0]) == 0x1F &&
-                    static_cast<unsigned char>(rdx[1]) == 0x8B;
+  const bool gzip =
+      rdx.size() >= 2 && static_cast<unsigned char>(rdx[0]) == 0x1F && static_cast<unsigned char>(rdx[1]) == 0x8B;
   RPtr index = unserialize(gzip ? inflate(rdx, rdx_path) : inflate_prefixed(rdx, rdx_path), rdx_path);
 
   const RObject *variables = nullptr, *compressed = nullptr;

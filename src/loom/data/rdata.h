@@ -15,7 +15,14 @@ namespace loom::rdata {
 
 // SEXPTYPE codes (R's Rinternals.h) of the types this reader accepts.
 enum class RType : int {
-  Nil = 0, Symbol = 1, Pairlist = 2, Char = 9, Logical = 10, Integer = 13, String = 16, List = 19
+  Nil = 0,
+  Symbol = 1,
+  Pairlist = 2,
+  Char = 9,
+  Logical = 10,
+  Integer = 13,
+  String = 16,
+  List = 19
 };
 
 struct RObject;
@@ -24,15 +31,15 @@ using RPtr = std::shared_ptr<const RObject>;
 // One unserialized R object; which fields are used depends on `type`.
 struct RObject {
   RType type = RType::Nil;
-  std::optional<std::string> chars;               // Char (nullopt = NA_character_), Symbol name
+  std::optional<std::string> chars;                 // Char (nullopt = NA_character_), Symbol name
   std::vector<std::optional<std::string>> strings;  // String (nullopt = NA)
-  std::vector<int32_t> ints;                      // Integer, Logical (NA = INT32_MIN)
-  std::vector<RPtr> items;                        // List elements, Pairlist values
-  std::vector<std::string> tags;                  // Pairlist tags ("" where untagged)
+  std::vector<int32_t> ints;                        // Integer, Logical (NA = INT32_MIN)
+  std::vector<RPtr> items;                          // List elements, Pairlist values
+  std::vector<std::string> tags;                    // Pairlist tags ("" where untagged)
   std::vector<std::pair<std::string, RPtr>> attributes;
 
   const RObject* attribute(std::string_view name) const;  // nullptr when absent
-  std::vector<std::string> names() const;  // the "names" attribute, or empty
+  std::vector<std::string> names() const;                 // the "names" attribute, or empty
 };
 
 // Unserializes one object from XDR bytes ("X\n" header). `what` names the source in errors.

@@ -82,7 +82,9 @@ void put_varint(std::string& out, uint64_t v) {
   }
   out.push_back(static_cast<char>(v));
 }
-void put_key(std::string& out, int field, WireType wire) { put_varint(out, (static_cast<uint64_t>(field) << 3) | wire); }
+void put_key(std::string& out, int field, WireType wire) {
+  put_varint(out, (static_cast<uint64_t>(field) << 3) | wire);
+}
 // int32 fields encode negative values as 10-byte sign-extended varints.
 void put_int(std::string& out, int field, int64_t v) {
   put_key(out, field, kVarint);

@@ -24,7 +24,7 @@ struct SpmVocab {
   int model_type = 2;            // TrainerSpec.ModelType: 1 unigram, 2 bpe, 3 word, 4 char
   bool byte_fallback = false;
   int unk_id = 0, bos_id = 1, eos_id = 2, pad_id = -1;  // -1: none
-  bool add_dummy_prefix = true;  // NormalizerSpec: prepend a space ("▁") to the text
+  bool add_dummy_prefix = true;                         // NormalizerSpec: prepend a space ("▁") to the text
   bool remove_extra_whitespaces = false;
   std::string normalizer_name = "identity";
 };

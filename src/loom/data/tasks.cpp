@@ -100,7 +100,10 @@ class Mqar : public Task {
   std::string render(const std::vector<int64_t>& tokens) const override {
     std::string out;
     for (auto t : tokens)
-      out += t == 0 ? "_ " : t == 1 ? ". " : t < 2 + half_ ? fmt::format("k{} ", t - 2) : fmt::format("v{} ", t - 2 - half_);
+      out += t == 0          ? "_ "
+             : t == 1        ? ". "
+             : t < 2 + half_ ? fmt::format("k{} ", t - 2)
+                             : fmt::format("v{} ", t - 2 - half_);
     return out;
   }
 
@@ -199,7 +202,8 @@ class ListOps : public Task {
     }
   }
   std::string render(const std::vector<int64_t>& tokens) const override {
-    static const char* kNames[] = {"_", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "[MIN", "[MAX", "[MED", "[SM", "]"};
+    static const char* kNames[] = {"_", "0", "1", "2",    "3",    "4",    "5",   "6",
+                                   "7", "8", "9", "[MIN", "[MAX", "[MED", "[SM", "]"};
     std::string out;
     for (auto t : tokens) out += (out.empty() ? "" : " ") + std::string(t >= 0 && t < 16 ? kNames[t] : "?");
     return out;
@@ -303,9 +307,11 @@ void TaskConfig::validate(const std::string& source) const {
   } else if (name == "mqar") {
     at_least("vocab", vocab, 4);
     at_least("n_tokens", n_tokens, 1);
-    if (n_tokens > vocab / 2) fail("{}: task.n_tokens ({}) exceeds the {} keys (task.vocab / 2)", source, n_tokens, vocab / 2);
+    if (n_tokens > vocab / 2)
+      fail("{}: task.n_tokens ({}) exceeds the {} keys (task.vocab / 2)", source, n_tokens, vocab / 2);
     if (seq_len < 4 * n_tokens)
-      fail("{}: task.seq_len ({}) must be at least 4 * task.n_tokens ({}): pairs, then queries", source, seq_len, 4 * n_tokens);
+      fail("{}: task.seq_len ({}) must be at least 4 * task.n_tokens ({}): pairs, then queries", source, seq_len,
+           4 * n_tokens);
   } else if (name == "induction_heads") {
     at_least("vocab", vocab, 2);
     at_least("seq_len", seq_len, 4);
@@ -344,8 +350,8 @@ TaskData::TaskData(const TaskConfig& config) : config_(config), task_(make_task(
         out.push_back(std::move(e));
         misses = 0;
       } else if (++misses > 100000) {
-        fail("task {}: cannot draw {} distinct examples (the task has too few; lower the split sizes)",
-             config_.name, count);
+        fail("task {}: cannot draw {} distinct examples (the task has too few; lower the split sizes)", config_.name,
+             count);
       }
     }
   };
@@ -364,7 +370,8 @@ Example TaskData::draw_training(std::mt19937_64& rng) const {
 }
 
 TaskBatch TaskData::sample(uint64_t seed, int64_t step, int64_t micro, int64_t batch_size) const {
-  std::mt19937_64 rng(splitmix64(splitmix64(splitmix64(seed) + static_cast<uint64_t>(step)) + static_cast<uint64_t>(micro)));
+  std::mt19937_64 rng(
+      splitmix64(splitmix64(splitmix64(seed) + static_cast<uint64_t>(step)) + static_cast<uint64_t>(micro)));
   std::vector<Example> fresh;
   std::vector<const Example*> picked;
   for (int64_t i = 0; i < batch_size; ++i) {
@@ -404,7 +411,8 @@ std::pair<int64_t, double> TaskData::majority_baseline(const std::string& name) 
     if (e.label >= 0) ++counts[e.label];
   const int64_t majority = std::max_element(counts.begin(), counts.end()) - counts.begin();
   const auto& examples = split(name);
-  const auto hits = std::count_if(examples.begin(), examples.end(), [&](const Example& e) { return e.label == majority; });
+  const auto hits =
+      std::count_if(examples.begin(), examples.end(), [&](const Example& e) { return e.label == majority; });
   return {majority, examples.empty() ? 0.0 : static_cast<double>(hits) / static_cast<double>(examples.size())};
 }
 

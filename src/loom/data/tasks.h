@@ -50,12 +50,14 @@ struct TaskConfig {
 
   template <class V>
   void visit(V& v) {
-    v("name", name, "lm (language modelling on data.corpus), translation (on the parallel corpus data.corpus) "
-                    "or a workbench task: selective_copying, mqar, induction_heads, addition, listops");
+    v("name", name,
+      "lm (language modelling on data.corpus), translation (on the parallel corpus data.corpus) "
+      "or a workbench task: selective_copying, mqar, induction_heads, addition, listops");
     v("seq_len", seq_len, "selective_copying: noise region length; mqar, induction_heads: sequence length");
     v("n_tokens", n_tokens, "selective_copying: tokens to copy; mqar: key-value pairs");
-    v("vocab", vocab, "selective_copying: data tokens; mqar: keys + values (half each); induction_heads: "
-                      "content tokens");
+    v("vocab", vocab,
+      "selective_copying: data tokens; mqar: keys + values (half each); induction_heads: "
+      "content tokens");
     v("format", format, "addition: plain (128+367=495) or reversed ($128+367=594$)");
     v("digits", digits, "addition: digits of each operand (numbers 0 .. 10^digits - 1)");
     v("min_length", min_length, "listops: fewest tokens of an expression");
@@ -88,8 +90,8 @@ struct Example {
 class Task {
  public:
   virtual ~Task() = default;
-  virtual int64_t vocab_size() const = 0;  // token ids 0 .. vocab_size - 1; 0 is padding
-  virtual int64_t max_length() const = 0;  // the longest example; batches are padded to it
+  virtual int64_t vocab_size() const = 0;          // token ids 0 .. vocab_size - 1; 0 is padding
+  virtual int64_t max_length() const = 0;          // the longest example; batches are padded to it
   virtual int64_t n_classes() const { return 0; }  // > 0: a classification task
   virtual Example sample(std::mt19937_64& rng) const = 0;
   virtual std::string render(const std::vector<int64_t>& tokens) const = 0;  // human-readable

@@ -91,8 +91,7 @@ TokenStream::TokenStream(const std::string& path) : path_(path) {
     }
     const uint64_t expected = kHeaderSize + static_cast<uint64_t>(n_tokens_) * bytes_per_token_;
     if (n_tokens_ < 0 || expected != file_size) {
-      fail("token file {} is truncated or corrupt: {} bytes, header implies {}", path, file_size,
-           expected);
+      fail("token file {} is truncated or corrupt: {} bytes, header implies {}", path, file_size, expected);
     }
   } catch (...) {
     release();

@@ -59,8 +59,8 @@ const loom_spm_api& api() {
       if (fn && fn()->version == spm::kApiVersion) return fn();
       errors += "; " + path + " has no matching loom_sentencepiece_api";
     }
-    fail("cannot load the SentencePiece shim {} (looked in: {}; set LOOM_SENTENCEPIECE_SHIM to its path){}",
-         kShimName, fmt::join(candidates, ", "), errors);
+    fail("cannot load the SentencePiece shim {} (looked in: {}; set LOOM_SENTENCEPIECE_SHIM to its path){}", kShimName,
+         fmt::join(candidates, ", "), errors);
   }();
   return *loaded;
 }
@@ -69,15 +69,9 @@ const loom_spm_api& api() {
 struct Sink {
   std::vector<int> ids;
   std::string text, error;
-  static void on_ids(void* self, const int* ids, size_t n) {
-    static_cast<Sink*>(self)->ids.assign(ids, ids + n);
-  }
-  static void on_text(void* self, const char* data, size_t n) {
-    static_cast<Sink*>(self)->text.assign(data, n);
-  }
-  static void on_error(void* self, const char* data, size_t n) {
-    static_cast<Sink*>(self)->error.assign(data, n);
-  }
+  static void on_ids(void* self, const int* ids, size_t n) { static_cast<Sink*>(self)->ids.assign(ids, ids + n); }
+  static void on_text(void* self, const char* data, size_t n) { static_cast<Sink*>(self)->text.assign(data, n); }
+  static void on_error(void* self, const char* data, size_t n) { static_cast<Sink*>(self)->error.assign(data, n); }
 };
 
 }  // namespace
@@ -88,15 +82,26 @@ void train_tokenizer(const std::string& train_txt, int vocab_size, const std::st
   const std::string tmp_prefix = model_path + ".tmp";
   // A map, not a command line, so paths with spaces survive.
   const std::unordered_map<std::string, std::string> args = {
-      {"input", train_txt}, {"model_prefix", tmp_prefix}, {"vocab_size", std::to_string(vocab_size)},
-      {"model_type", "bpe"}, {"byte_fallback", "true"}, {"character_coverage", "1.0"},
-      {"pad_id", "-1"}, {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"},
+      {"input", train_txt},
+      {"model_prefix", tmp_prefix},
+      {"vocab_size", std::to_string(vocab_size)},
+      {"model_type", "bpe"},
+      {"byte_fallback", "true"},
+      {"character_coverage", "1.0"},
+      {"pad_id", "-1"},
+      {"unk_id", "0"},
+      {"bos_id", "1"},
+      {"eos_id", "2"},
       // Deterministic: every line in file order (no sampling), fixed seed.
-      {"input_sentence_size", "0"}, {"shuffle_input_sentence", "false"}, {"random_seed", "1234"},
+      {"input_sentence_size", "0"},
+      {"shuffle_input_sentence", "false"},
+      {"random_seed", "1234"},
       // Identity normalization keeps decode(encode(text)) == text for any valid UTF-8.
-      {"normalization_rule_name", "identity"}, {"remove_extra_whitespaces", "false"},
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},
       // Austen's paragraphs run past the 4192-byte default; longer lines would be skipped.
-      {"max_sentence_length", "65536"}, {"num_threads", "2"}};
+      {"max_sentence_length", "65536"},
+      {"num_threads", "2"}};
   std::vector<const char*> keys, values;
   for (const auto& [key, value] : args) {
     keys.push_back(key.c_str());
@@ -126,8 +131,7 @@ Tokenizer Tokenizer::load(const std::string& model_path) {
 Tokenizer Tokenizer::from_bytes(const std::string& serialized_model) {
   const loom_spm_api& spm = api();
   Sink sink;
-  void* processor =
-      spm.load(serialized_model.data(), serialized_model.size(), Sink::on_error, &sink);
+  void* processor = spm.load(serialized_model.data(), serialized_model.size(), Sink::on_error, &sink);
   if (!processor) fail("not a SentencePiece model ({})", sink.error);
   Tokenizer t;
   t.processor_ = std::shared_ptr<const void>(processor, spm.free);
@@ -145,8 +149,7 @@ Tokenizer Tokenizer::from_bpe_json(const std::string& json_text) {
 std::vector<int> Tokenizer::encode(std::string_view text) const {
   if (bpe_) return bpe_->encode(text, /*parse_special=*/true);
   Sink sink;
-  if (api().encode(handle(), text.data(), text.size(), Sink::on_ids, Sink::on_error,
-                   &sink) != 0) {
+  if (api().encode(handle(), text.data(), text.size(), Sink::on_ids, Sink::on_error, &sink) != 0) {
     fail("tokenizer encode failed: {}", sink.error);
   }
   return std::move(sink.ids);
@@ -159,8 +162,7 @@ std::string Tokenizer::decode(const std::vector<int>& ids) const {
     if (id < 0 || id >= n) fail("token id {} out of range for a vocabulary of {}", id, n);
   }
   Sink sink;
-  if (api().decode(handle(), ids.data(), ids.size(), Sink::on_text, Sink::on_error,
-                   &sink) != 0) {
+  if (api().decode(handle(), ids.data(), ids.size(), Sink::on_text, Sink::on_error, &sink) != 0) {
     fail("tokenizer decode failed: {}", sink.error);
   }
   return std::move(sink.text);

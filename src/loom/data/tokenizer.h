@@ -42,11 +42,11 @@ class Tokenizer {
   // own convention: bos when its GGUF says add_bos_token, else nothing.
   std::vector<int> prompt_prefix() const;
   const std::string& serialized() const { return serialized_; }  // the model file's bytes
-  const char* file_name() const;  // the name a checkpoint stores serialized() under
+  const char* file_name() const;                                 // the name a checkpoint stores serialized() under
 
  private:
   const void* handle() const;
-  std::shared_ptr<const void> processor_;  // a SentencePieceProcessor inside the shim
+  std::shared_ptr<const void> processor_;    // a SentencePieceProcessor inside the shim
   std::shared_ptr<const BpeTokenizer> bpe_;  // set instead of processor_ for a BPE vocabulary
   std::string serialized_;
 };

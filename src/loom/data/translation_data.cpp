@@ -30,10 +30,7 @@ std::vector<std::string> read_lines(const std::string& path) {
 }
 
 // The longer of a pair's two sequences: source + eos or bos + target.
-int64_t pair_tokens(const TranslationPair& p) {
-  return static_cast<int64_t>(std::max(p.src.size(), p.tgt.size())) + 1;
-}
-
+int64_t pair_tokens(const TranslationPair& p) { return static_cast<int64_t>(std::max(p.src.size(), p.tgt.size())) + 1; }
 
 }  // namespace
 
@@ -48,12 +45,14 @@ ParallelFiles find_parallel_files(const std::string& corpus, const std::string& 
   auto file = [&](const char* split, const std::string& lang) {
     const std::string path = (dir / fmt::format("{}.{}", split, lang)).string();
     if (!fs::exists(path))
-      fail("'{}' is not a built-in parallel corpus (known: {}) and {} does not exist: a corpus of your own needs "
-           "{{train,valid,test}}.{{{},{}}} in {}", corpus, fmt::join(known, ", "), path, src, tgt, dir.string());
+      fail(
+          "'{}' is not a built-in parallel corpus (known: {}) and {} does not exist: a corpus of your own needs "
+          "{{train,valid,test}}.{{{},{}}} in {}",
+          corpus, fmt::join(known, ", "), path, src, tgt, dir.string());
     return path;
   };
   return ParallelFiles{dir.string() + "/", file("train", src), file("train", tgt), file("valid", src),
-                       file("valid", tgt),  file("test", src),  file("test", tgt)};
+                       file("valid", tgt), file("test", src),  file("test", tgt)};
 }
 
 TranslationSplit encode_split(const Tokenizer& tokenizer, const std::string& src_path, const std::string& tgt_path,
@@ -144,7 +143,8 @@ TranslationData::TranslationData(const std::string& corpus, const std::string& d
     const std::string joint = (fs::path(files_.dir) / "joint.train.txt").string();
     {
       std::ofstream out(joint + ".tmp", std::ios::binary | std::ios::trunc);
-      for (const auto& path : {src_first ? files_.train_src : files_.train_tgt, src_first ? files_.train_tgt : files_.train_src}) {
+      for (const auto& path :
+           {src_first ? files_.train_src : files_.train_tgt, src_first ? files_.train_tgt : files_.train_src}) {
         std::ifstream in(path, std::ios::binary);
         if (!in) fail("cannot read {}", path);
         out << in.rdbuf();
@@ -161,8 +161,9 @@ TranslationData::TranslationData(const std::string& corpus, const std::string& d
   test_ = encode_split(tokenizer_, files_.test_src, files_.test_tgt, max_len);
   for (const auto* s : {&train_, &valid_, &test_})
     if (s->too_long > 0)
-      logger().info("{} of {} pairs have a side longer than the context ({} tokens) and are left out of training and loss",
-                   s->too_long, s->src_text.size(), max_len);
+      logger().info(
+          "{} of {} pairs have a side longer than the context ({} tokens) and are left out of training and loss",
+          s->too_long, s->src_text.size(), max_len);
   if (train_.pairs.empty()) fail("{}: no training pairs fit the context of {} tokens", files_.dir, max_len);
 }
 

@@ -57,8 +57,7 @@ char32_t next_code_point(std::string_view s, size_t& i) {
 // U+180E, plus the information separators \x1c-\x1f).
 bool is_space(char32_t c) {
   return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
-         c == 0x3000;
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
 // Python's s.split(): the runs of non-whitespace, as views into s.
@@ -262,8 +261,7 @@ BleuScore corpus_bleu(const std::vector<std::string>& hyps, const std::vector<st
 
 std::string BleuScore::format() const {
   return fmt::format("BLEU = {:.2f} {:.1f}/{:.1f}/{:.1f}/{:.1f} (BP = {:.3f} ratio = {:.3f} hyp_len = {} ref_len = {})",
-                     score, precisions[0], precisions[1], precisions[2], precisions[3], bp, ratio, sys_len,
-                     ref_len);
+                     score, precisions[0], precisions[1], precisions[2], precisions[3], bp, ratio, sys_len, ref_len);
 }
 
 std::string bleu_signature() {

@@ -16,13 +16,13 @@
 namespace loom::cpu {
 
 void add(const float* x, float* y, int64_t n);  // y += x
-float max(const float* x, int64_t n);                     // -inf when n == 0
+float max(const float* x, int64_t n);           // -inf when n == 0
 // Attention for one query row over `count` cached rows of `dim` floats (row j at rows + j * dim):
 // s[j] = scale * (q . row j), and out = sum_j p[j] * row j. Four rows per pass, so that q and out
 // are loaded and stored once per four rows.
 void dot_rows(const float* q, const float* rows, int64_t count, int64_t dim, float scale, float* s);
 void weighted_rows(const float* p, const float* rows, int64_t count, int64_t dim, float* out);
-float exp(float x);                                        // the polynomial, one value
+float exp(float x);  // the polynomial, one value
 // x[i] = exp(x[i] - shift) for i < n; returns the sum of the new x.
 float exp_shifted(float* x, int64_t n, float shift);
 void scale(float* x, int64_t n, float s);  // x *= s

@@ -9,10 +9,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/core/error.h"
 #include "loom/core/log.h"
 #include "loom/infer/fast_engine.h"
-#include "loom/checkpoint/checkpoint.h"
 
 namespace loom {
 
@@ -39,11 +39,9 @@ class ReferenceEngine : public Engine {
   int64_t context() const override { return context_; }
   int64_t slots() const override { return static_cast<int64_t>(slots_.size()); }
 
-  torch::Tensor forward(const std::vector<int64_t>& slots,
-                        const std::vector<std::vector<int64_t>>& tokens) override {
+  torch::Tensor forward(const std::vector<int64_t>& slots, const std::vector<std::vector<int64_t>>& tokens) override {
     // Check everything first, so that an error leaves every slot as it was.
-    if (slots.size() != tokens.size())
-      fail("engine forward: {} slots but {} token lists", slots.size(), tokens.size());
+    if (slots.size() != tokens.size()) fail("engine forward: {} slots but {} token lists", slots.size(), tokens.size());
     if (slots.empty()) fail("engine forward: no slots given");
     std::set<int64_t> seen;
     for (size_t i = 0; i < slots.size(); ++i) {
@@ -51,8 +49,7 @@ class ReferenceEngine : public Engine {
       if (!seen.insert(slots[i]).second) fail("engine forward: slot {} appears twice", slots[i]);
       if (tokens[i].empty()) fail("engine forward: no tokens for slot {}", slots[i]);
       for (auto id : tokens[i])
-        if (id < 0 || id >= vocab_size())
-          fail("token id {} is outside the vocabulary [0, {})", id, vocab_size());
+        if (id < 0 || id >= vocab_size()) fail("token id {} is outside the vocabulary [0, {})", id, vocab_size());
       const int64_t after = slots_[static_cast<size_t>(slots[i])].length + static_cast<int64_t>(tokens[i].size());
       if (after > context_)
         fail("slot {} would hold {} tokens but the engine's context is {} tokens", slots[i], after, context_);
@@ -65,8 +62,8 @@ class ReferenceEngine : public Engine {
       // The cache is made on a slot's first tokens and kept across reset (stateful mixers'
       // states are zeroed then), so a long-running server allocates no new caches.
       if (slot.cache.layers.empty()) slot.cache = model_->make_cache(1, context_);
-      auto input = torch::tensor(tokens[i]).unsqueeze(0);            // [1, T]
-      auto logits = model_->forward(input, slot.length, &slot.cache);  // [1, T, V]
+      auto input = torch::tensor(tokens[i]).unsqueeze(0);               // [1, T]
+      auto logits = model_->forward(input, slot.length, &slot.cache);   // [1, T, V]
       rows.push_back(logits[0][logits.size(1) - 1].to(torch::kFloat));  // [V]
       slot.length += static_cast<int64_t>(tokens[i].size());
     }

@@ -31,8 +31,7 @@ class Engine {
   // [0, slots())) and returns the logits after each slot's last new token: [n, vocab_size] float,
   // row i for slots[i]. Token ids outside the vocabulary, or a slot whose length would pass
   // context(), are loom::Errors (nothing changes).
-  virtual torch::Tensor forward(const std::vector<int64_t>& slots,
-                                const std::vector<std::vector<int64_t>>& tokens) = 0;
+  virtual torch::Tensor forward(const std::vector<int64_t>& slots, const std::vector<std::vector<int64_t>>& tokens) = 0;
   // Tokens a slot holds.
   virtual int64_t length(int64_t slot) const = 0;
   // Empties a slot (its cache is reused by the next sequence).

@@ -1,8 +1,8 @@
 #include "loom/infer/fast_engine.h"
 
 #include <dlfcn.h>
-#include <sys/mman.h>
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,8 +23,9 @@ enum class Rope { kNone, kHalf, kAdjacent };
 
 // y[r] = W[r, :] . x for rows [begin, end): one fp32 row at a time with 16 partial sums, compiled
 // for AVX-512, AVX2 and baseline x86-64 and picked when the program loads.
-__attribute__((target_clones("avx512f", "avx2,fma", "default")))
-void matvec_f32(const float* w, const float* x, int64_t cols, int64_t begin, int64_t end, float* y) {
+__attribute__((target_clones("avx512f", "avx2,fma", "default"))) void matvec_f32(const float* w, const float* x,
+                                                                                 int64_t cols, int64_t begin,
+                                                                                 int64_t end, float* y) {
   for (int64_t r = begin; r < end; ++r) {
     const float* row = w + r * cols;
     float acc[16] = {};
@@ -78,7 +79,8 @@ class Arena {
     uint8_t* at = arena->base_ + arena->used_;
     std::memcpy(at, t.data_ptr(), static_cast<size_t>(bytes));
     arena->used_ = round_up(arena->used_ + bytes, 64);
-    return torch::from_blob(at, t.sizes(), [arena](void*) {}, t.options());
+    return torch::from_blob(
+        at, t.sizes(), [arena](void*) {}, t.options());
   }
   static constexpr int64_t kHuge = int64_t{2} << 20;
 
@@ -92,8 +94,8 @@ struct Linear {
   std::string name;  // the weight's parameter name
   WeightFormat format = WeightFormat::kF32;
   int64_t rows = 0, cols = 0;
-  torch::Tensor w;        // fp32 [rows, cols]
-  QuantizedLinear q;      // int8 / q4_0
+  torch::Tensor w;    // fp32 [rows, cols]
+  QuantizedLinear q;  // int8 / q4_0
   const float* bias = nullptr;
   torch::Tensor bias_t;
 
@@ -124,8 +126,8 @@ struct Linear {
             const int64_t begin = rows * t / threads, end = rows * (t + 1) / threads;
             if (end > begin)  // y[:, begin:end] = x W[begin:end]^T, row-major, ldc = rows
               sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(n), static_cast<int>(end - begin),
-                    static_cast<int>(cols), 1.0f, x, static_cast<int>(cols), wp + begin * cols,
-                    static_cast<int>(cols), 0.0f, y + begin, static_cast<int>(rows));
+                    static_cast<int>(cols), 1.0f, x, static_cast<int>(cols), wp + begin * cols, static_cast<int>(cols),
+                    0.0f, y + begin, static_cast<int>(rows));
           }
         } else {
           auto out = torch::from_blob(y, {n, rows});
@@ -147,7 +149,7 @@ struct NormWeights {
 struct Layer {
   NormWeights norm1, norm2;
   Linear qkv, out, ffn_in, ffn_out;
-  int64_t window = 0;  // 0: every earlier position
+  int64_t window = 0;       // 0: every earlier position
   std::vector<float> k, v;  // [slots, kv_heads, context, head_dim]
 };
 
@@ -200,7 +202,8 @@ class FastEngine : public Engine {
     }
     if (c_.position == "rope") rope_ = Rope::kHalf;
     else if (c_.position == "rope_adjacent") rope_ = Rope::kAdjacent;
-    else if (c_.position != "learned" && c_.position != "sinusoidal" && c_.position != "none") unimplemented("position", c_.position);
+    else if (c_.position != "learned" && c_.position != "sinusoidal" && c_.position != "none")
+      unimplemented("position", c_.position);
     for (const auto& m : c_.layer_mixers())
       if (m != "attention" && m != "local_attention") unimplemented("mixer", m);
 
@@ -211,7 +214,8 @@ class FastEngine : public Engine {
     auto param = [&](const std::string& name) {
       auto it = params.find(name);
       if (it == params.end()) fail("the fast engine found no parameter '{}'", name);
-      if (it->second.scalar_type() != torch::kFloat) fail("the fast engine needs fp32 weights; '{}' is {}", name, c10::toString(it->second.scalar_type()));
+      if (it->second.scalar_type() != torch::kFloat)
+        fail("the fast engine needs fp32 weights; '{}' is {}", name, c10::toString(it->second.scalar_type()));
       return it->second;
     };
     auto optional = [&](const std::string& name) -> const float* {
@@ -279,7 +283,8 @@ class FastEngine : public Engine {
       // A quantized checkpoint of a tied model stores the embedding quantized: the output
       // projection runs on it (the rows looked up at the input are the dequantized ones).
       auto stored = quantized.find("tok_emb.weight");
-      if (options.weights == WeightFormat::kAsStored && stored != quantized.end()) use_quantized(lm_head_, stored->second);
+      if (options.weights == WeightFormat::kAsStored && stored != quantized.end())
+        use_quantized(lm_head_, stored->second);
     } else {
       lm_head_ = linear("lm_head");
     }
@@ -413,10 +418,8 @@ class FastEngine : public Engine {
     const int64_t d = c_.d_model;
     const float eps = static_cast<float>(c_.norm_eps);
     for_rows(n, d, [&](int64_t r) {
-      if (norm_ == Norm::kRmsNorm)
-        cpu::rms_norm(x + r * d, w.weight, d, eps, y + r * d);
-      else
-        cpu::layer_norm(x + r * d, w.weight, w.bias, d, eps, y + r * d);
+      if (norm_ == Norm::kRmsNorm) cpu::rms_norm(x + r * d, w.weight, d, eps, y + r * d);
+      else cpu::layer_norm(x + r * d, w.weight, w.bias, d, eps, y + r * d);
     });
   }
 
@@ -519,8 +522,8 @@ class FastEngine : public Engine {
       if (static_cast<int64_t>(scores.size()) < m * keys) scores.resize(std::max<int64_t>(m * keys, 1024));
       float* s = scores.data();
       if (m > 1) {  // s[m, keys] = scale * q k^T
-        sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(keys), static_cast<int>(hd), scale,
-              q, static_cast<int>(qkv_width), k, static_cast<int>(hd), 0.0f, s, static_cast<int>(keys));
+        sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(keys), static_cast<int>(hd), scale, q,
+              static_cast<int>(qkv_width), k, static_cast<int>(hd), 0.0f, s, static_cast<int>(keys));
       } else {
         cpu::dot_rows(q, k, keys, hd, scale, s);
       }
@@ -534,8 +537,8 @@ class FastEngine : public Engine {
         cpu::scale(si + lo, hi - lo + 1, 1.0f / total);
       }
       if (m > 1) {  // o[m, hd] (row stride heads * hd) = s v
-        sgemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(m), static_cast<int>(hd), static_cast<int>(keys), 1.0f,
-              s, static_cast<int>(keys), v, static_cast<int>(hd), 0.0f, o, static_cast<int>(h * hd));
+        sgemm(kRowMajor, kNoTrans, kNoTrans, static_cast<int>(m), static_cast<int>(hd), static_cast<int>(keys), 1.0f, s,
+              static_cast<int>(keys), v, static_cast<int>(hd), 0.0f, o, static_cast<int>(h * hd));
       } else {
         cpu::weighted_rows(s, v, keys, hd, o);
       }

@@ -42,8 +42,8 @@ struct FastEngineOptions {
   // returns replaces the layer's weight from then on, this call included. Layers run in order, so
   // each sees inputs computed by the layers already replaced: one forward over calibration
   // sequences quantizes a model sequentially (GPTQ).
-  std::function<std::optional<QuantizedLinear>(const std::string& name, const torch::Tensor& weight,
-                                               const float* x, int64_t n)>
+  std::function<std::optional<QuantizedLinear>(const std::string& name, const torch::Tensor& weight, const float* x,
+                                               int64_t n)>
       before_linear;
 };
 

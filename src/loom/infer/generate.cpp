@@ -4,23 +4,22 @@
 
 namespace loom {
 
-std::vector<int64_t> generate(Model& model, const std::vector<int64_t>& prompt,
-                              const GenerateOptions& options,
+std::vector<int64_t> generate(Model& model, const std::vector<int64_t>& prompt, const GenerateOptions& options,
                               const std::function<void(int64_t)>& on_token) {
   const auto& config = model->config();
   if (prompt.empty()) fail("the prompt is empty");
   if (static_cast<int64_t>(prompt.size()) > config.max_seq_len)
     fail("the prompt is {} tokens but the model's context is {} tokens", prompt.size(), config.max_seq_len);
   for (auto id : prompt)
-    if (id < 0 || id >= config.vocab_size)
-      fail("token id {} is outside the vocabulary [0, {})", id, config.vocab_size);
+    if (id < 0 || id >= config.vocab_size) fail("token id {} is outside the vocabulary [0, {})", id, config.vocab_size);
   if (options.max_new_tokens < 0) fail("max-new-tokens must be >= 0, got {}", options.max_new_tokens);
 
   torch::NoGradGuard no_grad;
   const bool was_training = model->is_training();
   model->eval();
   Sampler sample(options.sampling);
-  const int64_t budget = std::min<int64_t>(options.max_new_tokens, config.max_seq_len - static_cast<int64_t>(prompt.size()));
+  const int64_t budget =
+      std::min<int64_t>(options.max_new_tokens, config.max_seq_len - static_cast<int64_t>(prompt.size()));
   std::vector<int64_t> sequence = prompt, generated;
   KVCache cache;
   if (options.use_cache) cache = model->make_cache(1, static_cast<int64_t>(prompt.size()) + budget);
@@ -55,7 +54,8 @@ std::vector<int64_t> generate(Engine& engine, int64_t slot, const std::vector<in
   torch::NoGradGuard no_grad;
   engine.reset(slot);
   Sampler sample(options.sampling);
-  const int64_t budget = std::min<int64_t>(options.max_new_tokens, engine.context() - static_cast<int64_t>(prompt.size()));
+  const int64_t budget =
+      std::min<int64_t>(options.max_new_tokens, engine.context() - static_cast<int64_t>(prompt.size()));
   std::vector<int64_t> generated;
   std::vector<int64_t> input = prompt;
   while (static_cast<int64_t>(generated.size()) < budget) {

@@ -23,15 +23,13 @@ struct GenerateOptions {
 // Returns the new tokens (not the prompt). Stops at max_new_tokens, the stop token, or the
 // model's context. `on_token` sees each new token as it is chosen (for streaming).
 // An empty prompt or one longer than the context is an error.
-std::vector<int64_t> generate(Model& model, const std::vector<int64_t>& prompt,
-                              const GenerateOptions& options,
+std::vector<int64_t> generate(Model& model, const std::vector<int64_t>& prompt, const GenerateOptions& options,
                               const std::function<void(int64_t)>& on_token = {});
 
 // The same through an engine (infer/engine.h), in `slot`, which is reset first (use_cache is
 // ignored: an engine always caches). Stops at the engine's context.
 std::vector<int64_t> generate(Engine& engine, int64_t slot, const std::vector<int64_t>& prompt,
-                              const GenerateOptions& options,
-                              const std::function<void(int64_t)>& on_token = {});
+                              const GenerateOptions& options, const std::function<void(int64_t)>& on_token = {});
 
 // Text in, text out, as `loom generate` does it: `prompt` after the model's start convention
 // (Tokenizer::prompt_prefix) continued on the engine make_engine picks, until options.stop_token

@@ -114,7 +114,7 @@ std::vector<std::vector<Hypothesis>> translate_batch(Model& model, const std::ve
   auto tokens = torch::full({n * beam, 1}, o.bos, on_device.dtype(torch::kLong));  // [R, step + 1]
   auto scores = torch::full({n, beam}, kNegInf, on_device.dtype(torch::kFloat));
   scores.select(1, 0).zero_();
-  scores = scores.view({n * beam});                                              // [R]
+  scores = scores.view({n * beam});                                               // [R]
   auto positional = torch::zeros({n * beam, 0}, on_device.dtype(torch::kFloat));  // [R, step]
   std::unique_ptr<Sampler> sampler;
   if (o.sampling) sampler = std::make_unique<Sampler>(o.sample);
@@ -123,14 +123,15 @@ std::vector<std::vector<Hypothesis>> translate_batch(Model& model, const std::ve
     const auto a = static_cast<int64_t>(active.size());
     const int64_t rows = a * beam;
     torch::Tensor hidden;  // [R, T, d_model]
-    if (o.use_cache) {  // the cross-attention keys and values are projected from the memory once, at step 0
+    if (o.use_cache) {     // the cross-attention keys and values are projected from the memory once, at step 0
       hidden = model->decode_hidden(tokens.narrow(1, step, 1), step == 0 ? memory : torch::Tensor(), memory_padding,
                                     step, &cache);
       if (step == 0) memory = torch::Tensor();
     } else {
       hidden = model->decode_hidden(tokens, memory, memory_padding);
     }
-    auto lprobs = torch::log_softmax(model->logits(hidden.select(1, hidden.size(1) - 1)).to(torch::kFloat), -1);  // [R, V]
+    auto lprobs =
+        torch::log_softmax(model->logits(hidden.select(1, hidden.size(1) - 1)).to(torch::kFloat), -1);  // [R, V]
     if (o.unkpen != 0) lprobs.select(1, o.unk).sub_(o.unkpen);
     // A sentence at its maximum length must end: eos keeps its log-prob, every other token is banned.
     std::vector<int64_t> forced;
@@ -208,7 +209,8 @@ std::vector<std::vector<Hypothesis>> translate_batch(Model& model, const std::ve
     auto index = torch::tensor(keep_rows).to(device);  // [R'] rows that continue, in their new order
     auto next_scores = torch::tensor(keep_scores).to(device);
     tokens = torch::cat({tokens.index_select(0, index), torch::tensor(keep_tokens).view({-1, 1}).to(device)}, 1);
-    positional = torch::cat({positional.index_select(0, index), (next_scores - scores.index_select(0, index)).unsqueeze(1)}, 1);
+    positional =
+        torch::cat({positional.index_select(0, index), (next_scores - scores.index_select(0, index)).unsqueeze(1)}, 1);
     scores = next_scores;
     memory_padding = memory_padding.index_select(0, index);
     if (o.use_cache) {

@@ -36,9 +36,9 @@ struct SearchOptions {
 };
 
 struct Hypothesis {
-  std::vector<int64_t> tokens;            // the translation, without bos and eos
-  double score = 0;                       // sum of log-probs (eos included) / length^lenpen
-  std::vector<float> positional_scores;   // each token's log-prob (unk penalty included), then the eos's
+  std::vector<int64_t> tokens;           // the translation, without bos and eos
+  double score = 0;                      // sum of log-probs (eos included) / length^lenpen
+  std::vector<float> positional_scores;  // each token's log-prob (unk penalty included), then the eos's
 };
 
 // sources: the token ids of each source sentence WITHOUT eos (appended here, as in training); a

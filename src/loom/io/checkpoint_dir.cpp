@@ -120,8 +120,7 @@ std::string resolve_checkpoint(const std::string& path) {
   std::error_code ec;
   if (fs::is_regular_file(fs::path(path) / "model.safetensors", ec)) return path;
   const std::vector<std::string> all = list_checkpoints(path);
-  if (all.empty())
-    fail("no checkpoint in {}: expected model.safetensors or step-* directories", path);
+  if (all.empty()) fail("no checkpoint in {}: expected model.safetensors or step-* directories", path);
   return all.back();
 }
 

@@ -35,7 +35,7 @@ float fp16_to_fp32(uint16_t h) {
     return float_of(sign | bits_of(static_cast<float>(mantissa) * 0x1p-24f));
   }
   if (exponent == 31) return float_of(sign | 0x7f800000 | (mantissa << 13));  // inf, NaN
-  return float_of(sign | ((exponent + 112) << 23) | (mantissa << 13));       // rebias 15 -> 127
+  return float_of(sign | ((exponent + 112) << 23) | (mantissa << 13));        // rebias 15 -> 127
 }
 
 uint16_t fp32_to_fp16(float f) {
@@ -45,9 +45,9 @@ uint16_t fp32_to_fp16(float f) {
   if (a >= 0x7f800000) {  // inf stays inf; NaN becomes a quiet NaN keeping the top payload bits
     return sign | (a == 0x7f800000 ? 0x7c00 : 0x7e00 | ((a >> 13) & 0x3ff));
   }
-  if (a >= 0x477ff000) return sign | 0x7c00;  // >= 65520 rounds past 65504, the largest half
-  if (a >= 0x38800000) {                      // normal half (>= 2^-14): round the low 13 bits
-    const uint32_t rounded = a + 0xfff + ((a >> 13) & 1);  // to nearest, ties to even
+  if (a >= 0x477ff000) return sign | 0x7c00;                            // >= 65520 rounds past 65504, the largest half
+  if (a >= 0x38800000) {                                                // normal half (>= 2^-14): round the low 13 bits
+    const uint32_t rounded = a + 0xfff + ((a >> 13) & 1);               // to nearest, ties to even
     return sign | static_cast<uint16_t>((rounded - 0x38000000) >> 13);  // a carry bumps the exponent
   }
   if (a <= 0x33000000) return sign;  // <= 2^-25 (half the smallest subnormal) rounds to zero

@@ -30,12 +30,16 @@ float bits_float(uint32_t u) {
 
 bool is_integer(GgufType t) {
   switch (t) {
-    case GgufType::kU8: case GgufType::kI8: case GgufType::kU16: case GgufType::kI16:
-    case GgufType::kU32: case GgufType::kI32: case GgufType::kU64: case GgufType::kI64:
-    case GgufType::kBool:
-      return true;
-    default:
-      return false;
+    case GgufType::kU8:
+    case GgufType::kI8:
+    case GgufType::kU16:
+    case GgufType::kI16:
+    case GgufType::kU32:
+    case GgufType::kI32:
+    case GgufType::kU64:
+    case GgufType::kI64:
+    case GgufType::kBool: return true;
+    default: return false;
   }
 }
 bool is_float(GgufType t) { return t == GgufType::kF32 || t == GgufType::kF64; }
@@ -43,10 +47,17 @@ bool is_float(GgufType t) { return t == GgufType::kF32 || t == GgufType::kF64; }
 // Bytes of one scalar of a fixed-size type; 0 for strings and arrays.
 size_t scalar_size(GgufType t) {
   switch (t) {
-    case GgufType::kU8: case GgufType::kI8: case GgufType::kBool: return 1;
-    case GgufType::kU16: case GgufType::kI16: return 2;
-    case GgufType::kU32: case GgufType::kI32: case GgufType::kF32: return 4;
-    case GgufType::kU64: case GgufType::kI64: case GgufType::kF64: return 8;
+    case GgufType::kU8:
+    case GgufType::kI8:
+    case GgufType::kBool: return 1;
+    case GgufType::kU16:
+    case GgufType::kI16: return 2;
+    case GgufType::kU32:
+    case GgufType::kI32:
+    case GgufType::kF32: return 4;
+    case GgufType::kU64:
+    case GgufType::kI64:
+    case GgufType::kF64: return 8;
     default: return 0;
   }
 }
@@ -114,7 +125,8 @@ GgufValue read_value(Cursor& c, const std::string& key, const std::string& path)
     return v;
   }
   v.element_type = static_cast<GgufType>(c.read<uint32_t>("an array element type"));
-  if (v.element_type == GgufType::kArray) fail("{}: key '{}' is an array of arrays, which loom does not read", path, key);
+  if (v.element_type == GgufType::kArray)
+    fail("{}: key '{}' is an array of arrays, which loom does not read", path, key);
   if (v.element_type != GgufType::kString && !is_integer(v.element_type) && !is_float(v.element_type))
     fail("{}: key '{}' has unknown array element type {}", path, key, static_cast<uint32_t>(v.element_type));
   const uint64_t n = c.read<uint64_t>("an array length");
@@ -234,16 +246,16 @@ void dequantize_q6_k(const BlockQ6_K* x, int64_t n, float* y) {
 
 const std::vector<std::pair<GgmlType, GgmlTypeInfo>>& type_table() {
   static const std::vector<std::pair<GgmlType, GgmlTypeInfo>> table = {
-      {GgmlType::kF32, {"F32", 1, 4, true}},       {GgmlType::kF16, {"F16", 1, 2, true}},
-      {GgmlType::kQ4_0, {"Q4_0", 32, 18, true}},   {GgmlType::kQ4_1, {"Q4_1", 32, 20, true}},
-      {GgmlType::kQ5_0, {"Q5_0", 32, 22, false}},  {GgmlType::kQ5_1, {"Q5_1", 32, 24, false}},
-      {GgmlType::kQ8_0, {"Q8_0", 32, 34, true}},   {GgmlType::kQ8_1, {"Q8_1", 32, 36, false}},
-      {GgmlType::kQ2_K, {"Q2_K", 256, 84, false}}, {GgmlType::kQ3_K, {"Q3_K", 256, 110, false}},
+      {GgmlType::kF32, {"F32", 1, 4, true}},        {GgmlType::kF16, {"F16", 1, 2, true}},
+      {GgmlType::kQ4_0, {"Q4_0", 32, 18, true}},    {GgmlType::kQ4_1, {"Q4_1", 32, 20, true}},
+      {GgmlType::kQ5_0, {"Q5_0", 32, 22, false}},   {GgmlType::kQ5_1, {"Q5_1", 32, 24, false}},
+      {GgmlType::kQ8_0, {"Q8_0", 32, 34, true}},    {GgmlType::kQ8_1, {"Q8_1", 32, 36, false}},
+      {GgmlType::kQ2_K, {"Q2_K", 256, 84, false}},  {GgmlType::kQ3_K, {"Q3_K", 256, 110, false}},
       {GgmlType::kQ4_K, {"Q4_K", 256, 144, false}}, {GgmlType::kQ5_K, {"Q5_K", 256, 176, false}},
-      {GgmlType::kQ6_K, {"Q6_K", 256, 210, true}}, {GgmlType::kQ8_K, {"Q8_K", 256, 292, false}},
-      {GgmlType::kI8, {"I8", 1, 1, false}},        {GgmlType::kI16, {"I16", 1, 2, false}},
-      {GgmlType::kI32, {"I32", 1, 4, false}},      {GgmlType::kI64, {"I64", 1, 8, false}},
-      {GgmlType::kF64, {"F64", 1, 8, false}},      {GgmlType::kBF16, {"BF16", 1, 2, true}},
+      {GgmlType::kQ6_K, {"Q6_K", 256, 210, true}},  {GgmlType::kQ8_K, {"Q8_K", 256, 292, false}},
+      {GgmlType::kI8, {"I8", 1, 1, false}},         {GgmlType::kI16, {"I16", 1, 2, false}},
+      {GgmlType::kI32, {"I32", 1, 4, false}},       {GgmlType::kI64, {"I64", 1, 8, false}},
+      {GgmlType::kF64, {"F64", 1, 8, false}},       {GgmlType::kBF16, {"BF16", 1, 2, true}},
   };
   return table;
 }
@@ -257,8 +269,8 @@ const GgmlTypeInfo* find_type(GgmlType type) {
 }  // namespace
 
 const char* gguf_type_name(GgufType type) {
-  static const char* names[] = {"u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array",
-                                "u64", "i64", "f64"};
+  static const char* names[] = {"u8",   "i8",     "u16",   "i16", "u32", "i32", "f32",
+                                "bool", "string", "array", "u64", "i64", "f64"};
   const auto i = static_cast<uint32_t>(type);
   return i < 13 ? names[i] : "unknown";
 }
@@ -354,9 +366,7 @@ std::string ggml_quantize(GgmlType type, const float* x, int64_t n) {
   std::string out(ggml_nbytes(type, n), '\0');
   char* p = out.data();
   switch (type) {
-    case GgmlType::kF32:
-      std::memcpy(p, x, n * sizeof(float));
-      break;
+    case GgmlType::kF32: std::memcpy(p, x, n * sizeof(float)); break;
     case GgmlType::kF16:
       for (int64_t i = 0; i < n; ++i) {
         const uint16_t h = fp32_to_fp16(x[i]);
@@ -366,8 +376,9 @@ std::string ggml_quantize(GgmlType type, const float* x, int64_t n) {
     case GgmlType::kBF16:  // round to nearest even, NaN kept quiet (ggml_compute_fp32_to_bf16)
       for (int64_t i = 0; i < n; ++i) {
         const uint32_t u = float_bits(x[i]);
-        const uint16_t h = (u & 0x7fffffff) > 0x7f800000 ? static_cast<uint16_t>((u >> 16) | 64)
-                                                         : static_cast<uint16_t>((u + (0x7fff + ((u >> 16) & 1))) >> 16);
+        const uint16_t h = (u & 0x7fffffff) > 0x7f800000
+                               ? static_cast<uint16_t>((u >> 16) | 64)
+                               : static_cast<uint16_t>((u + (0x7fff + ((u >> 16) & 1))) >> 16);
         std::memcpy(p + 2 * i, &h, 2);
       }
       break;
@@ -383,9 +394,7 @@ void ggml_dequantize(GgmlType type, const void* data, int64_t n, float* out) {
   ggml_nbytes(type, n);  // checks n against the block size
   const auto* p = static_cast<const char*>(data);
   switch (type) {
-    case GgmlType::kF32:
-      std::memcpy(out, p, n * sizeof(float));
-      break;
+    case GgmlType::kF32: std::memcpy(out, p, n * sizeof(float)); break;
     case GgmlType::kF16:
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
@@ -404,8 +413,9 @@ void ggml_dequantize(GgmlType type, const void* data, int64_t n, float* out) {
     case GgmlType::kQ4_0: dequantize_q4_0(reinterpret_cast<const BlockQ4_0*>(p), n, out); break;
     case GgmlType::kQ4_1: dequantize_q4_1(reinterpret_cast<const BlockQ4_1*>(p), n, out); break;
     case GgmlType::kQ6_K: dequantize_q6_k(reinterpret_cast<const BlockQ6_K*>(p), n, out); break;
-    default: fail("loom cannot decode ggml type {} (it reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q6_K)",
-                  ggml_type_info(type).name);
+    default:
+      fail("loom cannot decode ggml type {} (it reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q6_K)",
+           ggml_type_info(type).name);
   }
 }
 
@@ -481,7 +491,8 @@ GgufFile parse_gguf(std::string bytes, const std::string& path) {
     t.name = c.read_string("a tensor name");
     if (!names.insert(t.name).second) fail("{}: duplicate tensor '{}'", path, t.name);
     const uint32_t n_dims = c.read<uint32_t>("a tensor's dimension count");
-    if (n_dims == 0 || n_dims > kMaxDims) fail("{}: tensor '{}' has {} dimensions (1 to {} allowed)", path, t.name, n_dims, kMaxDims);
+    if (n_dims == 0 || n_dims > kMaxDims)
+      fail("{}: tensor '{}' has {} dimensions (1 to {} allowed)", path, t.name, n_dims, kMaxDims);
     std::vector<int64_t> ne(n_dims);
     for (auto& d : ne) {
       const uint64_t v = c.read<uint64_t>("a tensor dimension");
@@ -549,7 +560,8 @@ void GgufWriter::add_tensor(const std::string& name, std::vector<int64_t> shape,
     fail("GGUF writer: tensor '{}': row length {} is not a multiple of the {} block size {}", name, shape.back(),
          info.name, info.block_size);
   if (data.size() != ggml_nbytes(type, numel))
-    fail("GGUF writer: tensor '{}' has {} bytes, its shape and type need {}", name, data.size(), ggml_nbytes(type, numel));
+    fail("GGUF writer: tensor '{}' has {} bytes, its shape and type need {}", name, data.size(),
+         ggml_nbytes(type, numel));
   tensors_.push_back({name, std::move(shape), type, std::move(data)});
 }
 

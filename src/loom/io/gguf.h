@@ -28,8 +28,19 @@ namespace loom {
 
 // GGUF metadata value types (their numeric codes are the file format).
 enum class GgufType : uint32_t {
-  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
-  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
+  kU8 = 0,
+  kI8 = 1,
+  kU16 = 2,
+  kI16 = 3,
+  kU32 = 4,
+  kI32 = 5,
+  kF32 = 6,
+  kBool = 7,
+  kString = 8,
+  kArray = 9,
+  kU64 = 10,
+  kI64 = 11,
+  kF64 = 12,
 };
 const char* gguf_type_name(GgufType type);
 
@@ -57,7 +68,7 @@ struct GgufValue {
 
   bool is_array() const { return type == GgufType::kArray; }
   GgufType value_type() const { return is_array() ? element_type : type; }  // of the elements
-  size_t size() const;  // elements (1 for a scalar)
+  size_t size() const;                                                      // elements (1 for a scalar)
   // Scalar accessors; loom::Error naming `key` if the value is not of that kind.
   int64_t as_int(const std::string& key) const;
   double as_float(const std::string& key) const;  // integers convert
@@ -66,15 +77,32 @@ struct GgufValue {
 
 // ggml tensor types (numeric codes are the file format) with their block layouts.
 enum class GgmlType : uint32_t {
-  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kQ8_1 = 9,
-  kQ2_K = 10, kQ3_K = 11, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kQ8_K = 15,
-  kI8 = 24, kI16 = 25, kI32 = 26, kI64 = 27, kF64 = 28, kBF16 = 30,
+  kF32 = 0,
+  kF16 = 1,
+  kQ4_0 = 2,
+  kQ4_1 = 3,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
+  kQ8_0 = 8,
+  kQ8_1 = 9,
+  kQ2_K = 10,
+  kQ3_K = 11,
+  kQ4_K = 12,
+  kQ5_K = 13,
+  kQ6_K = 14,
+  kQ8_K = 15,
+  kI8 = 24,
+  kI16 = 25,
+  kI32 = 26,
+  kI64 = 27,
+  kF64 = 28,
+  kBF16 = 30,
 };
 struct GgmlTypeInfo {
-  const char* name;     // "Q4_0", as llama.cpp spells it
-  int64_t block_size;   // weights per block
-  int64_t type_size;    // bytes per block
-  bool dequantizable;   // loom can turn it into floats
+  const char* name;    // "Q4_0", as llama.cpp spells it
+  int64_t block_size;  // weights per block
+  int64_t type_size;   // bytes per block
+  bool dequantizable;  // loom can turn it into floats
 };
 // loom::Error for a code ggml does not define (or loom does not know).
 const GgmlTypeInfo& ggml_type_info(GgmlType type);
@@ -109,11 +137,11 @@ struct GgufFile {
   uint64_t alignment = 32;
   std::vector<std::pair<std::string, GgufValue>> metadata;  // file order
   std::vector<GgufTensorInfo> tensors;                      // file order
-  uint64_t data_offset = 0;  // where the data section starts in `bytes`
+  uint64_t data_offset = 0;                                 // where the data section starts in `bytes`
   std::string bytes;
 
-  const GgufValue* find(const std::string& key) const;     // nullptr if absent
-  const GgufValue& get(const std::string& key) const;      // loom::Error naming the file if absent
+  const GgufValue* find(const std::string& key) const;  // nullptr if absent
+  const GgufValue& get(const std::string& key) const;   // loom::Error naming the file if absent
   const GgufTensorInfo* find_tensor(const std::string& name) const;
   const char* data(const GgufTensorInfo& t) const { return bytes.data() + data_offset + t.offset; }
   // The tensor's weights as floats (numel of them); loom::Error for types loom cannot decode.

@@ -29,9 +29,9 @@ struct Dtype {
 };
 
 constexpr Dtype kDtypes[] = {
-    {"F64", torch::kFloat64, 8}, {"F32", torch::kFloat32, 4}, {"F16", torch::kFloat16, 2},
-    {"BF16", torch::kBFloat16, 2}, {"I64", torch::kInt64, 8}, {"I32", torch::kInt32, 4},
-    {"I16", torch::kInt16, 2},   {"I8", torch::kInt8, 1},     {"U8", torch::kUInt8, 1},
+    {"F64", torch::kFloat64, 8},   {"F32", torch::kFloat32, 4}, {"F16", torch::kFloat16, 2},
+    {"BF16", torch::kBFloat16, 2}, {"I64", torch::kInt64, 8},   {"I32", torch::kInt32, 4},
+    {"I16", torch::kInt16, 2},     {"I8", torch::kInt8, 1},     {"U8", torch::kUInt8, 1},
     {"BOOL", torch::kBool, 1},
 };
 
@@ -59,8 +59,7 @@ std::string quote_name(const std::string& name) {
 }
 
 template <class... Args>
-[[noreturn]] void corrupt(const std::string& path, fmt::format_string<Args...> format,
-                          Args&&... args) {
+[[noreturn]] void corrupt(const std::string& path, fmt::format_string<Args...> format, Args&&... args) {
   fail("bad safetensors file {}: {}", path, fmt::format(format, std::forward<Args>(args)...));
 }
 
@@ -93,21 +92,18 @@ Entry parse_entry(const std::string& path, const std::string& name, const Json& 
   for (const Json& dim : info["shape"]) {
     if (!dim.is_number_unsigned() || dim.get<uint64_t>() > uint64_t(INT64_MAX))
       corrupt(path, "tensor {}: shape entries must be non-negative integers", q);
-    if (__builtin_mul_overflow(numel, dim.get<uint64_t>(), &numel))
-      corrupt(path, "tensor {}: shape overflows", q);
+    if (__builtin_mul_overflow(numel, dim.get<uint64_t>(), &numel)) corrupt(path, "tensor {}: shape overflows", q);
     entry.shape.push_back(dim.get<int64_t>());
   }
   uint64_t nbytes = 0;
-  if (__builtin_mul_overflow(numel, entry.dtype->size, &nbytes))
-    corrupt(path, "tensor {}: shape overflows", q);
+  if (__builtin_mul_overflow(numel, entry.dtype->size, &nbytes)) corrupt(path, "tensor {}: shape overflows", q);
   entry.begin = offsets[0].get<uint64_t>();
   entry.end = offsets[1].get<uint64_t>();
   if (entry.end < entry.begin)
     corrupt(path, "tensor {}: data_offsets [{}, {}] are reversed", q, entry.begin, entry.end);
   if (entry.end - entry.begin != nbytes)
-    corrupt(path, "tensor {}: size mismatch: {} {} needs {} bytes but data_offsets [{}, {}] span {}",
-            q, entry.dtype->name, shape_str(entry.shape), nbytes, entry.begin, entry.end,
-            entry.end - entry.begin);
+    corrupt(path, "tensor {}: size mismatch: {} {} needs {} bytes but data_offsets [{}, {}] span {}", q,
+            entry.dtype->name, shape_str(entry.shape), nbytes, entry.begin, entry.end, entry.end - entry.begin);
   return entry;
 }
 
@@ -144,8 +140,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   std::set<std::string> names;
   uint64_t offset = 0;
   for (const auto& [name, tensor] : tensors) {
-    if (name.empty() || name == "__metadata__")
-      fail("cannot save {}: invalid tensor name {}", path, quote_name(name));
+    if (name.empty() || name == "__metadata__") fail("cannot save {}: invalid tensor name {}", path, quote_name(name));
     if (!names.insert(name).second) fail("cannot save {}: duplicate tensor name {}", path, quote_name(name));
     if (!tensor.defined()) fail("cannot save {}: tensor {} is undefined", path, quote_name(name));
     const Dtype* dtype = find_dtype(tensor.scalar_type());
@@ -154,9 +149,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
            c10::toString(tensor.scalar_type()));
     torch::Tensor t = tensor.detach().to(torch::kCPU).contiguous();
     const uint64_t nbytes = uint64_t(t.numel()) * dtype->size;
-    header[name] = {{"dtype", dtype->name},
-                    {"shape", t.sizes().vec()},
-                    {"data_offsets", {offset, offset + nbytes}}};
+    header[name] = {{"dtype", dtype->name}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
     cpu_tensors.push_back(std::move(t));
   }
@@ -179,15 +172,13 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
 
 Safetensors load_safetensors(const std::string& path) {
   const std::string bytes = read_file(path);
-  if (bytes.size() < 8)
-    corrupt(path, "truncated: {} bytes, shorter than the 8-byte header length", bytes.size());
+  if (bytes.size() < 8) corrupt(path, "truncated: {} bytes, shorter than the 8-byte header length", bytes.size());
   uint64_t header_len = 0;
   std::memcpy(&header_len, bytes.data(), 8);
   if (header_len > kMaxHeaderBytes)
     corrupt(path, "header length {} is absurd (limit {} bytes)", header_len, kMaxHeaderBytes);
   if (header_len > bytes.size() - 8)
-    corrupt(path, "truncated: header length {} exceeds the {} bytes after it", header_len,
-            bytes.size() - 8);
+    corrupt(path, "truncated: header length {} exceeds the {} bytes after it", header_len, bytes.size() - 8);
   const Json header = parse_header(path, std::string_view(bytes).substr(8, header_len));
   const char* data = bytes.data() + 8 + header_len;
   const uint64_t data_size = bytes.size() - 8 - header_len;
@@ -198,8 +189,7 @@ Safetensors load_safetensors(const std::string& path) {
     if (item.key() == "__metadata__") {
       if (!item.value().is_object()) corrupt(path, "\"__metadata__\" is not a JSON object");
       for (const auto& kv : item.value().items()) {
-        if (!kv.value().is_string())
-          corrupt(path, "metadata value for {} is not a string", quote_name(kv.key()));
+        if (!kv.value().is_string()) corrupt(path, "metadata value for {} is not a string", quote_name(kv.key()));
         file.metadata[kv.key()] = kv.value().get<std::string>();
       }
       continue;
@@ -214,21 +204,19 @@ Safetensors load_safetensors(const std::string& path) {
   // The tensors must tile [0, data_size) exactly: no overlap, no gap, no trailing bytes.
   std::vector<const Entry*> by_offset;
   for (const Entry& e : entries) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) {
-    return std::tie(a->begin, a->end) < std::tie(b->begin, b->end);
-  });
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const Entry* a, const Entry* b) { return std::tie(a->begin, a->end) < std::tie(b->begin, b->end); });
   uint64_t expected = 0;
   for (const Entry* e : by_offset) {
     if (e->begin < expected)
-      corrupt(path, "tensor {}: data_offsets [{}, {}] overlap the previous tensor (ends at {})",
-              quote_name(e->name), e->begin, e->end, expected);
+      corrupt(path, "tensor {}: data_offsets [{}, {}] overlap the previous tensor (ends at {})", quote_name(e->name),
+              e->begin, e->end, expected);
     if (e->begin > expected)
-      corrupt(path, "tensor {}: data_offsets [{}, {}] leave a gap after byte {} (not contiguous)",
-              quote_name(e->name), e->begin, e->end, expected);
+      corrupt(path, "tensor {}: data_offsets [{}, {}] leave a gap after byte {} (not contiguous)", quote_name(e->name),
+              e->begin, e->end, expected);
     expected = e->end;
   }
-  if (expected != data_size)
-    corrupt(path, "{} trailing bytes after the last tensor", data_size - expected);
+  if (expected != data_size) corrupt(path, "{} trailing bytes after the last tensor", data_size - expected);
 
   for (const Entry& e : entries) {
     torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype->type));
@@ -262,8 +250,7 @@ std::string some_names(const std::vector<std::string>& names) {
 
 }  // namespace
 
-void load_module_state(torch::nn::Module& module, const Safetensors& file,
-                       const std::string& path) {
+void load_module_state(torch::nn::Module& module, const Safetensors& file, const std::string& path) {
   std::map<std::string, const torch::Tensor*> in_file;
   for (const auto& [name, tensor] : file.tensors)
     if (!in_file.emplace(name, &tensor).second)
@@ -275,21 +262,20 @@ void load_module_state(torch::nn::Module& module, const Safetensors& file,
   for (const auto& [name, target] : wanted) {
     wanted_names.insert(name);
     const auto it = in_file.find(name);
-    if (it == in_file.end())
-      missing.push_back(name);
+    if (it == in_file.end()) missing.push_back(name);
     else if (it->second->sizes() != target.sizes())
-      mismatched.push_back(fmt::format("{} (model {}, file {})", name, shape_str(target.sizes()),
-                                       shape_str(it->second->sizes())));
+      mismatched.push_back(
+          fmt::format("{} (model {}, file {})", name, shape_str(target.sizes()), shape_str(it->second->sizes())));
   }
   for (const auto& [name, tensor] : file.tensors)
     if (!wanted_names.count(name)) unexpected.push_back(name);
 
   std::vector<std::string> problems;
-  if (!missing.empty()) problems.push_back(fmt::format("{} missing tensor(s): {}", missing.size(), some_names(missing)));
+  if (!missing.empty())
+    problems.push_back(fmt::format("{} missing tensor(s): {}", missing.size(), some_names(missing)));
   if (!unexpected.empty())
     problems.push_back(fmt::format("{} unexpected tensor(s): {}", unexpected.size(), some_names(unexpected)));
-  if (!mismatched.empty())
-    problems.push_back(fmt::format("shape mismatch: {}", some_names(mismatched)));
+  if (!mismatched.empty()) problems.push_back(fmt::format("shape mismatch: {}", some_names(mismatched)));
   if (!problems.empty()) {
     std::string all;
     for (size_t i = 0; i < problems.size(); ++i) all += (i ? "; " : "") + problems[i];

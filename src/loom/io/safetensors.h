@@ -39,7 +39,6 @@ NamedTensors module_state(const torch::nn::Module& module);
 // Copies every tensor of `file` into `module` (converting to the module's dtype), after checking
 // that the names match exactly and the shapes agree; `path` only names the file in errors.
 // Nothing is copied unless everything matches.
-void load_module_state(torch::nn::Module& module, const Safetensors& file,
-                       const std::string& path);
+void load_module_state(torch::nn::Module& module, const Safetensors& file, const std::string& path);
 
 }  // namespace loom

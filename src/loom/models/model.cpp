@@ -38,8 +38,7 @@ ModelImpl::ModelImpl(ModelConfig c) : config_(std::move(c)) {
 
 void ModelImpl::check_length(int64_t offset, int64_t t, const KVCache* cache) const {
   if (offset + t > config_.max_seq_len)
-    fail("sequence of {} tokens exceeds the model's context of {} tokens", offset + t,
-         config_.max_seq_len);
+    fail("sequence of {} tokens exceeds the model's context of {} tokens", offset + t, config_.max_seq_len);
   if (cache != nullptr && offset + t > cache->capacity)
     fail("sequence of {} tokens exceeds the KV cache capacity of {}", offset + t, cache->capacity);
 }
@@ -52,7 +51,8 @@ torch::Tensor ModelImpl::embed(torch::nn::Embedding& table, const torch::Tensor&
 torch::Tensor ModelImpl::hidden(const torch::Tensor& tokens, int64_t offset, KVCache* cache) {
   TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, T]");
   check_length(offset, tokens.size(1), cache);
-  if (!config_.causal()) fail("an encoder (model.arch encoder) classifies whole sequences; it has no next-token hidden states");
+  if (!config_.causal())
+    fail("an encoder (model.arch encoder) classifies whole sequences; it has no next-token hidden states");
   if (config_.encoder_decoder()) fail("an encoder-decoder decodes from a source: use encode and decode_hidden");
   return trunk(embed(tok_emb, tokens), offset, cache, {});
 }
@@ -112,7 +112,7 @@ torch::Tensor ModelImpl::classify(const torch::Tensor& tokens, const torch::Tens
   if (cls.defined()) {
     pooled = h.select(1, 0);
   } else {
-    auto keep = pad.logical_not().unsqueeze(-1).to(h.scalar_type());         // [B, T, 1]
+    auto keep = pad.logical_not().unsqueeze(-1).to(h.scalar_type());  // [B, T, 1]
     pooled = (h * keep).sum(1) / keep.sum(1).clamp_min(1);
   }
   return head(pooled);  // [B, C]
@@ -157,9 +157,7 @@ void select_cache_rows(KVCache& cache, const torch::Tensor& index, bool cross, i
             }
             t = t.index_select(0, index);
             break;
-          case StateKind::kRecurrent:
-            t = t.index_select(0, index);
-            break;
+          case StateKind::kRecurrent: t = t.index_select(0, index); break;
         }
       }
     }

@@ -76,13 +76,13 @@ class ModelImpl : public BlockModule {
   std::shared_ptr<PositionImpl> pos;
   torch::nn::ModuleList layers;
   std::shared_ptr<NormImpl> norm_f;
-  torch::nn::Linear lm_head{nullptr};  // [V, d_model]; decoders, null when tied to tok_emb
-  torch::Tensor cls;                   // [d_model]; encoders with pooling cls
-  torch::nn::Linear head{nullptr};     // [C, d_model] + bias; encoders
+  torch::nn::Linear lm_head{nullptr};         // [V, d_model]; decoders, null when tied to tok_emb
+  torch::Tensor cls;                          // [d_model]; encoders with pooling cls
+  torch::nn::Linear head{nullptr};            // [C, d_model] + bias; encoders
   torch::nn::ModuleList enc_layers{nullptr};  // encoder_decoder: the source encoder
   std::shared_ptr<NormImpl> norm_enc;
   std::shared_ptr<PositionImpl> enc_pos;
-  torch::nn::Embedding src_emb{nullptr};      // encoder_decoder without share_embeddings
+  torch::nn::Embedding src_emb{nullptr};  // encoder_decoder without share_embeddings
 
  private:
   // Embeds, runs the layers and the final norm: [B, T, d_model].

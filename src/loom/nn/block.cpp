@@ -34,7 +34,7 @@ NormPlacement parse_norm_placement(const std::string& name, const std::string& w
 }
 
 torch::Tensor TransformerBlockImpl::forward(const torch::Tensor& x, const MixerContext& layer_context,
-                                           LayerCache* cache) {
+                                            LayerCache* cache) {
   MixerContext context = layer_context, cross_context = layer_context;
   context.state = cache ? &cache->mixer : nullptr;
   cross_context.state = cache ? &cache->cross : nullptr;

@@ -29,7 +29,8 @@ class OptionCollector {
   void operator()(const char* key, const T& value, const char*, const Tags&... tags) {
     OptionValue option;
     option.key = key;
-    if constexpr (std::is_same_v<T, std::vector<std::string>>) option.value = fmt::format("[{}]", fmt::join(value, ", "));
+    if constexpr (std::is_same_v<T, std::vector<std::string>>)
+      option.value = fmt::format("[{}]", fmt::join(value, ", "));
     else option.value = fmt::format("{}", value);
     ((option.at_inference = tags), ...);
     options.push_back(std::move(option));
@@ -94,8 +95,7 @@ void ModelConfig::validate(const std::string& source) const {
   if (d_model % n_heads != 0)
     fail("{}: model.d_model ({}) must be divisible by model.n_heads ({})", source, d_model, n_heads);
   if (n_heads % kv_heads() != 0)
-    fail("{}: model.n_heads ({}) must be divisible by model.n_kv_heads ({})", source, n_heads,
-         kv_heads());
+    fail("{}: model.n_heads ({}) must be divisible by model.n_kv_heads ({})", source, n_heads, kv_heads());
   local_attention.validate(source);
   moe.validate(source);
   mamba.validate(source);
@@ -122,8 +122,7 @@ void ModelConfig::validate(const std::string& source) const {
   }
   if (arch == "encoder") {
     if (n_classes < 2) fail("{}: model.n_classes must be at least 2 for an encoder, got {}", source, n_classes);
-    if (pooling != "cls" && pooling != "mean")
-      fail("{}: model.pooling must be cls or mean, got '{}'", source, pooling);
+    if (pooling != "cls" && pooling != "mean") fail("{}: model.pooling must be cls or mean, got '{}'", source, pooling);
   } else if (n_classes != 0) {
     fail("{}: model.n_classes applies to model.arch encoder only (this model is a decoder)", source);
   }
@@ -147,16 +146,18 @@ void ModelConfig::check_blocks(const std::string& source) const {
   for (size_t i = 0; i < mixers.size(); ++i) {
     const auto& info = r.mixers.info(mixers[i], fmt::format("{}: layer {}", source, i));
     if (!info.has(form))
-      fail("{}: layer {}: mixer '{}' has no {} form, which model.arch {} needs (mixers that have one: {})",
-           source, i, mixers[i], form, arch, fmt::join(r.mixers.names(form), ", "));
+      fail("{}: layer {}: mixer '{}' has no {} form, which model.arch {} needs (mixers that have one: {})", source, i,
+           mixers[i], form, arch, fmt::join(r.mixers.names(form), ", "));
     if (hook == "scores" && info.has("qk") && !info.has("scores"))
-      fail("{}: layer {}: model.position '{}' biases softmax scores, which mixer '{}' does not have "
-           "(choose one of: {})", source, i, position, mixers[i], fmt::join(positions_without_hooks(), ", "));
+      fail(
+          "{}: layer {}: model.position '{}' biases softmax scores, which mixer '{}' does not have "
+          "(choose one of: {})",
+          source, i, position, mixers[i], fmt::join(positions_without_hooks(), ", "));
     hooked = hooked || (!hook.empty() && info.has(hook));
   }
   if (!hook.empty() && !hooked)
-    fail("{}: model.position '{}' acts inside attention, but no layer has {} (layers: {}); choose one of: {}",
-         source, position, hook == "scores" ? "softmax scores" : "queries and keys", fmt::join(mixers, ", "),
+    fail("{}: model.position '{}' acts inside attention, but no layer has {} (layers: {}); choose one of: {}", source,
+         position, hook == "scores" ? "softmax scores" : "queries and keys", fmt::join(mixers, ", "),
          fmt::join(positions_without_hooks(), ", "));
   if (position.rfind("rope", 0) == 0 && head_dim() % 2 != 0)
     fail("{}: model.position '{}' needs an even head_dim, got {}", source, position, head_dim());

@@ -47,7 +47,7 @@ struct ModelConfig {
   // The blocks' own options, each struct declared and registered with its block (visited in
   // this order, with qk_norm after the window, so --print-recipe keeps its order).
   LocalAttentionOptions local_attention;
-  bool qk_norm = false;          // normalize queries and keys per head (model.norm) before RoPE
+  bool qk_norm = false;  // normalize queries and keys per head (model.norm) before RoPE
   MoeOptions moe;
   MambaOptions mamba;
   bool bias = true;
@@ -58,14 +58,15 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   double dropout = 0.0;
   double init_std = 0.02;
-  std::string pooling = "cls";     // encoder only: "cls" (a CLS token's state) or "mean"
-  int64_t n_classes = 0;           // encoder only: classes of the classification head
+  std::string pooling = "cls";  // encoder only: "cls" (a CLS token's state) or "mean"
+  int64_t n_classes = 0;        // encoder only: classes of the classification head
 
   template <class V>
   void visit(V& v) {
     constexpr auto fast = AtInference::kFastEngine, block = AtInference::kBlockName, none = AtInference::kNoEffect;
-    v("arch", arch, "decoder (causal language model), encoder (bidirectional, classification head) or "
-                    "encoder_decoder (source encoder, target decoder with cross-attention)");
+    v("arch", arch,
+      "decoder (causal language model), encoder (bidirectional, classification head) or "
+      "encoder_decoder (source encoder, target decoder with cross-attention)");
     v("vocab_size", vocab_size, "tokenizer vocabulary size (the tokenizer is trained to it)", fast);
     v("d_model", d_model, "width of the residual stream", fast);
     v("n_layers", n_layers, "number of layers (encoder_decoder: encoder layers)", fast);
@@ -86,8 +87,10 @@ struct ModelConfig {
     mamba.visit(v);
     v("bias", bias, "biases in linear layers and norms", fast);
     v("tie_embeddings", tie_embeddings, "output projection shares the token embedding", fast);
-    v("share_embeddings", share_embeddings, "encoder_decoder: source and target share one embedding (joint vocabulary)", none);
-    v("embed_scale", embed_scale, "multiply token embeddings by sqrt(d_model), init N(0, d_model^-1/2) (Vaswani et al. 2017)", fast);
+    v("share_embeddings", share_embeddings, "encoder_decoder: source and target share one embedding (joint vocabulary)",
+      none);
+    v("embed_scale", embed_scale,
+      "multiply token embeddings by sqrt(d_model), init N(0, d_model^-1/2) (Vaswani et al. 2017)", fast);
     v("norm_eps", norm_eps, "epsilon of the norms", fast);
     v("rope_theta", rope_theta, "RoPE base frequency", fast);
     v("dropout", dropout, "dropout on each residual branch during training", none);

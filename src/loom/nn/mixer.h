@@ -51,9 +51,9 @@ struct LayerCache {
 
 struct MixerContext {
   PositionImpl* position = nullptr;
-  int64_t offset = 0;            // absolute position of the first input token
-  MixerState* state = nullptr;   // this mixer's decoding state; null: no incremental decoding
-  torch::Tensor padding = {};    // encoders: [B, T] bool, true at padding tokens (no one attends to them)
+  int64_t offset = 0;           // absolute position of the first input token
+  MixerState* state = nullptr;  // this mixer's decoding state; null: no incremental decoding
+  torch::Tensor padding = {};   // encoders: [B, T] bool, true at padding tokens (no one attends to them)
   // Encoder-decoder decoders: the encoder output [B, S, d_model] that cross-attention reads, and
   // its padding [B, S] bool (true at padding). With a cache, the memory is projected once.
   torch::Tensor memory = {};

@@ -76,13 +76,11 @@ void dequantize_int8(const int8_t* q, const float* scale, int64_t rows, int64_t 
 bool isa_supported(Isa isa) {
   switch (isa) {
     case Isa::kAuto:
-    case Isa::kPortable:
-      return true;
+    case Isa::kPortable: return true;
 #if LOOM_QUANT_X86
     case Isa::kAvx2:
       __builtin_cpu_init();  // idempotent; needed if this runs before libgcc's own constructor
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case Isa::kAvx512:
       __builtin_cpu_init();
       // libgcc also checks that the OS saves the zmm state (XCR0) before reporting avx512*.
@@ -90,8 +88,7 @@ bool isa_supported(Isa isa) {
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
              __builtin_cpu_supports("avx512vbmi");
 #else
-    default:
-      return false;
+    default: return false;
 #endif
   }
   return false;
@@ -422,14 +419,13 @@ struct Int8Avx2 {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[R][A];
     LOOM_UNROLL
-    for (int r = 0; r < R; ++r)
-      LOOM_UNROLL
-      for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
+    for (int r = 0; r < R; ++r) LOOM_UNROLL
+    for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
     ActRow x[A];
     LOOM_UNROLL
     for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
     const int64_t full = p.cols / 32 * 32;
-    auto step = [&](const __m256i (&wv)[R], int64_t c) LOOM_AVX2 {
+    auto step = [&](const __m256i(&wv)[R], int64_t c) LOOM_AVX2 {
       __m256i aw[R];
       LOOM_UNROLL
       for (int r = 0; r < R; ++r) aw[r] = _mm256_abs_epi8(wv[r]);
@@ -461,9 +457,8 @@ struct Int8Avx2 {
       step(wv, full);
     }
     LOOM_UNROLL
-    for (int a = 0; a < A; ++a)
-      LOOM_UNROLL
-      for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = p.scale[r0 + r] * hsum256(acc[r][a]);
+    for (int a = 0; a < A; ++a) LOOM_UNROLL
+    for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = p.scale[r0 + r] * hsum256(acc[r][a]);
   }
 };
 
@@ -477,9 +472,8 @@ struct Q4Avx2 {
     const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f);
     __m256 acc[R][A];
     LOOM_UNROLL
-    for (int r = 0; r < R; ++r)
-      LOOM_UNROLL
-      for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
+    for (int r = 0; r < R; ++r) LOOM_UNROLL
+    for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
     ActRow x[A];
     LOOM_UNROLL
     for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
@@ -506,9 +500,8 @@ struct Q4Avx2 {
       }
     }
     LOOM_UNROLL
-    for (int a = 0; a < A; ++a)
-      LOOM_UNROLL
-      for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = hsum256(acc[r][a]);
+    for (int a = 0; a < A; ++a) LOOM_UNROLL
+    for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = hsum256(acc[r][a]);
   }
 };
 
@@ -532,13 +525,12 @@ struct Int8Avx512 {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     __m512 acc[R][A];
     LOOM_UNROLL
-    for (int r = 0; r < R; ++r)
-      LOOM_UNROLL
-      for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) LOOM_UNROLL
+    for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_ps();
     ActRow x[A];
     LOOM_UNROLL
     for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
-    auto step = [&](const __m512i (&wu)[R], int64_t c) LOOM_AVX512 {
+    auto step = [&](const __m512i(&wu)[R], int64_t c) LOOM_AVX512 {
       LOOM_UNROLL
       for (int a = 0; a < A; ++a) {
         const __m512i xv = _mm512_load_si512(x[a].xq + c);
@@ -556,10 +548,9 @@ struct Int8Avx512 {
       __m512i wu[R];
       LOOM_UNROLL
       for (int r = 0; r < R; ++r) wu[r] = _mm512_xor_si512(_mm512_loadu_si512(w + r * p.cols + c), flip);
-      if (A == 1)
-        LOOM_UNROLL
-        for (int r = 0; r < R; ++r)
-          _mm_prefetch(reinterpret_cast<const char*>(w + (r + kInt8PrefetchRows) * p.cols + c), _MM_HINT_T1);
+      if (A == 1) LOOM_UNROLL
+      for (int r = 0; r < R; ++r)
+        _mm_prefetch(reinterpret_cast<const char*>(w + (r + kInt8PrefetchRows) * p.cols + c), _MM_HINT_T1);
       step(wu, c);
     }
     if (full < p.cols) {  // masked-off bytes load as 0 (+128 after the flip) against xq = 0
@@ -570,9 +561,8 @@ struct Int8Avx512 {
       step(wu, full);
     }
     LOOM_UNROLL
-    for (int a = 0; a < A; ++a)
-      LOOM_UNROLL
-      for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = p.scale[r0 + r] * _mm512_reduce_add_ps(acc[r][a]);
+    for (int a = 0; a < A; ++a) LOOM_UNROLL
+    for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = p.scale[r0 + r] * _mm512_reduce_add_ps(acc[r][a]);
   }
 };
 
@@ -599,13 +589,12 @@ struct Q4Avx512 {
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     __m512 acc[R][A];
     LOOM_UNROLL
-    for (int r = 0; r < R; ++r)
-      LOOM_UNROLL
-      for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) LOOM_UNROLL
+    for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_ps();
     ActRow x[A];
     LOOM_UNROLL
     for (int a = 0; a < A; ++a) x[a] = p.act.row(i0 + a);
-    auto step = [&](const __m512i (&head)[R], const __m512i (&rest)[R], int64_t g) LOOM_AVX512 {
+    auto step = [&](const __m512i(&head)[R], const __m512i(&rest)[R], int64_t g) LOOM_AVX512 {
       __m512i lo[R], hi[R];
       __m512 d[R];
       LOOM_UNROLL
@@ -654,9 +643,8 @@ struct Q4Avx512 {
       step(head, rest, groups);
     }
     LOOM_UNROLL
-    for (int a = 0; a < A; ++a)
-      LOOM_UNROLL
-      for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = _mm512_reduce_add_ps(acc[r][a]);
+    for (int a = 0; a < A; ++a) LOOM_UNROLL
+    for (int r = 0; r < R; ++r) p.y[(i0 + a) * p.rows + r0 + r] = _mm512_reduce_add_ps(acc[r][a]);
   }
 };
 #endif  // LOOM_QUANT_X86
@@ -673,15 +661,17 @@ Isa resolve(Isa isa) {
 
 namespace {
 
-void int8_impl(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale, int64_t rows,
-               float* y, Isa isa, bool team) {
+void int8_impl(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale, int64_t rows, float* y,
+               Isa isa, bool team) {
   check(n >= 0 && rows >= 0 && cols >= 1, "linear_int8 needs n >= 0, rows >= 0, cols >= 1");
   if (n == 0 || rows == 0) return;
   Problem p{x, n, cols, rows, w, scale, y, ActBuffer{}};
   isa = resolve(isa);
 #if LOOM_QUANT_X86
   if (isa == Isa::kAvx512) {
-    auto prep = [](const Problem& p, int64_t i) { prep_avx512(p.x + i * p.cols, p.cols, p.act.row(i), p.act.cols_p, false); };
+    auto prep = [](const Problem& p, int64_t i) {
+      prep_avx512(p.x + i * p.cols, p.cols, p.act.row(i), p.act.cols_p, false);
+    };
     return drive(p, prep, Table<Int8Avx512>::table, team);
   }
 #endif
@@ -704,7 +694,9 @@ void q4_0_impl(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int6
   isa = resolve(isa);
 #if LOOM_QUANT_X86
   if (isa == Isa::kAvx512) {
-    auto prep = [](const Problem& p, int64_t i) { prep_avx512(p.x + i * p.cols, p.cols, p.act.row(i), p.act.cols_p, true); };
+    auto prep = [](const Problem& p, int64_t i) {
+      prep_avx512(p.x + i * p.cols, p.cols, p.act.row(i), p.act.cols_p, true);
+    };
     return drive(p, prep, Table<Q4Avx512>::table, team);
   }
   if (isa == Isa::kAvx2) {
@@ -725,8 +717,8 @@ void q4_0_impl(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int6
 
 }  // namespace
 
-void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
-                 int64_t rows, float* y, Isa isa) {
+void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale, int64_t rows, float* y,
+                 Isa isa) {
   int8_impl(x, n, cols, w, scale, rows, y, isa, false);
 }
 
@@ -734,18 +726,17 @@ void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, in
   q4_0_impl(x, n, cols, w, rows, y, isa, false);
 }
 
-void linear_int8_team(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
-                      int64_t rows, float* y, Isa isa) {
+void linear_int8_team(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale, int64_t rows,
+                      float* y, Isa isa) {
   int8_impl(x, n, cols, w, scale, rows, y, isa, true);
 }
 
-void linear_q4_0_team(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y,
-                      Isa isa) {
+void linear_q4_0_team(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y, Isa isa) {
   q4_0_impl(x, n, cols, w, rows, y, isa, true);
 }
 
-void linear_int8_ref(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
-                     int64_t rows, float* y) {
+void linear_int8_ref(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale, int64_t rows,
+                     float* y) {
   check(n >= 0 && rows >= 0 && cols >= 1, "linear_int8_ref needs n >= 0, rows >= 0, cols >= 1");
   const int64_t cols_p = (cols + kQ4Block - 1) / kQ4Block * kQ4Block;
   std::vector<int8_t> xq(cols_p);

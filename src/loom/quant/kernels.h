@@ -62,8 +62,8 @@ const char* isa_name(Isa isa);
 // omp_set_num_threads; calls too small to gain from a second thread, and calls from inside a
 // parallel region, run on the calling thread). No allocation after the first calls: the
 // quantized activations live in per-thread buffers that grow to the largest n * cols seen.
-void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
-                 int64_t rows, float* y, Isa isa = Isa::kAuto);
+void linear_int8(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale, int64_t rows, float* y,
+                 Isa isa = Isa::kAuto);
 
 // Same with W in Q4_0 blocks: w holds rows * cols / 32 blocks, row r's blocks at w + r * cols / 32;
 // cols % 32 == 0.
@@ -78,8 +78,8 @@ void linear_q4_0(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, in
 // Never call it from code that only some threads of a team execute (omp single, a loop body
 // of omp for): OpenMP worksharing must be met by the whole team. Validate arguments first: an
 // exception cannot leave a parallel region.
-void linear_int8_team(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
-                      int64_t rows, float* y, Isa isa = Isa::kAuto);
+void linear_int8_team(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale, int64_t rows,
+                      float* y, Isa isa = Isa::kAuto);
 void linear_q4_0_team(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y,
                       Isa isa = Isa::kAuto);
 
@@ -90,8 +90,8 @@ void linear_q4_0_team(const float* x, int64_t n, int64_t cols, const BlockQ4_0* 
 //   int8: y = scale[r] * sum_b xs_b * float(sum_{j in b} w[r][j] * xq[j])
 //   Q4_0: y = sum_b (fp16(d_rb) * xs_b) * float(sum_{j in b} (q_rbj - 8) * xq[j])
 // with the integer sums exact; only the order of the float sum over b differs between paths.
-void linear_int8_ref(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale,
-                     int64_t rows, float* y);
+void linear_int8_ref(const float* x, int64_t n, int64_t cols, const int8_t* w, const float* scale, int64_t rows,
+                     float* y);
 void linear_q4_0_ref(const float* x, int64_t n, int64_t cols, const BlockQ4_0* w, int64_t rows, float* y);
 
 }  // namespace loom::quant

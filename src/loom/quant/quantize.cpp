@@ -4,8 +4,8 @@
 #include <cstring>
 
 #include "loom/core/error.h"
-#include "loom/quant/kernels.h"
 #include "loom/core/shape.h"
+#include "loom/quant/kernels.h"
 
 namespace loom {
 namespace {
@@ -61,7 +61,8 @@ QuantizedLinear quantize_rtn(const torch::Tensor& weight, QuantFormat format) {
   if (format == QuantFormat::kInt8) {
     out.q = torch::empty({out.rows, out.cols}, torch::kChar);
     out.scale = torch::empty({out.rows}, torch::kFloat);
-    quant::quantize_int8(w.data_ptr<float>(), out.rows, out.cols, out.q.data_ptr<int8_t>(), out.scale.data_ptr<float>());
+    quant::quantize_int8(w.data_ptr<float>(), out.rows, out.cols, out.q.data_ptr<int8_t>(),
+                         out.scale.data_ptr<float>());
     return out;
   }
   out.q = torch::empty({out.rows, out.cols / kGroup * kBlockBytes}, torch::kByte);
@@ -137,7 +138,8 @@ QuantizedLinear quantize_gptq(const torch::Tensor& weight, const torch::Tensor& 
         block.narrow(0, i + 1, b1 - b0 - i - 1).sub_(torch::outer(ub[i].narrow(0, i + 1, b1 - b0 - i - 1), e));
       err[i] = e;
     }
-    if (b1 < cols) wt.narrow(0, b1, cols - b1).sub_(torch::matmul(u.narrow(0, b0, b1 - b0).narrow(1, b1, cols - b1).t(), err));
+    if (b1 < cols)
+      wt.narrow(0, b1, cols - b1).sub_(torch::matmul(u.narrow(0, b0, b1 - b0).narrow(1, b1, cols - b1).t(), err));
   }
   // Pack: W^T levels [cols, rows] -> Q4_0 blocks along each row of W.
   QuantizedLinear out;
@@ -192,8 +194,9 @@ std::map<std::string, QuantizedLinear> extract_quantized(NamedTensors& tensors, 
       if (!it->second.defined()) fail("{}: '{}' has no '{}.scale'", path, name, base);
       if (t.scalar_type() != torch::kChar || t.dim() != 2 || it->second.scalar_type() != torch::kFloat ||
           !it->second.sizes().equals({t.size(0)}))
-        fail("{}: int8 weight '{}' ({} {}) and its scale ({} {}) do not fit", path, base, c10::toString(t.scalar_type()),
-             shape_string(t.sizes()), c10::toString(it->second.scalar_type()), shape_string(it->second.sizes()));
+        fail("{}: int8 weight '{}' ({} {}) and its scale ({} {}) do not fit", path, base,
+             c10::toString(t.scalar_type()), shape_string(t.sizes()), c10::toString(it->second.scalar_type()),
+             shape_string(it->second.sizes()));
       q.format = QuantFormat::kInt8;
       q.rows = t.size(0), q.cols = t.size(1), q.q = t, q.scale = it->second;
     } else if (ends_with(name, ".q4_0")) {

@@ -87,7 +87,8 @@ void Completion::finish(FinishReason reason, int64_t tokens) {
 
 // A request in a slot.
 struct Scheduler::Active {
-  Active(std::shared_ptr<Completion> r, int64_t s) : request(std::move(r)), slot(s), sampler(request->params().sampling) {}
+  Active(std::shared_ptr<Completion> r, int64_t s)
+      : request(std::move(r)), slot(s), sampler(request->params().sampling) {}
 
   std::shared_ptr<Completion> request;
   int64_t slot = 0;
@@ -122,8 +123,8 @@ std::shared_ptr<Completion> Scheduler::submit(CompletionParams params) {
     if (id < 0 || id >= vocab_size_) fail("token id {} is outside the vocabulary [0, {})", id, vocab_size_);
   if (params.max_tokens < 1) fail("max_tokens must be >= 1, got {}", params.max_tokens);
   if (prompt + params.max_tokens > context_)
-    fail("the prompt is {} tokens and max_tokens is {}, together more than the model's context of {} tokens",
-         prompt, params.max_tokens, context_);
+    fail("the prompt is {} tokens and max_tokens is {}, together more than the model's context of {} tokens", prompt,
+         params.max_tokens, context_);
   for (const auto& stop : params.stop)
     if (stop.empty()) fail("stop strings must not be empty");
   Sampler check(params.sampling);  // its constructor validates temperature, top_k, top_p
@@ -278,8 +279,9 @@ void Scheduler::step(std::vector<Active>& active, std::vector<int64_t>& free_slo
       free_slots.push_back(a.slot);
       done.push_back(std::move(a));
     }
-  active.erase(std::remove_if(active.begin(), active.end(), [](const Active& a) { return a.done != FinishReason::none; }),
-               active.end());
+  active.erase(
+      std::remove_if(active.begin(), active.end(), [](const Active& a) { return a.done != FinishReason::none; }),
+      active.end());
   {
     std::lock_guard lock(mutex_);
     if (!slots.empty()) ++stats_.steps;

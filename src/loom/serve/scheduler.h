@@ -28,8 +28,8 @@
 namespace loom {
 
 struct SchedulerOptions {
-  int64_t queue = 64;            // requests waiting for a slot at most; more are refused
-  int64_t prefill_chunk = 256;   // prompt tokens one slot feeds per step at most (0 = all at once)
+  int64_t queue = 64;           // requests waiting for a slot at most; more are refused
+  int64_t prefill_chunk = 256;  // prompt tokens one slot feeds per step at most (0 = all at once)
 };
 
 struct CompletionParams {
@@ -82,12 +82,12 @@ class Completion {
 
 // Counters for /metrics, read while the scheduler runs.
 struct SchedulerStats {
-  int64_t queued = 0;         // waiting for a slot now
-  int64_t active = 0;         // holding a slot now
+  int64_t queued = 0;  // waiting for a slot now
+  int64_t active = 0;  // holding a slot now
   int64_t slots = 0;
   int64_t prompt_tokens = 0;  // totals since start
   int64_t generated_tokens = 0;
-  int64_t steps = 0;          // engine.forward calls
+  int64_t steps = 0;  // engine.forward calls
   int64_t finished = 0;
   int64_t cancelled = 0;
   double engine_seconds = 0;  // time inside engine.forward and sampling

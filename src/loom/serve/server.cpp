@@ -10,8 +10,8 @@
 #include <random>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "loom/core/error.h"
 #include "loom/core/log.h"
@@ -44,8 +44,10 @@ const char* error_type(int status) {
 
 void send_error(httplib::Response& res, const ApiError& e) {
   res.status = e.status;
-  json error{{"message", e.message}, {"type", error_type(e.status)},
-             {"param", e.param.empty() ? json(nullptr) : json(e.param)}, {"code", e.code}};
+  json error{{"message", e.message},
+             {"type", error_type(e.status)},
+             {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+             {"code", e.code}};
   res.set_content(json{{"error", error}}.dump() + "\n", "application/json");
 }
 
@@ -161,28 +163,31 @@ struct Server::Impl {
       count(req, res);
     });
     http.Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& res) { metrics(res); }));
-    http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
-      json model{{"id", options.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "loom"}};
-      res.set_content(json{{"object", "list"}, {"data", json::array({model})}}.dump() + "\n", "application/json");
-    }));
+    http.Get(
+        "/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
+          json model{{"id", options.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "loom"}};
+          res.set_content(json{{"object", "list"}, {"data", json::array({model})}}.dump() + "\n", "application/json");
+        }));
     http.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-      complete(parse(parse_body(req), false), res);
-    }));
+                complete(parse(parse_body(req), false), res);
+              }));
     http.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-      complete(parse(parse_body(req), true), res);
-    }));
+                complete(parse(parse_body(req), true), res);
+              }));
     // httplib's own refusals (unknown path 404, body over the limit 413, unparsable request 400)
     // come without a body: give them OpenAI's error shape too.
-    http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
-      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-      std::string message = "request failed", code = "error";
-      if (res.status == 404) message = "no such endpoint", code = "not_found";
-      if (res.status == 413) message = "the request body is larger than the server's --max-body", code = "body_too_large";
-      if (res.status == 400) message = "malformed HTTP request", code = "bad_request";
-      send_error(res, {res.status, message, code});
-      count(req, res);
-      return httplib::Server::HandlerResponse::Handled;
-    }));
+    http.set_error_handler(
+        httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
+          if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+          std::string message = "request failed", code = "error";
+          if (res.status == 404) message = "no such endpoint", code = "not_found";
+          if (res.status == 413)
+            message = "the request body is larger than the server's --max-body", code = "body_too_large";
+          if (res.status == 400) message = "malformed HTTP request", code = "bad_request";
+          send_error(res, {res.status, message, code});
+          count(req, res);
+          return httplib::Server::HandlerResponse::Handled;
+        }));
   }
 
   // Authentication, and every error a handler throws, as OpenAI error objects.
@@ -191,8 +196,11 @@ struct Server::Impl {
       res.status = 200;  // httplib would set it after the handler: count() needs it now
       try {
         if (!options.api_key.empty() && req.get_header_value("Authorization") != "Bearer " + options.api_key)
-          throw ApiError{401, req.has_header("Authorization") ? "incorrect API key" : "missing API key: send "
-                         "'Authorization: Bearer <key>'", "invalid_api_key"};
+          throw ApiError{401,
+                         req.has_header("Authorization") ? "incorrect API key"
+                                                         : "missing API key: send "
+                                                           "'Authorization: Bearer <key>'",
+                         "invalid_api_key"};
         handler(req, res);
       } catch (const ApiError& e) {
         send_error(res, e);
@@ -222,10 +230,10 @@ struct Server::Impl {
     Parsed parsed;
     parsed.chat = chat;
     if (auto model = f.string("model"); model && *model != options.model_name)
-      throw ApiError{404, fmt::format("the model '{}' does not exist; this server serves '{}'", *model, options.model_name),
+      throw ApiError{404,
+                     fmt::format("the model '{}' does not exist; this server serves '{}'", *model, options.model_name),
                      "model_not_found", "model"};
-    if (auto n = f.integer("n"); n && *n != 1)
-      throw ApiError{400, "only n = 1 is supported", "invalid_value", "n"};
+    if (auto n = f.integer("n"); n && *n != 1) throw ApiError{400, "only n = 1 is supported", "invalid_value", "n"};
     if (auto echo = f.boolean("echo"); echo && *echo)
       throw ApiError{400, "echo is not supported", "invalid_value", "echo"};
 
@@ -237,7 +245,8 @@ struct Server::Impl {
       for (const auto& m : f.at("messages")) {
         if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
             !m["content"].is_string())
-          throw ApiError{400, "each message must be an object with string 'role' and 'content'", "invalid_type", "messages"};
+          throw ApiError{400, "each message must be an object with string 'role' and 'content'", "invalid_type",
+                         "messages"};
         messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
       }
       try {
@@ -262,18 +271,23 @@ struct Server::Impl {
     const auto prompt_tokens = static_cast<int64_t>(p.prompt.size());
     const int64_t room = scheduler.context() - prompt_tokens;
     if (room < 1)
-      throw ApiError{400, fmt::format("the prompt is {} tokens, which leaves no room in the model's context of {} tokens",
-                                      prompt_tokens, scheduler.context()), "context_length_exceeded", chat ? "messages" : "prompt"};
+      throw ApiError{400,
+                     fmt::format("the prompt is {} tokens, which leaves no room in the model's context of {} tokens",
+                                 prompt_tokens, scheduler.context()),
+                     "context_length_exceeded", chat ? "messages" : "prompt"};
 
     auto max_tokens = f.integer(chat && f.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens");
     if (max_tokens) {
       if (*max_tokens < 1) throw ApiError{400, "max_tokens must be >= 1", "invalid_value", "max_tokens"};
       if (*max_tokens > options.max_tokens)
-        throw ApiError{400, fmt::format("max_tokens is {} but this server allows at most {}", *max_tokens, options.max_tokens),
-                       "invalid_value", "max_tokens"};
+        throw ApiError{
+            400, fmt::format("max_tokens is {} but this server allows at most {}", *max_tokens, options.max_tokens),
+            "invalid_value", "max_tokens"};
       if (prompt_tokens + *max_tokens > scheduler.context())
-        throw ApiError{400, fmt::format("the prompt is {} tokens and max_tokens is {}: more than the model's context of {} "
-                                        "tokens", prompt_tokens, *max_tokens, scheduler.context()),
+        throw ApiError{400,
+                       fmt::format("the prompt is {} tokens and max_tokens is {}: more than the model's context of {} "
+                                   "tokens",
+                                   prompt_tokens, *max_tokens, scheduler.context()),
                        "context_length_exceeded", "max_tokens"};
       p.max_tokens = *max_tokens;
     } else {
@@ -295,7 +309,8 @@ struct Server::Impl {
     if (f.has("stop")) {
       const json& stop = f.at("stop");
       if (stop.is_string()) p.stop.push_back(stop.get<std::string>());
-      else if (stop.is_array() && stop.size() <= 4 && std::all_of(stop.begin(), stop.end(), [](const json& s) { return s.is_string(); }))
+      else if (stop.is_array() && stop.size() <= 4 &&
+               std::all_of(stop.begin(), stop.end(), [](const json& s) { return s.is_string(); }))
         for (const auto& s : stop) p.stop.push_back(s.get<std::string>());
       else throw ApiError{400, "'stop' must be a string or a list of at most 4 strings", "invalid_type", "stop"};
       for (const auto& s : p.stop)
@@ -316,22 +331,28 @@ struct Server::Impl {
     const int64_t now = unix_time();
     const bool chat = parsed.chat;
     auto envelope = [this, id, now, chat](json choice) {
-      return json{{"id", id}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", now},
-                  {"model", options.model_name}, {"choices", json::array({std::move(choice)})}};
+      return json{{"id", id},
+                  {"object", chat ? "chat.completion" : "text_completion"},
+                  {"created", now},
+                  {"model", options.model_name},
+                  {"choices", json::array({std::move(choice)})}};
     };
 
     if (!parsed.stream) {
       const std::string text = completion->wait_all();
       const auto reason = completion->finish_reason();
       if (reason == FinishReason::cancelled)
-        throw ApiError{503, "the request was dropped before it finished: the server is shutting down (or its engine "
-                       "failed: see the server's log)", "shutting_down"};
+        throw ApiError{503,
+                       "the request was dropped before it finished: the server is shutting down (or its engine "
+                       "failed: see the server's log)",
+                       "shutting_down"};
       json choice{{"index", 0}, {"finish_reason", finish_reason_name(reason)}};
       if (chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
       else choice["text"] = text, choice["logprobs"] = nullptr;
       json out = envelope(std::move(choice));
       const int64_t generated = completion->completion_tokens();
-      out["usage"] = {{"prompt_tokens", prompt_tokens}, {"completion_tokens", generated},
+      out["usage"] = {{"prompt_tokens", prompt_tokens},
+                      {"completion_tokens", generated},
                       {"total_tokens", prompt_tokens + generated}};
       res.set_content(out.dump() + "\n", "application/json");
       return;
@@ -368,10 +389,15 @@ struct Server::Impl {
           if (update.finished) {
             const auto reason = completion->finish_reason();
             if (reason == FinishReason::cancelled)
-              out += "data: " + json{{"error", {{"message", "the server is shutting down"}, {"type", "server_error"},
-                                                {"param", nullptr}, {"code", "shutting_down"}}}}.dump() + "\n\n";
-            else
-              out += chunk("", finish_reason_name(reason), false);
+              out += "data: " +
+                     json{{"error",
+                           {{"message", "the server is shutting down"},
+                            {"type", "server_error"},
+                            {"param", nullptr},
+                            {"code", "shutting_down"}}}}
+                         .dump() +
+                     "\n\n";
+            else out += chunk("", finish_reason_name(reason), false);
             out += "data: [DONE]\n\n";
           }
           // A failed write means the client is gone: free its slot.
@@ -393,8 +419,9 @@ struct Server::Impl {
     auto metric = [&](const char* name, const char* type, const char* help, auto value) {
       out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", name, help, name, type, name, value);
     };
-    out += "# HELP loom_http_requests_total HTTP requests answered, by path and status.\n"
-           "# TYPE loom_http_requests_total counter\n";
+    out +=
+        "# HELP loom_http_requests_total HTTP requests answered, by path and status.\n"
+        "# TYPE loom_http_requests_total counter\n";
     {
       std::lock_guard lock(counts_mutex);
       for (const auto& [key, count] : request_counts)

@@ -24,13 +24,13 @@ const char* chat_template_name(ChatTemplate t);
 ChatTemplate detect_chat_template(const Tokenizer& tokenizer);
 
 struct ServerOptions {
-  std::string host = "127.0.0.1";  // the address to listen on
-  int port = 8080;                 // 0 = any free port (bind() says which)
-  std::string api_key;             // non-empty: every endpoint but /health needs "Authorization: Bearer <key>"
-  std::string model_name = "loom"; // the one model id served
-  int64_t max_tokens = 1024;       // a request's max_tokens at most
-  int64_t max_body = 1 << 20;      // request body bytes at most
-  int http_threads = 64;           // handler threads; each open connection holds one
+  std::string host = "127.0.0.1";   // the address to listen on
+  int port = 8080;                  // 0 = any free port (bind() says which)
+  std::string api_key;              // non-empty: every endpoint but /health needs "Authorization: Bearer <key>"
+  std::string model_name = "loom";  // the one model id served
+  int64_t max_tokens = 1024;        // a request's max_tokens at most
+  int64_t max_body = 1 << 20;       // request body bytes at most
+  int http_threads = 64;            // handler threads; each open connection holds one
   ChatTemplate chat_template = ChatTemplate::kLoom;
 };
 

@@ -62,14 +62,14 @@ std::vector<std::pair<std::string, torch::Tensor>> AdamW::state() const {
   return out;
 }
 
-void AdamW::load_state(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                       int64_t step, const std::string& source) {
+void AdamW::load_state(const std::vector<std::pair<std::string, torch::Tensor>>& tensors, int64_t step,
+                       const std::string& source) {
   std::map<std::string, torch::Tensor> by_name(tensors.begin(), tensors.end());
   torch::NoGradGuard no_grad;
   for (auto& group : groups_)
     for (size_t i = 0; i < group.params.size(); ++i)
-      for (auto [suffix, target] : {std::pair{".exp_avg", &group.exp_avg[i]},
-                                    std::pair{".exp_avg_sq", &group.exp_avg_sq[i]}}) {
+      for (auto [suffix, target] :
+           {std::pair{".exp_avg", &group.exp_avg[i]}, std::pair{".exp_avg_sq", &group.exp_avg_sq[i]}}) {
         const std::string name = group.params[i].name + suffix;
         auto it = by_name.find(name);
         if (it == by_name.end()) fail("{}: optimizer state lacks '{}'", source, name);

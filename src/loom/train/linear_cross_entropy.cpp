@@ -35,12 +35,12 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
       auto logits = torch::mm(hidden.narrow(0, r0, rows), weight_t);  // [rows, V]
       for (int64_t s0 = 0; s0 < rows; s0 += kSoftmaxRows) {
         const int64_t sub = std::min(kSoftmaxRows, rows - s0);
-        auto target = targets.narrow(0, r0 + s0, sub).unsqueeze(1);                       // [sub, 1]
-        auto block = logits.narrow(0, s0, sub).to(torch::kFloat);                          // [sub, V]
-        auto log_probs = torch::log_softmax(block, 1);                                      // [sub, V]
-        auto target_log_prob = log_probs.gather(1, target);                                 // [sub, 1]
+        auto target = targets.narrow(0, r0 + s0, sub).unsqueeze(1);  // [sub, 1]
+        auto block = logits.narrow(0, s0, sub).to(torch::kFloat);    // [sub, V]
+        auto log_probs = torch::log_softmax(block, 1);               // [sub, V]
+        auto target_log_prob = log_probs.gather(1, target);          // [sub, 1]
         // log Z = logit - log p at any token; the target's is at hand (no extra pass over V).
-        auto lse = block.gather(1, target) - target_log_prob;                               // [sub, 1]
+        auto lse = block.gather(1, target) - target_log_prob;  // [sub, 1]
         log_z.narrow(0, r0 + s0, sub).copy_(lse.squeeze(1));
         auto block_losses = losses.narrow(0, r0 + s0, sub);
         torch::neg_out(block_losses, target_log_prob.squeeze(1));
@@ -52,7 +52,8 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
         if (z_loss != 0) probs.mul_(lse * (2 * z_loss) + 1);
         // Smoothed: softmax - q, q = (1 - eps - e) at the target + e everywhere (sums to 1).
         if (smoothing > 0) probs.sub_(e);
-        probs.scatter_add_(1, target, torch::full({sub, 1}, static_cast<float>(smoothing > 0 ? -on_target : -1.0), probs.options()));
+        probs.scatter_add_(
+            1, target, torch::full({sub, 1}, static_cast<float>(smoothing > 0 ? -on_target : -1.0), probs.options()));
         auto block_grad = grad_logits.narrow(0, r0 + s0, sub);
         torch::mul_out(block_grad, probs, 1.0 / static_cast<double>(n));
       }
@@ -75,8 +76,8 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
     const auto& scale = grad_output[0];
     if (scale.item<double>() != 1.0) grad_logits = grad_logits * scale.to(grad_logits.scalar_type());
     torch::Tensor grad_hidden, grad_weight;
-    if (ctx->needs_input_grad(0)) grad_hidden = torch::mm(grad_logits, weight);        // [N, C]
-    if (ctx->needs_input_grad(1)) grad_weight = torch::mm(grad_logits.t(), hidden);    // [V, C]
+    if (ctx->needs_input_grad(0)) grad_hidden = torch::mm(grad_logits, weight);      // [N, C]
+    if (ctx->needs_input_grad(1)) grad_weight = torch::mm(grad_logits.t(), hidden);  // [V, C]
     return {grad_hidden, grad_weight, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };

@@ -21,7 +21,7 @@ struct LossStats {
   double log_z = 0;
 };
 torch::Tensor linear_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& weight,
-                                   const torch::Tensor& targets, at::ScalarType compute_dtype,
-                                   double z_loss = 0.0, LossStats* stats = nullptr, double label_smoothing = 0.0);
+                                   const torch::Tensor& targets, at::ScalarType compute_dtype, double z_loss = 0.0,
+                                   LossStats* stats = nullptr, double label_smoothing = 0.0);
 
 }  // namespace loom

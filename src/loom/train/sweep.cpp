@@ -11,13 +11,13 @@
 #include <sstream>
 #include <string_view>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/core/log.h"
 #include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
-#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/trainer.h"
 
 namespace loom {
@@ -49,9 +49,10 @@ std::optional<double> parse_number(std::string_view text) {
 }
 
 [[noreturn]] void bad_grid(const std::string& text, const std::string& why) {
-  fail("--lr '{}': {} (expected A:B:N, N log-spaced learning rates from A to B, or a comma list "
-       "such as 1e-3,3e-3)",
-       text, why);
+  fail(
+      "--lr '{}': {} (expected A:B:N, N log-spaced learning rates from A to B, or a comma list "
+      "such as 1e-3,3e-3)",
+      text, why);
 }
 
 double parse_lr(const std::string& grid, const std::string& item) {
@@ -117,7 +118,8 @@ void check_same_sweep(const std::string& path, const nlohmann::json& now) {
   try {
     then = nlohmann::json::parse(read_file(path));
     if (then.at("format").get<int>() != kSweepFormat)
-      fail("{}: sweep format {} is not supported (this loom writes {})", path, then.at("format").get<int>(), kSweepFormat);
+      fail("{}: sweep format {} is not supported (this loom writes {})", path, then.at("format").get<int>(),
+           kSweepFormat);
     then_lrs = then.at("lrs").get<std::vector<double>>();
     for (const auto& v : then.at("variants")) {
       then_names.push_back(v.at("name").get<std::string>());
@@ -140,9 +142,10 @@ void check_same_sweep(const std::string& path, const nlohmann::json& now) {
     const std::string then_yaml = recipe_to_yaml(parse_recipe(then_recipes[v], path));
     const std::string now_yaml = now.at("variants")[v].at("recipe").get<std::string>();
     if (then_yaml != now_yaml)
-      fail("{} describes another sweep: variant '{}' had another recipe (the recipe file, --set, --steps or "
-           "--variant changed; first difference: {}); {}",
-           path, now_names[v], first_difference(then_yaml, now_yaml), advice);
+      fail(
+          "{} describes another sweep: variant '{}' had another recipe (the recipe file, --set, --steps or "
+          "--variant changed; first difference: {}); {}",
+          path, now_names[v], first_difference(then_yaml, now_yaml), advice);
   }
 }
 
@@ -183,9 +186,10 @@ std::optional<SweepCell> train_cell(const Recipe& recipe, SweepCell cell, const 
   if (!list_checkpoints(dir).empty()) {
     const auto loaded = load_checkpoint(dir);
     if (recipe_to_yaml(loaded.recipe) != recipe_to_yaml(recipe))
-      fail("{}: its checkpoint {} was trained with another recipe than this sweep's cell (first difference: {}); "
-           "delete the directory to retrain the cell",
-           dir, loaded.dir, first_difference(recipe_to_yaml(loaded.recipe), recipe_to_yaml(recipe)));
+      fail(
+          "{}: its checkpoint {} was trained with another recipe than this sweep's cell (first difference: {}); "
+          "delete the directory to retrain the cell",
+          dir, loaded.dir, first_difference(recipe_to_yaml(loaded.recipe), recipe_to_yaml(recipe)));
     seconds_before = loaded.state.elapsed_seconds;
     if (loaded.state.step >= recipe.train.steps) {
       // Finished, but stopped before its result.json was written: the final validation loss is
@@ -258,7 +262,9 @@ std::vector<double> parse_lr_grid(const std::string& text) {
     for (int64_t i = 0; i < n; ++i) {
       // Ends exact; between them, equal ratios: lr_i = A * (B/A)^(i/(N-1)).
       const double t = n == 1 ? 0.0 : static_cast<double>(i) / static_cast<double>(n - 1);
-      lrs.push_back(i == 0 ? first : i == n - 1 ? last : std::exp(std::log(first) + t * (std::log(last) - std::log(first))));
+      lrs.push_back(i == 0       ? first
+                    : i == n - 1 ? last
+                                 : std::exp(std::log(first) + t * (std::log(last) - std::log(first))));
     }
     return lrs;
   }
@@ -280,8 +286,8 @@ SweepVariant parse_variant(const std::string& text) {
     return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
   });
   if (!allowed)
-    fail("--variant '{}': the name '{}' may hold only letters, digits, '_', '.' and '-' (it names a directory)",
-         text, variant.name);
+    fail("--variant '{}': the name '{}' may hold only letters, digits, '_', '.' and '-' (it names a directory)", text,
+         variant.name);
   // The name is a directory: "." and ".." would land outside DIR/<variant>/.
   if (variant.name.find_first_not_of('.') == std::string::npos)
     fail("--variant '{}': '{}' is not usable as a directory name", text, variant.name);
@@ -289,8 +295,7 @@ SweepVariant parse_variant(const std::string& text) {
   for (const auto& item : split_top_level(std::string_view(text).substr(eq + 1), ',')) {
     if (item.empty()) fail("--variant '{}': an empty override (a stray comma?)", text);
     const auto item_eq = item.find('=');
-    if (item_eq == std::string::npos || item_eq == 0)
-      fail("--variant '{}': '{}' is not section.key=value", text, item);
+    if (item_eq == std::string::npos || item_eq == 0) fail("--variant '{}': '{}' is not section.key=value", text, item);
     variant.overrides.push_back(item);
   }
   return variant;
@@ -411,9 +416,11 @@ std::string sweep_markdown(const SweepResults& results) {
   for (const auto& variant : results.variants) {
     out += "| " + variant.name + " |";
     for (const auto& cell : variant.cells)
-      out += " " + (cell.diverged ? std::string("diverged")
-                    : std::isfinite(cell.final_loss) ? fmt::format("{:.3f}", cell.final_loss)
-                                                     : std::string("-")) + " |";
+      out += " " +
+             (cell.diverged                    ? std::string("diverged")
+              : std::isfinite(cell.final_loss) ? fmt::format("{:.3f}", cell.final_loss)
+                                               : std::string("-")) +
+             " |";
     const Finite best = best_of(results.lrs, variant);
     const double sensitivity = lr_sensitivity(losses_of(variant), variant.initial_loss);
     auto or_na = [](double value, const std::string& text) { return std::isfinite(value) ? text : std::string("n/a"); };
@@ -498,9 +505,11 @@ std::string sweep_svg(const SweepResults& results) {
   // Decade grid lines and labels (10^k), minor ticks at 2..9 x 10^k.
   for (int k = static_cast<int>(x0); k <= static_cast<int>(x1); ++k) {
     const double x = x_of(std::pow(10.0, k));
-    svg += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#ddd\"/>\n", x, kTop, kBottom);
-    svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">10<tspan dy=\"-6\" font-size=\"9\">{}</tspan></text>\n",
-                       x, kBottom + 18, k);
+    svg +=
+        fmt::format("<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#ddd\"/>\n", x, kTop, kBottom);
+    svg += fmt::format(
+        "<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">10<tspan dy=\"-6\" font-size=\"9\">{}</tspan></text>\n", x,
+        kBottom + 18, k);
     for (int m = 2; m <= 9 && k < static_cast<int>(x1); ++m) {
       const double xm = x_of(m * std::pow(10.0, k));
       svg += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#333\"/>\n", xm, kBottom,
@@ -510,24 +519,32 @@ std::string sweep_svg(const SweepResults& results) {
   // y ticks every 1, 2 or 5 x 10^k, about six of them.
   const double raw_step = (y1 - y0) / 6;
   const double decade = std::pow(10.0, std::floor(std::log10(raw_step)));
-  const double step = raw_step <= decade ? decade : raw_step <= 2 * decade ? 2 * decade : raw_step <= 5 * decade ? 5 * decade : 10 * decade;
+  const double step = raw_step <= decade       ? decade
+                      : raw_step <= 2 * decade ? 2 * decade
+                      : raw_step <= 5 * decade ? 5 * decade
+                                               : 10 * decade;
   const int decimals = std::max(0, -static_cast<int>(std::floor(std::log10(step))));
   for (double tick = std::ceil(y0 / step) * step; tick <= y1 + 1e-12; tick += step) {
     const double y = y_of(tick);
-    svg += fmt::format("<line x1=\"{1}\" y1=\"{0:.1f}\" x2=\"{2}\" y2=\"{0:.1f}\" stroke=\"#ddd\"/>\n", y, kLeft, kRight);
-    svg += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{:.{}f}</text>\n", kLeft - 6, y + 4, tick, decimals);
+    svg +=
+        fmt::format("<line x1=\"{1}\" y1=\"{0:.1f}\" x2=\"{2}\" y2=\"{0:.1f}\" stroke=\"#ddd\"/>\n", y, kLeft, kRight);
+    svg += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{:.{}f}</text>\n", kLeft - 6, y + 4, tick,
+                       decimals);
   }
   // The initial loss, when it is inside the range.
   if (initial >= y0 && initial <= y1)
-    svg += fmt::format("<line x1=\"{1}\" y1=\"{0:.1f}\" x2=\"{2}\" y2=\"{0:.1f}\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>\n"
-                       "<text x=\"{2}\" y=\"{3:.1f}\" text-anchor=\"end\" fill=\"#666\" font-size=\"10\">initial loss ln(vocab_size)</text>\n",
-                       y_of(initial), kLeft, kRight - 4, y_of(initial) + 12);
-  svg += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#333\"/>\n", kLeft, kTop,
-                     kRight - kLeft, kBottom - kTop);
+    svg += fmt::format(
+        "<line x1=\"{1}\" y1=\"{0:.1f}\" x2=\"{2}\" y2=\"{0:.1f}\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>\n"
+        "<text x=\"{2}\" y=\"{3:.1f}\" text-anchor=\"end\" fill=\"#666\" font-size=\"10\">initial loss "
+        "ln(vocab_size)</text>\n",
+        y_of(initial), kLeft, kRight - 4, y_of(initial) + 12);
+  svg += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#333\"/>\n", kLeft,
+                     kTop, kRight - kLeft, kBottom - kTop);
   svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">learning rate</text>\n", (kLeft + kRight) / 2,
                      kBottom + 44);
-  svg += fmt::format("<text transform=\"translate({},{:.1f}) rotate(-90)\" text-anchor=\"middle\">final validation loss</text>\n",
-                     24, (kTop + kBottom) / 2);
+  svg += fmt::format(
+      "<text transform=\"translate({},{:.1f}) rotate(-90)\" text-anchor=\"middle\">final validation loss</text>\n", 24,
+      (kTop + kBottom) / 2);
 
   bool above = false;  // some finite loss lies above the range: drawn hollow on the top edge
   for (size_t v = 0; v < results.variants.size(); ++v) {
@@ -541,9 +558,10 @@ std::string sweep_svg(const SweepResults& results) {
       const double y = cell.diverged ? kTop : y_of(cell.final_loss);
       points += fmt::format("{}{:.1f},{:.1f}", points.empty() ? "" : " ", x, y);
       markers += cell.diverged
-                     ? fmt::format("<path d=\"M{0:.1f},{1:.1f} L{2:.1f},{3:.1f} M{0:.1f},{3:.1f} L{2:.1f},{1:.1f}\" "
-                                   "stroke=\"{4}\" stroke-width=\"2\"/>\n",
-                                   x - 5, y - 5, x + 5, y + 5, colour)
+                     ? fmt::format(
+                           "<path d=\"M{0:.1f},{1:.1f} L{2:.1f},{3:.1f} M{0:.1f},{3:.1f} L{2:.1f},{1:.1f}\" "
+                           "stroke=\"{4}\" stroke-width=\"2\"/>\n",
+                           x - 5, y - 5, x + 5, y + 5, colour)
                      : fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\" stroke=\"{}\"/>\n", x, y,
                                    cell.final_loss > y1 ? "white" : colour, colour);
       above = above || (!cell.diverged && cell.final_loss > y1);
@@ -551,19 +569,22 @@ std::string sweep_svg(const SweepResults& results) {
     svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n", colour, points);
     svg += markers;
     const double ly = kTop + 12 + 20 * static_cast<double>(v);
-    svg += fmt::format("<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"{}\" stroke-width=\"2\"/>\n"
-                       "<circle cx=\"{}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>\n"
-                       "<text x=\"{}\" y=\"{:.1f}\">{}</text>\n",
-                       kRight + 16, ly, kRight + 40, ly, colour, kRight + 28, ly, colour, kRight + 48, ly + 4, variant.name);
+    svg += fmt::format(
+        "<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"{}\" stroke-width=\"2\"/>\n"
+        "<circle cx=\"{}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>\n"
+        "<text x=\"{}\" y=\"{:.1f}\">{}</text>\n",
+        kRight + 16, ly, kRight + 40, ly, colour, kRight + 28, ly, colour, kRight + 48, ly + 4, variant.name);
   }
   const double ly = kTop + 12 + 20 * static_cast<double>(results.variants.size());
-  svg += fmt::format("<path d=\"M{0},{1:.1f} L{2},{3:.1f} M{0},{3:.1f} L{2},{1:.1f}\" stroke=\"#333\" stroke-width=\"2\"/>\n"
-                     "<text x=\"{4}\" y=\"{5:.1f}\">diverged</text>\n",
-                     kRight + 23, ly - 5, kRight + 33, ly + 5, kRight + 48, ly + 4);
+  svg += fmt::format(
+      "<path d=\"M{0},{1:.1f} L{2},{3:.1f} M{0},{3:.1f} L{2},{1:.1f}\" stroke=\"#333\" stroke-width=\"2\"/>\n"
+      "<text x=\"{4}\" y=\"{5:.1f}\">diverged</text>\n",
+      kRight + 23, ly - 5, kRight + 33, ly + 5, kRight + 48, ly + 4);
   if (above)
-    svg += fmt::format("<circle cx=\"{}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"white\" stroke=\"#333\"/>\n"
-                       "<text x=\"{}\" y=\"{:.1f}\">above the range</text>\n",
-                       kRight + 28, ly + 20, kRight + 48, ly + 24);
+    svg += fmt::format(
+        "<circle cx=\"{}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"white\" stroke=\"#333\"/>\n"
+        "<text x=\"{}\" y=\"{:.1f}\">above the range</text>\n",
+        kRight + 28, ly + 20, kRight + 48, ly + 24);
   svg += "</svg>\n";
   return svg;
 }

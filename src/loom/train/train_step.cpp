@@ -26,8 +26,7 @@ TrainStep::TrainStep(Model model, TrainConfig config)
     : model_(std::move(model)),
       config_(std::move(config)),
       parameters_(model_->parameters()),
-      optimizer_(parameter_groups(*model_, config_.weight_decay), config_.beta1, config_.beta2,
-                 config_.eps) {}
+      optimizer_(parameter_groups(*model_, config_.weight_decay), config_.beta1, config_.beta2, config_.eps) {}
 
 StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)>& batch, bool track_stats) {
   model_->train();
@@ -39,8 +38,8 @@ StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)
   compat::zero_grad_to_none(parameters_);
   for (int64_t micro = 0; micro < config_.grad_accum; ++micro) {
     LossStats stats;
-    torch::Tensor loss = batch_loss(model_, batch(micro), config_.precision == "bf16", config_.z_loss, &stats,
-                                    config_.label_smoothing);
+    torch::Tensor loss =
+        batch_loss(model_, batch(micro), config_.precision == "bf16", config_.z_loss, &stats, config_.label_smoothing);
     // Auxiliary losses of the last forward (MoE load balancing) join the objective, not the
     // reported language-modelling loss.
     auto objective = loss;
@@ -95,8 +94,8 @@ torch::Tensor batch_loss(Model& model, const Batch& batch, bool bf16, double z_l
     // Fused head + loss instead of lm_loss(model->forward(inputs), targets): same math, no
     // [N, V] fp32 tensors: bf16 step 1.12x, fp32 1.03x faster (train_throughput, 2 threads).
     auto [hidden, scored] = scored_rows(decoder_hidden(model, batch), targets);
-    return linear_cross_entropy(hidden, model->output_weight(), scored, bf16 ? torch::kBFloat16 : torch::kFloat,
-                                z_loss, stats, label_smoothing);
+    return linear_cross_entropy(hidden, model->output_weight(), scored, bf16 ? torch::kBFloat16 : torch::kFloat, z_loss,
+                                stats, label_smoothing);
   }
   auto logits = class_logits(model, inputs);
   auto log_z = torch::logsumexp(logits, -1);
@@ -139,15 +138,17 @@ TaskScore evaluate_task(Model& model, const std::vector<Batch>& batches, bool bf
     if (model->config().causal()) {
       auto logits = model->logits(decoder_hidden(model, batch)).to(torch::kFloat);  // [B, T, V]
       auto scored_mask = targets.ge(0);
-      loss += torch::nn::functional::cross_entropy(logits.index({scored_mask}), targets.index({scored_mask}),
-                                                   torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                  .item<double>();
+      loss +=
+          torch::nn::functional::cross_entropy(logits.index({scored_mask}), targets.index({scored_mask}),
+                                               torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+              .item<double>();
       auto hit = logits.argmax(-1).eq(targets);
       right += hit.logical_and(scored_mask).sum().item<double>();
       correct = hit.logical_or(scored_mask.logical_not()).all(1);
     } else {
       auto logits = class_logits(model, inputs);
-      loss += torch::nn::functional::cross_entropy(logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+      loss += torch::nn::functional::cross_entropy(
+                  logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                   .item<double>();
       correct = logits.argmax(-1).eq(targets);
       right += correct.sum().item<double>();
@@ -159,7 +160,8 @@ TaskScore evaluate_task(Model& model, const std::vector<Batch>& batches, bool bf
   model->train(was_training);
   score.loss = scored > 0 ? loss / static_cast<double>(scored) : std::nan("");
   score.token_accuracy = scored > 0 ? right / static_cast<double>(scored) : std::nan("");
-  score.exact_match = score.examples > 0 ? static_cast<double>(score.exact) / static_cast<double>(score.examples) : std::nan("");
+  score.exact_match =
+      score.examples > 0 ? static_cast<double>(score.exact) / static_cast<double>(score.examples) : std::nan("");
   return score;
 }
 

@@ -5,10 +5,10 @@
 #include <functional>
 #include <utility>
 
+#include "loom/checkpoint/recipe.h"
 #include "loom/models/model.h"
 #include "loom/train/adamw.h"
 #include "loom/train/linear_cross_entropy.h"
-#include "loom/checkpoint/recipe.h"
 
 namespace loom {
 
@@ -31,7 +31,7 @@ struct StepResult {
   double loss = 0;       // mean over the step's micro-batches
   double grad_norm = 0;  // before clipping
   double lr = 0;
-  double log_z = 0;      // mean log-partition of the output softmax (z-loss watches it)
+  double log_z = 0;                           // mean log-partition of the output softmax (z-loss watches it)
   double max_attention_logit = std::nan("");  // with track_stats: over all the step's micro-batches
 };
 

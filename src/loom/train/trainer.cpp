@@ -6,9 +6,10 @@
 #include <fstream>
 #include <optional>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
+#include "loom/checkpoint/checkpoint.h"
 #include "loom/core/log.h"
 #include "loom/core/progress.h"
 #include "loom/data/lm_data.h"
@@ -16,7 +17,6 @@
 #include "loom/data/translation_data.h"
 #include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
-#include "loom/checkpoint/checkpoint.h"
 #include "loom/train/train_step.h"
 
 namespace loom {
@@ -87,20 +87,22 @@ RunData prepare_data(const Recipe& recipe) {
   RunData run;
   const auto seed = static_cast<uint64_t>(tc.seed);
   if (recipe.task.is_translation()) {
-    run.translation = std::make_unique<TranslationData>(recipe.data.corpus, recipe.data.dir, recipe.task.src,
-                                                        recipe.task.tgt, static_cast<int>(mc.vocab_size), mc.max_seq_len);
+    run.translation =
+        std::make_unique<TranslationData>(recipe.data.corpus, recipe.data.dir, recipe.task.src, recipe.task.tgt,
+                                          static_cast<int>(mc.vocab_size), mc.max_seq_len);
     TranslationData* t = run.translation.get();
     run.tokenizer = t->tokenizer();
     if (run.tokenizer->vocab_size() != mc.vocab_size)
-      fail("the tokenizer {} has {} tokens but model.vocab_size is {}", t->tokenizer_path(), run.tokenizer->vocab_size(),
-           mc.vocab_size);
+      fail("the tokenizer {} has {} tokens but model.vocab_size is {}", t->tokenizer_path(),
+           run.tokenizer->vocab_size(), mc.vocab_size);
     const int64_t sentences = tc.max_tokens > 0 ? 0 : tc.batch_size;
     t->make_training_batches(tc.max_tokens, sentences);
     run.sample = [t, seed, accum = tc.grad_accum](int64_t step, int64_t micro) {
       return to_batch(t->sample(seed, step, micro, accum));
     };
     for (auto& b : t->split_batches("valid", tc.max_tokens, sentences)) run.valid.push_back(to_batch(std::move(b)));
-    if (tc.eval_batches > 0 && static_cast<int64_t>(run.valid.size()) > tc.eval_batches) run.valid.resize(tc.eval_batches);
+    if (tc.eval_batches > 0 && static_cast<int64_t>(run.valid.size()) > tc.eval_batches)
+      run.valid.resize(tc.eval_batches);
     run.sequence_length = mc.max_seq_len;
     run.summary = fmt::format("{} {}->{}: {} training pairs in {} batches per epoch, {} validation pairs",
                               recipe.data.corpus, recipe.task.src, recipe.task.tgt, t->split("train").pairs.size(),
@@ -114,29 +116,34 @@ RunData prepare_data(const Recipe& recipe) {
       return task->sample(seed, step, micro, batch);
     };
     run.valid = to_batches(task->split_batches("valid", tc.batch_size));
-    if (tc.eval_batches > 0 && static_cast<int64_t>(run.valid.size()) > tc.eval_batches) run.valid.resize(tc.eval_batches);
+    if (tc.eval_batches > 0 && static_cast<int64_t>(run.valid.size()) > tc.eval_batches)
+      run.valid.resize(tc.eval_batches);
     run.sequence_length = task->task().max_length();
-    run.summary = fmt::format("task {}: {} training examples, {} validation, {} test; sequences of {} tokens",
-                              recipe.task.name,
-                              recipe.task.train_examples > 0 ? std::to_string(recipe.task.train_examples) : "unlimited",
-                              recipe.task.valid_examples, recipe.task.test_examples, run.sequence_length);
+    run.summary =
+        fmt::format("task {}: {} training examples, {} validation, {} test; sequences of {} tokens", recipe.task.name,
+                    recipe.task.train_examples > 0 ? std::to_string(recipe.task.train_examples) : "unlimited",
+                    recipe.task.valid_examples, recipe.task.test_examples, run.sequence_length);
     return run;
   }
   const LMData data = prepare_lm_data(recipe.data.corpus, static_cast<int>(mc.vocab_size), recipe.data.dir);
   run.tokenizer = Tokenizer::load(data.tokenizer_model);
   if (run.tokenizer->vocab_size() != mc.vocab_size)
-    fail("the tokenizer {} has {} tokens but model.vocab_size is {}", data.tokenizer_model,
-         run.tokenizer->vocab_size(), mc.vocab_size);
+    fail("the tokenizer {} has {} tokens but model.vocab_size is {}", data.tokenizer_model, run.tokenizer->vocab_size(),
+         mc.vocab_size);
   run.train_tokens = std::make_unique<TokenStream>(data.train_tokens);
   run.valid_tokens = std::make_unique<TokenStream>(data.valid_tokens);
-  run.batcher = std::make_unique<LMBatcher>(*run.train_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len));
+  run.batcher =
+      std::make_unique<LMBatcher>(*run.train_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len));
   const LMBatcher* batcher = run.batcher.get();
-  run.sample = [batcher, seed](int64_t step, int64_t micro) { return batcher->sample(seed, step, static_cast<int>(micro)); };
+  run.sample = [batcher, seed](int64_t step, int64_t micro) {
+    return batcher->sample(seed, step, static_cast<int>(micro));
+  };
   run.valid = to_batches(LMBatcher(*run.valid_tokens, static_cast<int>(tc.batch_size), static_cast<int>(mc.max_seq_len))
                              .eval_batches(static_cast<int>(tc.eval_batches)));
   run.unigram_entropy = unigram_entropy(*run.train_tokens);
   run.sequence_length = mc.max_seq_len;
-  run.summary = fmt::format("data: {} train tokens, {} validation tokens", run.train_tokens->size(), run.valid_tokens->size());
+  run.summary =
+      fmt::format("data: {} train tokens, {} validation tokens", run.train_tokens->size(), run.valid_tokens->size());
   return run;
 }
 
@@ -160,9 +167,10 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   } else {
     result.run_dir = options.out_dir.empty() ? "runs/default" : options.out_dir;
     if (fs::exists(result.run_dir) && !list_checkpoints(result.run_dir).empty())
-      fail("run directory '{}' already holds checkpoints: continue it with --resume {} or choose "
-           "another --out",
-           result.run_dir, result.run_dir);
+      fail(
+          "run directory '{}' already holds checkpoints: continue it with --resume {} or choose "
+          "another --out",
+          result.run_dir, result.run_dir);
   }
   if (options.steps >= 0) recipe.train.steps = options.steps;
   recipe.validate("recipe");
@@ -182,8 +190,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   } else {
     auto loaded = load_checkpoint(resume_dir);
     if (tokenizer != nullptr && loaded.tokenizer.serialized() != tokenizer->serialized())
-      fail("{}: its tokenizer differs from the one in {}: the data cache changed since the run started",
-           resume_dir, recipe.data.dir);
+      fail("{}: its tokenizer differs from the one in {}: the data cache changed since the run started", resume_dir,
+           recipe.data.dir);
     model = loaded.model;
     state = loaded.state;
   }
@@ -192,11 +200,12 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     load_optimizer_state(resume_dir, step_runner.optimizer());
     logger().info("resuming {} at step {}", resume_dir, state.step);
   }
-  if (state.step >= tc.steps) fail("the run is already at step {} of {}: raise --steps to continue", state.step, tc.steps);
+  if (state.step >= tc.steps)
+    fail("the run is already at step {} of {}: raise --steps to continue", state.step, tc.steps);
 
   logger().info("model: {:.2f}M parameters, {} {} layers x d_model {}, context {}; {}; run dir {}",
-               model->num_parameters() / 1e6, mc.n_layers, mc.arch, mc.d_model, mc.max_seq_len, data.summary,
-               result.run_dir);
+                model->num_parameters() / 1e6, mc.n_layers, mc.arch, mc.d_model, mc.max_seq_len, data.summary,
+                result.run_dir);
   MetricsLog metrics((fs::path(result.run_dir) / "metrics.jsonl").string());
   const int64_t tokens_per_batch_step = tc.batch_size * tc.grad_accum * data.sequence_length;
   Progress progress("train", state.step, tc.steps, tc.log_every);
@@ -210,7 +219,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
 
   auto save = [&] {
     state.elapsed_seconds = elapsed_before + progress.elapsed_seconds();
-    result.checkpoint = save_checkpoint(result.run_dir, recipe, model, tokenizer, step_runner.optimizer().state(), state, tc.keep_last);
+    result.checkpoint =
+        save_checkpoint(result.run_dir, recipe, model, tokenizer, step_runner.optimizer().state(), state, tc.keep_last);
   };
   const bool bf16 = tc.precision == "bf16";
   auto validate = [&] {
@@ -219,22 +229,25 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       state.valid_loss = score.loss;
       progress.finish();
       if (data.task->task().n_classes() > 0)
-        logger().info("step {}: validation loss {:.4f}, accuracy {}", state.step, score.loss, percent(score.exact_match));
+        logger().info("step {}: validation loss {:.4f}, accuracy {}", state.step, score.loss,
+                      percent(score.exact_match));
       else
         logger().info("step {}: validation loss {:.4f}, exact match {}, token accuracy {}", state.step, score.loss,
-                     percent(score.exact_match), percent(score.token_accuracy));
-      metrics.write({{"step", state.step}, {"valid_loss", score.loss}, {"valid_exact_match", score.exact_match},
+                      percent(score.exact_match), percent(score.token_accuracy));
+      metrics.write({{"step", state.step},
+                     {"valid_loss", score.loss},
+                     {"valid_exact_match", score.exact_match},
                      {"valid_token_accuracy", score.token_accuracy}});
       return;
     }
     state.valid_loss = evaluate_loss(model, data.valid, bf16);
     progress.finish();
     if (data.translation)
-      logger().info("step {}: validation loss {:.4f} nats/target token (perplexity {:.2f})", state.step, state.valid_loss,
-                   std::exp(state.valid_loss));
+      logger().info("step {}: validation loss {:.4f} nats/target token (perplexity {:.2f})", state.step,
+                    state.valid_loss, std::exp(state.valid_loss));
     else
       logger().info("step {}: validation loss {:.4f} (perplexity {:.2f}; unigram entropy {:.4f})", state.step,
-                   state.valid_loss, std::exp(state.valid_loss), result.unigram_entropy);
+                    state.valid_loss, std::exp(state.valid_loss), result.unigram_entropy);
     metrics.write({{"step", state.step}, {"valid_loss", state.valid_loss}, {"valid_ppl", std::exp(state.valid_loss)}});
   };
 
@@ -244,16 +257,18 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     // Dropout draws from the global generator: seed it per step so resume replays it exactly.
     torch::manual_seed(static_cast<uint64_t>(tc.seed) * 1000003ULL + static_cast<uint64_t>(step));
     int64_t step_tokens = data.translation ? 0 : tokens_per_batch_step;
-    const StepResult r = step_runner.run(step,
-                                         [&](int64_t micro) {
-                                           Batch b = data.sample(step, micro);
-                                           if (data.translation) step_tokens += b.targets.ge(0).sum().item<int64_t>();
-                                           return b;
-                                         },
-                                         /*track_stats=*/(step + 1) % tc.log_every == 0);
+    const StepResult r = step_runner.run(
+        step,
+        [&](int64_t micro) {
+          Batch b = data.sample(step, micro);
+          if (data.translation) step_tokens += b.targets.ge(0).sum().item<int64_t>();
+          return b;
+        },
+        /*track_stats=*/(step + 1) % tc.log_every == 0);
     if (!std::isfinite(r.loss))
-      throw TrainingDiverged(fmt::format("the loss became {} at step {}; the last checkpoint is {} (try a lower train.lr)",
-                                         r.loss, step, result.checkpoint.empty() ? "none" : result.checkpoint));
+      throw TrainingDiverged(
+          fmt::format("the loss became {} at step {}; the last checkpoint is {} (try a lower train.lr)", r.loss, step,
+                      result.checkpoint.empty() ? "none" : result.checkpoint));
     state.step = step + 1;
     state.tokens_seen += step_tokens;
     window_tokens += step_tokens;
@@ -262,10 +277,15 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     if (state.step % tc.log_every == 0 || state.step == tc.steps) {
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
       rate = static_cast<double>(window_tokens) / seconds;
-      metrics.write({{"step", state.step}, {"loss", window_loss / window_steps}, {"lr", r.lr},
-                     {"grad_norm", r.grad_norm}, {"log_z", r.log_z},
-                     {"max_attention_logit", std::isnan(r.max_attention_logit) ? nlohmann::json() : nlohmann::json(r.max_attention_logit)},
-                     {"tokens_per_s", rate}, {"tokens", state.tokens_seen}});
+      metrics.write({{"step", state.step},
+                     {"loss", window_loss / window_steps},
+                     {"lr", r.lr},
+                     {"grad_norm", r.grad_norm},
+                     {"log_z", r.log_z},
+                     {"max_attention_logit",
+                      std::isnan(r.max_attention_logit) ? nlohmann::json() : nlohmann::json(r.max_attention_logit)},
+                     {"tokens_per_s", rate},
+                     {"tokens", state.tokens_seen}});
       window_loss = 0;
       window_steps = 0;
       window_tokens = 0;
@@ -273,7 +293,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     }
     progress.update(state.step, fmt::format("loss {:.3f} | lr {:.2e} | {}", r.loss, r.lr, human_rate(rate)));
     const bool last = state.step == tc.steps;
-    const bool stopping = stop.requested() || (options.stop_after >= 0 && state.step - first_step >= options.stop_after);
+    const bool stopping =
+        stop.requested() || (options.stop_after >= 0 && state.step - first_step >= options.stop_after);
     if (last || (tc.eval_every > 0 && state.step % tc.eval_every == 0)) validate();
     if (last || stopping || (tc.save_every > 0 && state.step % tc.save_every == 0)) save();
     if (stopping && !last) {
@@ -288,8 +309,11 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   result.valid_loss = state.valid_loss;
   if (data.task && !result.interrupted) {  // the task metric on the held-out test split
     result.test = evaluate_task(model, to_batches(data.task->split_batches("test", tc.batch_size)), bf16);
-    result.majority_accuracy = data.task->task().n_classes() > 0 ? data.task->majority_baseline("test").second : std::nan("");
-    metrics.write({{"step", state.step}, {"test_loss", result.test->loss}, {"test_exact_match", result.test->exact_match},
+    result.majority_accuracy =
+        data.task->task().n_classes() > 0 ? data.task->majority_baseline("test").second : std::nan("");
+    metrics.write({{"step", state.step},
+                   {"test_loss", result.test->loss},
+                   {"test_exact_match", result.test->exact_match},
                    {"test_token_accuracy", result.test->token_accuracy}});
   }
   return result;

@@ -5,8 +5,8 @@
 #include <optional>
 #include <string>
 
-#include "loom/core/error.h"
 #include "loom/checkpoint/recipe.h"
+#include "loom/core/error.h"
 #include "loom/train/train_step.h"
 
 namespace loom {
@@ -25,8 +25,8 @@ struct TrainResult {
   double valid_loss = 0;       // nats per token on the validation split, at the end
   double unigram_entropy = 0;  // task lm: nats per token of the training tokens' unigram distribution
   bool interrupted = false;
-  std::optional<TaskScore> test;     // generated tasks: scores on the held-out test split
-  double majority_accuracy = 0;      // classification tasks: test accuracy of always the majority class
+  std::optional<TaskScore> test;  // generated tasks: scores on the held-out test split
+  double majority_accuracy = 0;   // classification tasks: test accuracy of always the majority class
 };
 
 // Thrown by train() when the training loss becomes NaN or infinite: the run diverged (a result for

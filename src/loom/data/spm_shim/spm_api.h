@@ -18,14 +18,13 @@ typedef void (*loom_spm_bytes_sink)(void* ctx, const char* data, size_t n);
 // `error` (with `ctx`).
 struct loom_spm_api {
   int version;
-  int (*train)(const char* const* keys, const char* const* values, size_t n,
-               loom_spm_bytes_sink error, void* ctx);
+  int (*train)(const char* const* keys, const char* const* values, size_t n, loom_spm_bytes_sink error, void* ctx);
   void* (*load)(const char* model, size_t n, loom_spm_bytes_sink error, void* ctx);  // NULL on error
   void (*free)(void* processor);
-  int (*encode)(const void* processor, const char* text, size_t n, loom_spm_ints_sink ids,
-                loom_spm_bytes_sink error, void* ctx);
-  int (*decode)(const void* processor, const int* ids, size_t n, loom_spm_bytes_sink text,
-                loom_spm_bytes_sink error, void* ctx);
+  int (*encode)(const void* processor, const char* text, size_t n, loom_spm_ints_sink ids, loom_spm_bytes_sink error,
+                void* ctx);
+  int (*decode)(const void* processor, const int* ids, size_t n, loom_spm_bytes_sink text, loom_spm_bytes_sink error,
+                void* ctx);
   int (*piece_size)(const void* processor);
   int (*bos_id)(const void* processor);
   int (*eos_id)(const void* processor);

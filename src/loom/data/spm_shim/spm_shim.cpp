@@ -14,9 +14,7 @@ namespace {
 
 using sentencepiece::SentencePieceProcessor;
 
-const SentencePieceProcessor& sp(const void* p) {
-  return *static_cast<const SentencePieceProcessor*>(p);
-}
+const SentencePieceProcessor& sp(const void* p) { return *static_cast<const SentencePieceProcessor*>(p); }
 
 int report(const std::string& message, loom_spm_bytes_sink error, void* ctx) {
   error(ctx, message.data(), message.size());
@@ -43,19 +41,20 @@ void SetMinLogLevel(int v);
 
 namespace {
 
-int train(const char* const* keys, const char* const* values, size_t n, loom_spm_bytes_sink error,
-          void* ctx) {
-  return guarded([&] {
-    std::unordered_map<std::string, std::string> spec;
-    for (size_t i = 0; i < n; ++i) spec[keys[i]] = values[i];
-    // "random_seed" is not a TrainerSpec field: like spm_train, set sentencepiece's generator.
-    if (auto it = spec.find("random_seed"); it != spec.end()) {
-      sentencepiece::SetRandomGeneratorSeed(static_cast<unsigned>(std::stoul(it->second)));
-      spec.erase(it);
-    }
-    sentencepiece::logging::SetMinLogLevel(1);  // warnings and errors only
-    return sentencepiece::SentencePieceTrainer::Train(spec);
-  }, error, ctx);
+int train(const char* const* keys, const char* const* values, size_t n, loom_spm_bytes_sink error, void* ctx) {
+  return guarded(
+      [&] {
+        std::unordered_map<std::string, std::string> spec;
+        for (size_t i = 0; i < n; ++i) spec[keys[i]] = values[i];
+        // "random_seed" is not a TrainerSpec field: like spm_train, set sentencepiece's generator.
+        if (auto it = spec.find("random_seed"); it != spec.end()) {
+          sentencepiece::SetRandomGeneratorSeed(static_cast<unsigned>(std::stoul(it->second)));
+          spec.erase(it);
+        }
+        sentencepiece::logging::SetMinLogLevel(1);  // warnings and errors only
+        return sentencepiece::SentencePieceTrainer::Train(spec);
+      },
+      error, ctx);
 }
 
 void* load(const char* model, size_t n, loom_spm_bytes_sink error, void* ctx) {
@@ -67,19 +66,16 @@ void* load(const char* model, size_t n, loom_spm_bytes_sink error, void* ctx) {
 
 void free_processor(void* p) { delete static_cast<SentencePieceProcessor*>(p); }
 
-int encode(const void* p, const char* text, size_t n, loom_spm_ints_sink out,
-           loom_spm_bytes_sink error, void* ctx) {
+int encode(const void* p, const char* text, size_t n, loom_spm_ints_sink out, loom_spm_bytes_sink error, void* ctx) {
   std::vector<int> ids;
   const int rc = guarded([&] { return sp(p).Encode({text, n}, &ids); }, error, ctx);
   if (rc == 0) out(ctx, ids.data(), ids.size());
   return rc;
 }
 
-int decode(const void* p, const int* ids, size_t n, loom_spm_bytes_sink out,
-           loom_spm_bytes_sink error, void* ctx) {
+int decode(const void* p, const int* ids, size_t n, loom_spm_bytes_sink out, loom_spm_bytes_sink error, void* ctx) {
   std::string text;
-  const int rc = guarded([&] { return sp(p).Decode(std::vector<int>(ids, ids + n), &text); },
-                         error, ctx);
+  const int rc = guarded([&] { return sp(p).Decode(std::vector<int>(ids, ids + n), &text); }, error, ctx);
   if (rc == 0) out(ctx, text.data(), text.size());
   return rc;
 }
@@ -91,7 +87,7 @@ int eos_id(const void* p) { return sp(p).eos_id(); }
 }  // namespace
 
 extern "C" const loom_spm_api* loom_sentencepiece_api(void) {
-  static const loom_spm_api api = {loom::spm::kApiVersion, train, load, free_processor,
-                                   encode, decode, piece_size, bos_id, eos_id};
+  static const loom_spm_api api = {
+      loom::spm::kApiVersion, train, load, free_processor, encode, decode, piece_size, bos_id, eos_id};
   return &api;
 }

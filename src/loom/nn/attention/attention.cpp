@@ -27,12 +27,12 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const MixerContext&
   const int64_t b = x.size(0), t = x.size(1);
   const int64_t h = n_heads_, k_heads = n_kv_heads_, d = head_dim_, g = h / k_heads;
   auto qkv = wqkv(x).view({b, t, h + 2 * k_heads, d});
-  auto q = qkv.narrow(2, 0, h);              // [B, T, H, D]
-  auto k = qkv.narrow(2, h, k_heads);        // [B, T, K, D]
+  auto q = qkv.narrow(2, 0, h);        // [B, T, H, D]
+  auto k = qkv.narrow(2, h, k_heads);  // [B, T, K, D]
   auto v = qkv.narrow(2, h + k_heads, k_heads);
   if (q_norm) q = q_norm->forward(q), k = k_norm->forward(k);
   std::tie(q, k) = ctx.position->rotate(q, k, ctx.offset);
-  k = k.transpose(1, 2);                     // [B, K, T, D]
+  k = k.transpose(1, 2);  // [B, K, T, D]
   v = v.transpose(1, 2);
   if (ctx.state != nullptr) {
     auto& keys = (*ctx.state)[kKeys];
@@ -45,14 +45,14 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const MixerContext&
   const int64_t s = k.size(2);
   // [B, T, H, D] -> [B*K, G*T, D]: the G query heads sharing a key/value head become rows.
   auto q_grouped = q.reshape({b, t, k_heads, g, d}).permute({0, 2, 3, 1, 4}).reshape({b * k_heads, g * t, d});
-  auto k_t = k.reshape({b * k_heads, s, d}).transpose(1, 2);     // [B*K, D, S]
+  auto k_t = k.reshape({b * k_heads, s, d}).transpose(1, 2);  // [B*K, D, S]
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   // The scale and the causal mask (as an additive 0 / -inf bias) ride on the score GEMM:
   // baddbmm instead of matmul, mul_, masked_fill saves two passes over the scores forward and
   // two backward: attention fwd+bwd 1.25x, bf16 train step 1.03x faster (2 threads).
   const bool masked = (causal_ && t > 1) || (window_ > 0 && s > window_);
   auto scores = masked ? torch::baddbmm(mask_bias(g, t, s, ctx.offset, q), q_grouped, k_t, 1.0, scale)
-                      : torch::bmm(q_grouped, k_t).mul_(scale);  // [B*K, G*T, S]
+                       : torch::bmm(q_grouped, k_t).mul_(scale);  // [B*K, G*T, S]
   if (ctx.padding.defined()) {  // -inf at padding keys: [B, 1, 1, S] over [B, K, G*T, S]
     auto pad = torch::zeros({b, 1, 1, s}, scores.options())
                    .masked_fill(ctx.padding.view({b, 1, 1, s}), -std::numeric_limits<float>::infinity());
@@ -66,11 +66,12 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const MixerContext&
   if (bias.defined())
     scores = (scores.view({b, h, t, s}) + bias.to(scores.scalar_type())).view({b * k_heads, g * t, s});
   auto probs = torch::softmax(scores, -1);
-  auto out = torch::bmm(probs, v.reshape({b * k_heads, s, d}))   // [B*K, G*T, D]
+  auto out = torch::bmm(probs, v.reshape({b * k_heads, s, d}))  // [B*K, G*T, D]
                  .view({b, k_heads, g, t, d})
-                 .permute({0, 3, 1, 2, 4})                      // [B, T, K, G, D]
+                 .permute({0, 3, 1, 2, 4})  // [B, T, K, G, D]
                  .reshape({b, t, h * d});
-  if (head_scale.defined()) out = (out.view({b, t, h, d}) * head_scale.view({h, 1}).to(out.scalar_type())).view({b, t, h * d});
+  if (head_scale.defined())
+    out = (out.view({b, t, h, d}) * head_scale.view({h, 1}).to(out.scalar_type())).view({b, t, h * d});
   return wo(out);
 }
 
@@ -87,11 +88,10 @@ torch::Tensor AttentionImpl::mask_bias(int64_t g, int64_t t, int64_t s, int64_t 
     auto ones = torch::ones({t, s}, torch::TensorOptions().dtype(torch::kBool).device(like.device()));
     auto mask = causal_ ? ones.triu(offset + 1)  // later keys
                         : torch::zeros_like(ones);
-    if (window_ > 0) mask = mask.logical_or(ones.tril(offset - window_));  // keys window or more back
+    if (window_ > 0) mask = mask.logical_or(ones.tril(offset - window_));              // keys window or more back
     if (window_ > 0 && !causal_) mask = mask.logical_or(ones.triu(offset + window_));  // or ahead
-    bias_ = torch::zeros({t, s}, like.options())
-                .masked_fill(mask, -std::numeric_limits<float>::infinity())
-                .repeat({g, 1});
+    bias_ =
+        torch::zeros({t, s}, like.options()).masked_fill(mask, -std::numeric_limits<float>::infinity()).repeat({g, 1});
     bias_offset_ = offset;
   }
   return bias_;
@@ -99,7 +99,8 @@ torch::Tensor AttentionImpl::mask_bias(int64_t g, int64_t t, int64_t s, int64_t 
 
 void register_attention(Registry<MixerFactory>& r) {
   r.add(BlockInfo("attention",
-                  "softmax attention (causal, or bidirectional in encoders); n_kv_heads: multi-head, grouped-query, multi-query",
+                  "softmax attention (causal, or bidirectional in encoders); n_kv_heads: multi-head, grouped-query, "
+                  "multi-query",
                   "Vaswani et al. 2017, Attention Is All You Need; Ainslie et al. 2023, GQA")
             .with_traits({"causal", "bidirectional", "qk", "scores"})
             .fast_engine(true),

@@ -28,18 +28,18 @@ class LinearAttentionImpl : public MixerImpl {
     std::tie(q, k) = ctx.position->rotate(q, k, ctx.offset);
     const int64_t g = h / k_heads;
     auto phi = [](const torch::Tensor& z) { return torch::elu(z.to(torch::kFloat)) + 1; };
-    auto fq = phi(q).transpose(1, 2);                                              // [B, H, T, D]
-    auto fk = phi(k).repeat_interleave(g, 2).transpose(1, 2);                      // [B, H, T, D]
-    auto vv = v.to(torch::kFloat).repeat_interleave(g, 2).transpose(1, 2);         // [B, H, T, D]
+    auto fq = phi(q).transpose(1, 2);                                       // [B, H, T, D]
+    auto fk = phi(k).repeat_interleave(g, 2).transpose(1, 2);               // [B, H, T, D]
+    auto vv = v.to(torch::kFloat).repeat_interleave(g, 2).transpose(1, 2);  // [B, H, T, D]
     if (!causal_) {
       if (ctx.padding.defined()) fk = fk.masked_fill(ctx.padding.view({b, 1, t, 1}), 0.0);
-      auto kv_all = fk.transpose(-2, -1).matmul(vv);                               // S: [B, H, D, D]
-      auto k_all = fk.sum(2, true);                                                // z: [B, H, 1, D]
+      auto kv_all = fk.transpose(-2, -1).matmul(vv);  // S: [B, H, D, D]
+      auto k_all = fk.sum(2, true);                   // z: [B, H, 1, D]
       auto out = (fq.matmul(kv_all) / (fq * k_all).sum(-1, true)).transpose(1, 2).reshape({b, t, h * d});
       return wo(out.to(x.scalar_type()));
     }
-    auto kv = (fk.unsqueeze(-1) * vv.unsqueeze(-2)).cumsum(2);                     // S_i: [B, H, T, D, D]
-    auto ksum = fk.cumsum(2);                                                      // z_i: [B, H, T, D]
+    auto kv = (fk.unsqueeze(-1) * vv.unsqueeze(-2)).cumsum(2);  // S_i: [B, H, T, D, D]
+    auto ksum = fk.cumsum(2);                                   // z_i: [B, H, T, D]
     if (ctx.state != nullptr) {
       auto& kv_sum = (*ctx.state)[kKvSum];
       auto& k_sum = (*ctx.state)[kKSum];
@@ -50,8 +50,8 @@ class LinearAttentionImpl : public MixerImpl {
       kv_sum.copy_(kv.select(2, t - 1));
       k_sum.copy_(ksum.select(2, t - 1));
     }
-    auto numerator = (fq.unsqueeze(-2).matmul(kv)).squeeze(-2);                    // [B, H, T, D]
-    auto denominator = (fq * ksum).sum(-1, true);                                  // [B, H, T, 1]
+    auto numerator = (fq.unsqueeze(-2).matmul(kv)).squeeze(-2);  // [B, H, T, D]
+    auto denominator = (fq * ksum).sum(-1, true);                // [B, H, T, 1]
     auto out = (numerator / denominator).transpose(1, 2).reshape({b, t, h * d});
     return wo(out.to(x.scalar_type()));
   }
@@ -59,7 +59,8 @@ class LinearAttentionImpl : public MixerImpl {
   // The running sums S [B, H, D, D] and z [B, H, D], kRecurrent, in fp32.
   MixerState make_cache(int64_t batch, int64_t, torch::TensorOptions options) override {
     MixerState state;
-    state.add(StateKind::kRecurrent, torch::zeros({batch, n_heads_, head_dim_, head_dim_}, options.dtype(torch::kFloat)));
+    state.add(StateKind::kRecurrent,
+              torch::zeros({batch, n_heads_, head_dim_, head_dim_}, options.dtype(torch::kFloat)));
     state.add(StateKind::kRecurrent, torch::zeros({batch, n_heads_, head_dim_}, options.dtype(torch::kFloat)));
     return state;
   }
@@ -75,9 +76,9 @@ class LinearAttentionImpl : public MixerImpl {
 }  // namespace
 
 void register_linear_attention(Registry<MixerFactory>& r) {
-  r.add(BlockInfo("linear_attention",
-                  "linear attention, elu+1 feature map; causal by running sums (O(1) decoding state)",
-                  "Katharopoulos et al. 2020, Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention")
+  r.add(BlockInfo(
+            "linear_attention", "linear attention, elu+1 feature map; causal by running sums (O(1) decoding state)",
+            "Katharopoulos et al. 2020, Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention")
             .with_traits({"causal", "bidirectional", "qk"})
             .fast_engine(false),
         [](const ModelConfig& c, int64_t) { return std::make_shared<LinearAttentionImpl>(c); });

@@ -14,7 +14,8 @@ void LocalAttentionOptions::validate(const std::string& source) const {
 
 void register_local_attention(Registry<MixerFactory>& r) {
   r.add(BlockInfo("local_attention",
-                  "sliding-window attention: each query sees the last model.window positions (encoders: within window-1 either side)",
+                  "sliding-window attention: each query sees the last model.window positions (encoders: within "
+                  "window-1 either side)",
                   "Beltagy et al. 2020, Longformer; Jiang et al. 2023, Mistral 7B")
             .with_traits({"causal", "bidirectional", "qk", "scores"})
             .with_options<LocalAttentionOptions>()

@@ -39,7 +39,8 @@ FfnFactory make(Activation act) {
 }  // namespace
 
 void register_glu(Registry<FfnFactory>& r) {
-  r.add(BlockInfo("swiglu", "gated MLP, SiLU gate (LLaMA)", "Shazeer 2020, GLU Variants Improve Transformer").fast_engine(true),
+  r.add(BlockInfo("swiglu", "gated MLP, SiLU gate (LLaMA)", "Shazeer 2020, GLU Variants Improve Transformer")
+            .fast_engine(true),
         make(silu));
   r.add(BlockInfo("geglu", "gated MLP, GELU gate", "Shazeer 2020, GLU Variants Improve Transformer").fast_engine(true),
         make(gelu));

@@ -34,9 +34,11 @@ FfnFactory make(Activation act) {
 }  // namespace
 
 void register_mlp(Registry<FfnFactory>& r) {
-  r.add(BlockInfo("relu", "two-layer MLP with ReLU", "Vaswani et al. 2017, Attention Is All You Need").fast_engine(true),
-        make(relu));
-  r.add(BlockInfo("gelu", "two-layer MLP with GELU (GPT-2, BERT)", "Hendrycks & Gimpel 2016, Gaussian Error Linear Units (GELUs)")
+  r.add(
+      BlockInfo("relu", "two-layer MLP with ReLU", "Vaswani et al. 2017, Attention Is All You Need").fast_engine(true),
+      make(relu));
+  r.add(BlockInfo("gelu", "two-layer MLP with GELU (GPT-2, BERT)",
+                  "Hendrycks & Gimpel 2016, Gaussian Error Linear Units (GELUs)")
             .fast_engine(true),
         make(gelu));
 }

@@ -23,8 +23,8 @@ class MoeImpl : public FfnImpl {
   explicit MoeImpl(const ModelConfig& c)
       : n_experts_(c.moe.n_experts), top_k_(c.moe.top_k), capacity_factor_(c.moe.capacity_factor), d_ff_(c.d_ff) {
     router = register_module("router", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, n_experts_).bias(false)));
-    w_in = register_parameter("w_in", torch::empty({n_experts_, 2 * c.d_ff, c.d_model}));   // [E, 2 d_ff, d]: [gate; up]
-    w_out = register_parameter("w_out", torch::empty({n_experts_, c.d_model, c.d_ff}));     // [E, d, d_ff]
+    w_in = register_parameter("w_in", torch::empty({n_experts_, 2 * c.d_ff, c.d_model}));  // [E, 2 d_ff, d]: [gate; up]
+    w_out = register_parameter("w_out", torch::empty({n_experts_, c.d_model, c.d_ff}));    // [E, d, d_ff]
     // Stacked expert matrices: the model draws them as it draws linear layers.
     declare("w_in", kInitNormal);
     declare("w_out", kInitNormal | kResidualOutput);
@@ -35,17 +35,18 @@ class MoeImpl : public FfnImpl {
 
   // x: [B, T, d_model] -> [B, T, d_model]
   torch::Tensor forward(const torch::Tensor& x) override {
-    auto flat = x.reshape({-1, x.size(-1)});                                     // [N, d]
+    auto flat = x.reshape({-1, x.size(-1)});  // [N, d]
     const int64_t n = flat.size(0);
-    auto probs = torch::softmax(router(flat).to(torch::kFloat), -1);             // [N, E]
-    auto [weights, experts] = probs.topk(top_k_, -1);                            // [N, k] each
+    auto probs = torch::softmax(router(flat).to(torch::kFloat), -1);  // [N, E]
+    auto [weights, experts] = probs.topk(top_k_, -1);                 // [N, k] each
     if (top_k_ > 1) weights = weights / weights.sum(-1, true);
-    const int64_t capacity = capacity_factor_ > 0
-        ? static_cast<int64_t>(std::ceil(capacity_factor_ * static_cast<double>(n * top_k_) / n_experts_))
-        : n * top_k_;
-    auto assigned = experts.reshape({-1});                                        // [N k], token-major
+    const int64_t capacity =
+        capacity_factor_ > 0
+            ? static_cast<int64_t>(std::ceil(capacity_factor_ * static_cast<double>(n * top_k_) / n_experts_))
+            : n * top_k_;
+    auto assigned = experts.reshape({-1});  // [N k], token-major
     auto assigned_weight = weights.reshape({-1});
-    auto token_of = torch::arange(n, torch::kLong).repeat_interleave(top_k_);     // [N k]
+    auto token_of = torch::arange(n, torch::kLong).repeat_interleave(top_k_);  // [N k]
     auto out = torch::zeros_like(flat);
     for (int64_t e = 0; e < n_experts_; ++e) {
       auto slots = (assigned == e).nonzero().reshape({-1});

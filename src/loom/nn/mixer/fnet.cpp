@@ -33,7 +33,8 @@ class FNetImpl : public MixerImpl {
 }  // namespace
 
 void register_fnet(Registry<MixerFactory>& r) {
-  r.add(BlockInfo("fnet", "Fourier mixing: real part of a 2-D FFT over sequence and hidden (no parameters; encoders only)",
+  r.add(BlockInfo("fnet",
+                  "Fourier mixing: real part of a 2-D FFT over sequence and hidden (no parameters; encoders only)",
                   "Lee-Thorp et al. 2022, FNet: Mixing Tokens with Fourier Transforms")
             .with_traits({"bidirectional"})
             .fast_engine(false),

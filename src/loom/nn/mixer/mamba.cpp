@@ -36,7 +36,8 @@ class MambaImpl : public MixerImpl {
     conv_bias = register_parameter("conv_bias", torch::zeros({d_inner_}));
     x_proj = register_module("x_proj", Linear(LinearOptions(d_inner_, dt_rank_ + 2 * d_state_).bias(false)));
     dt_proj = register_module("dt_proj", Linear(LinearOptions(dt_rank_, d_inner_).bias(true)));
-    A_log = register_parameter("A_log", torch::log(torch::arange(1, d_state_ + 1, torch::kFloat)).repeat({d_inner_, 1}));
+    A_log =
+        register_parameter("A_log", torch::log(torch::arange(1, d_state_ + 1, torch::kFloat)).repeat({d_inner_, 1}));
     D = register_parameter("D", torch::ones({d_inner_}));
     out_proj = register_module("out_proj", Linear(LinearOptions(d_inner_, c.d_model).bias(false)));
     // A_log holds decay rates, not a projection: no weight decay (as the reference). out_proj
@@ -69,23 +70,23 @@ class MambaImpl : public MixerImpl {
   torch::Tensor forward(const torch::Tensor& input, const MixerContext& ctx) override {
     const int64_t b = input.size(0), t = input.size(1);
     auto xz = in_proj(input).chunk(2, -1);
-    auto x = xz[0], z = xz[1];                                                   // [B, T, Di]
+    auto x = xz[0], z = xz[1];  // [B, T, Di]
     // Causal depthwise convolution over time, continuing from the cached inputs.
     torch::Tensor history = ctx.state != nullptr && ctx.offset > 0
-        ? (*ctx.state)[kConv].to(x.scalar_type())
-        : torch::zeros({b, d_conv_ - 1, d_inner_}, x.options());                 // [B, K-1, Di]
-    auto padded = torch::cat({history, x}, 1);                                   // [B, K-1+T, Di]
+                                ? (*ctx.state)[kConv].to(x.scalar_type())
+                                : torch::zeros({b, d_conv_ - 1, d_inner_}, x.options());  // [B, K-1, Di]
+    auto padded = torch::cat({history, x}, 1);                                            // [B, K-1+T, Di]
     if (ctx.state != nullptr) (*ctx.state)[kConv].copy_(padded.narrow(1, t, d_conv_ - 1));
     namespace F = torch::nn::functional;
     x = F::conv1d(padded.transpose(1, 2), conv_weight.to(x.scalar_type()),
                   F::Conv1dFuncOptions().bias(conv_bias.to(x.scalar_type())).groups(d_inner_))
-            .transpose(1, 2);                                                    // [B, T, Di]
+            .transpose(1, 2);  // [B, T, Di]
     x = torch::silu(x);
     auto dbc = x_proj(x).split({dt_rank_, d_state_, d_state_}, -1);
     auto delta = torch::nn::functional::softplus(dt_proj(dbc[0]).to(torch::kFloat));  // [B, T, Di]
-    auto A = -torch::exp(A_log);                                                 // [Di, N]
+    auto A = -torch::exp(A_log);                                                      // [Di, N]
     torch::Tensor h0 = ctx.state != nullptr && ctx.offset > 0 ? (*ctx.state)[kScan] : torch::Tensor();
-    auto [y, h_last] = selective_scan(x, delta, A, dbc[1], dbc[2], D, h0);       // [B, T, Di]
+    auto [y, h_last] = selective_scan(x, delta, A, dbc[1], dbc[2], D, h0);  // [B, T, Di]
     if (ctx.state != nullptr) (*ctx.state)[kScan].copy_(h_last);
     return out_proj(y.to(z.scalar_type()) * torch::silu(z));
   }

@@ -7,21 +7,22 @@
 
 namespace loom {
 
-std::pair<torch::Tensor, torch::Tensor> selective_scan_reference(
-    const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A, const torch::Tensor& Bm,
-    const torch::Tensor& Cm, const torch::Tensor& D, const torch::Tensor& h0) {
+std::pair<torch::Tensor, torch::Tensor> selective_scan_reference(const torch::Tensor& u, const torch::Tensor& delta,
+                                                                 const torch::Tensor& A, const torch::Tensor& Bm,
+                                                                 const torch::Tensor& Cm, const torch::Tensor& D,
+                                                                 const torch::Tensor& h0) {
   const int64_t b = u.size(0), t = u.size(1), di = u.size(2), n = A.size(1);
   auto h = h0.defined() ? h0.to(torch::kFloat) : torch::zeros({b, di, n}, u.options().dtype(torch::kFloat));
   std::vector<torch::Tensor> ys;
   for (int64_t s = 0; s < t; ++s) {
-    auto dt = delta.select(1, s).to(torch::kFloat).unsqueeze(-1);                   // [B, Di, 1]
-    auto decay = torch::exp(dt * A);                                                // [B, Di, N]
+    auto dt = delta.select(1, s).to(torch::kFloat).unsqueeze(-1);  // [B, Di, 1]
+    auto decay = torch::exp(dt * A);                               // [B, Di, N]
     auto input = dt * Bm.select(1, s).to(torch::kFloat).unsqueeze(1) *
-                 u.select(1, s).to(torch::kFloat).unsqueeze(-1);                    // [B, Di, N]
+                 u.select(1, s).to(torch::kFloat).unsqueeze(-1);  // [B, Di, N]
     h = decay * h + input;
-    ys.push_back((h * Cm.select(1, s).to(torch::kFloat).unsqueeze(1)).sum(-1));     // [B, Di]
+    ys.push_back((h * Cm.select(1, s).to(torch::kFloat).unsqueeze(1)).sum(-1));  // [B, Di]
   }
-  auto y = torch::stack(ys, 1) + u.to(torch::kFloat) * D;                           // [B, T, Di]
+  auto y = torch::stack(ys, 1) + u.to(torch::kFloat) * D;  // [B, T, Di]
   return {y, h};
 }
 
@@ -112,8 +113,7 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
             const int64_t x = (bi * t + s) * di + d;
             const float dt = pd[x], uu = pu[x];
             const float* bs = pb + (bi * t + s) * n;
-            for (int64_t k = 0; k < n; ++k)
-              hs[(s + 1) * n + k] = std::exp(dt * a[k]) * hs[s * n + k] + dt * bs[k] * uu;
+            for (int64_t k = 0; k < n; ++k) hs[(s + 1) * n + k] = std::exp(dt * a[k]) * hs[s * n + k] + dt * bs[k] * uu;
           }
           std::fill(dh.begin(), dh.end(), 0.0f);
           for (int64_t s = t - 1; s >= 0; --s) {
@@ -128,14 +128,14 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
             for (int64_t k = 0; k < n; ++k) {
               const float h = hs[(s + 1) * n + k], h_prev = hs[s * n + k];
               gcs[k] += g * h;
-              dh[k] += g * cs[k];                        // dL/dh_s
+              dh[k] += g * cs[k];  // dL/dh_s
               const float decay = std::exp(dt * a[k]);
-              const float d_decay = dh[k] * h_prev;      // through decay * h_prev
+              const float d_decay = dh[k] * h_prev;  // through decay * h_prev
               ddt += d_decay * decay * a[k] + dh[k] * bs[k] * uu;
               pgA[d * n + k] += d_decay * decay * dt;
               gbs[k] += dh[k] * dt * uu;
               du += dh[k] * dt * bs[k];
-              dh[k] *= decay;                            // dL/dh_{s-1}
+              dh[k] *= decay;  // dL/dh_{s-1}
             }
             pgu[x] = du;
             pgd[x] = ddt;
@@ -148,11 +148,13 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
 
 }  // namespace
 
-std::pair<torch::Tensor, torch::Tensor> selective_scan(
-    const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A, const torch::Tensor& Bm,
-    const torch::Tensor& Cm, const torch::Tensor& D, const torch::Tensor& h0) {
+std::pair<torch::Tensor, torch::Tensor> selective_scan(const torch::Tensor& u, const torch::Tensor& delta,
+                                                       const torch::Tensor& A, const torch::Tensor& Bm,
+                                                       const torch::Tensor& Cm, const torch::Tensor& D,
+                                                       const torch::Tensor& h0) {
   // Autograd functions take defined tensors only: an absent h0 becomes explicit zeros.
-  auto start = h0.defined() ? h0.detach() : torch::zeros({u.size(0), u.size(2), A.size(1)}, u.options().dtype(torch::kFloat));
+  auto start =
+      h0.defined() ? h0.detach() : torch::zeros({u.size(0), u.size(2), A.size(1)}, u.options().dtype(torch::kFloat));
   auto out = SelectiveScanFunction::apply(u, delta, A, Bm, Cm, D, start);
   return {out[0], out[1]};
 }

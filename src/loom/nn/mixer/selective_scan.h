@@ -14,13 +14,15 @@
 
 namespace loom {
 
-std::pair<torch::Tensor, torch::Tensor> selective_scan_reference(
-    const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A, const torch::Tensor& Bm,
-    const torch::Tensor& Cm, const torch::Tensor& D, const torch::Tensor& h0);
+std::pair<torch::Tensor, torch::Tensor> selective_scan_reference(const torch::Tensor& u, const torch::Tensor& delta,
+                                                                 const torch::Tensor& A, const torch::Tensor& Bm,
+                                                                 const torch::Tensor& Cm, const torch::Tensor& D,
+                                                                 const torch::Tensor& h0);
 
 // The fused kernel. h0 receives no gradient (training starts every sequence from zeros).
-std::pair<torch::Tensor, torch::Tensor> selective_scan(
-    const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A, const torch::Tensor& Bm,
-    const torch::Tensor& Cm, const torch::Tensor& D, const torch::Tensor& h0);
+std::pair<torch::Tensor, torch::Tensor> selective_scan(const torch::Tensor& u, const torch::Tensor& delta,
+                                                       const torch::Tensor& A, const torch::Tensor& Bm,
+                                                       const torch::Tensor& Cm, const torch::Tensor& D,
+                                                       const torch::Tensor& h0);
 
 }  // namespace loom

@@ -16,8 +16,8 @@ class AlibiPositionImpl : public PositionImpl {
     auto i = torch::arange(offset, offset + t, torch::kFloat).unsqueeze(1);  // [T, 1]
     auto j = torch::arange(s, torch::kFloat).unsqueeze(0);                   // [1, S]
     // Causal: later keys are masked anyway; bidirectional: both directions are penalized.
-    auto distance = causal_ ? (i - j).clamp_min(0) : (i - j).abs();          // [T, S]
-    return -slopes_.view({n_heads, 1, 1}) * distance;                        // [H, T, S]
+    auto distance = causal_ ? (i - j).clamp_min(0) : (i - j).abs();  // [T, S]
+    return -slopes_.view({n_heads, 1, 1}) * distance;                // [H, T, S]
   }
   static torch::Tensor slopes(int64_t n_heads) {
     auto power_of_two = [](int64_t n) {

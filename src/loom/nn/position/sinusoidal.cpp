@@ -10,7 +10,7 @@ namespace {
 class SinusoidalPositionImpl : public PositionImpl {
  public:
   explicit SinusoidalPositionImpl(const ModelConfig& c) : max_seq_len_(c.max_seq_len) {
-    auto position = torch::arange(c.max_seq_len, torch::kFloat).unsqueeze(1);       // [P, 1]
+    auto position = torch::arange(c.max_seq_len, torch::kFloat).unsqueeze(1);  // [P, 1]
     auto freq = torch::exp(torch::arange(0, c.d_model, 2, torch::kFloat) *
                            (-std::log(10000.0) / static_cast<double>(c.d_model)));  // [d/2]
     table_ = torch::zeros({c.max_seq_len, c.d_model});
