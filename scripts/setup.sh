@@ -13,6 +13,7 @@ packages=(
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev zlib1g-dev
   libcpp-httplib-dev      # loom serve's HTTP server (and the tests' client)
   libgtest-dev            # tests
+  clang-format-14         # tests: the code is as .clang-format says
   hey wrk                 # bench/serve_load.sh: HTTP load generators
   python3-venv            # tests: scripts/venv.sh's .venv of PyPI reference peers (sacrebleu)
   r-cran-janeaustenr      # the default corpus: Jane Austen's six novels
