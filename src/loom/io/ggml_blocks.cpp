@@ -12,34 +12,18 @@ namespace loom::ggml {
 
 // ---- fp16 --------------------------------------------------------------------------------------
 
-namespace {
-
-uint32_t bits_of(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-float float_of(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-}  // namespace
-
 float fp16_to_fp32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
   const uint32_t exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
   if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in fp32
-    return float_of(sign | bits_of(static_cast<float>(mantissa) * 0x1p-24f));
+    return bits_float(sign | float_bits(static_cast<float>(mantissa) * 0x1p-24f));
   }
-  if (exponent == 31) return float_of(sign | 0x7f800000 | (mantissa << 13));  // inf, NaN
-  return float_of(sign | ((exponent + 112) << 23) | (mantissa << 13));        // rebias 15 -> 127
+  if (exponent == 31) return bits_float(sign | 0x7f800000 | (mantissa << 13));  // inf, NaN
+  return bits_float(sign | ((exponent + 112) << 23) | (mantissa << 13));        // rebias 15 -> 127
 }
 
 uint16_t fp32_to_fp16(float f) {
-  const uint32_t x = bits_of(f);
+  const uint32_t x = float_bits(f);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
   const uint32_t a = x & 0x7fffffff;
   if (a >= 0x7f800000) {  // inf stays inf; NaN becomes a quiet NaN keeping the top payload bits

@@ -4,6 +4,7 @@
 // std::invalid_argument.
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 namespace loom::ggml {
 
@@ -23,6 +24,18 @@ struct BlockQ8_0 {
   int8_t qs[32];
 };
 static_assert(sizeof(BlockQ8_0) == 34, "BlockQ8_0 must match llama.cpp's block_q8_0");
+
+// A float's bits and back (fp16 and bf16 conversions work on them).
+inline uint32_t float_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+inline float bits_float(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
 
 // IEEE binary16 <-> binary32, bit-exact and portable: round to nearest even, overflow to inf,
 // subnormals kept, NaN stays NaN (quiet). Same results as F16C's vcvtps2ph with imm 0.

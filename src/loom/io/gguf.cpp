@@ -17,17 +17,6 @@ constexpr char kMagic[4] = {'G', 'G', 'U', 'F'};
 constexpr uint64_t kDefaultAlignment = 32;
 constexpr int kMaxDims = 4;  // GGML_MAX_DIMS
 
-uint32_t float_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  return u;
-}
-float bits_float(uint32_t u) {
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-
 bool is_integer(GgufType t) {
   switch (t) {
     case GgufType::kU8:
@@ -375,7 +364,7 @@ std::string ggml_quantize(GgmlType type, const float* x, int64_t n) {
       break;
     case GgmlType::kBF16:  // round to nearest even, NaN kept quiet (ggml_compute_fp32_to_bf16)
       for (int64_t i = 0; i < n; ++i) {
-        const uint32_t u = float_bits(x[i]);
+        const uint32_t u = ggml::float_bits(x[i]);
         const uint16_t h = (u & 0x7fffffff) > 0x7f800000
                                ? static_cast<uint16_t>((u >> 16) | 64)
                                : static_cast<uint16_t>((u + (0x7fff + ((u >> 16) & 1))) >> 16);
@@ -406,7 +395,7 @@ void ggml_dequantize(GgmlType type, const void* data, int64_t n, float* out) {
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, p + 2 * i, 2);
-        out[i] = bits_float(static_cast<uint32_t>(h) << 16);
+        out[i] = ggml::bits_float(static_cast<uint32_t>(h) << 16);
       }
       break;
     case GgmlType::kQ8_0: dequantize_q8_0(reinterpret_cast<const BlockQ8_0*>(p), n, out); break;
