@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -397,6 +398,26 @@ TEST_F(IoTest, CheckpointCommitReplacesExisting) {
   EXPECT_FALSE(fs::exists(run + "/step-000001/stale.txt"));
   EXPECT_EQ(dir_entries(run), std::vector<std::string>{"step-000001"});  // no staging, no .old
   EXPECT_TRUE(contains(error_of([&] { writer.commit(); }), "already committed"));
+}
+
+// A process killed while writing or pruning checkpoints leaves its staging directory (or the
+// checkpoint it was deleting, renamed out of the way): the next writer removes those of dead
+// processes and leaves a live one's alone.
+TEST_F(IoTest, AWriterRemovesWhatKilledWritersLeft) {
+  const std::string run = file("run");
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  waitpid(dead, nullptr, 0);
+  const std::string d = std::to_string(dead);
+  for (const std::string& name : {".tmp-step-000004-" + d, ".tmp-step-000004-" + d + ".old", ".trash-step-000002-" + d,
+                                  std::string(".tmp-step-000006-1")}) {
+    fs::create_directories(run + "/" + name);
+    spit(run + "/" + name + "/model.safetensors", "partial");
+  }
+  loom::CheckpointWriter writer(run, "step-000008");
+  writer.add("model.safetensors", "whole");
+  writer.commit();
+  EXPECT_EQ(dir_entries(run), (std::vector<std::string>{".tmp-step-000006-1", "step-000008"}));  // pid 1 lives
 }
 
 TEST_F(IoTest, UncommittedCheckpointLeavesNothing) {
