@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "loom/infer/engine.h"
+#include "loom/infer/fast_engine.h"
 #include "test_util.h"
 
 using namespace loom;
@@ -137,4 +138,45 @@ TEST(Engine, BadInputsAreErrorsAndChangeNothing) {
   Model classifier(encoder);
   e = error_message([&] { make_reference_engine(classifier, EngineOptions{}); });
   EXPECT_TRUE(has(e, "model.arch encoder")) << e;
+}
+
+// Both engines' caches grow with what a slot holds (an idle engine holds none; a short sequence
+// does not reserve the whole context) and reset frees them; a sequence that grows its cache
+// several times still gives the Model's own logits.
+TEST(Engine, CachesGrowWithTheSequenceAndResetFreesThem) {
+  torch::manual_seed(6);
+  ModelConfig c;
+  c.vocab_size = 40, c.d_model = 16, c.n_layers = 2, c.n_heads = 2, c.d_ff = 32, c.max_seq_len = 400;
+  c.validate("test");
+  Model model(c);
+  model->eval();
+  FastEngineOptions fast;
+  fast.engine = options(4, 0);
+  std::vector<std::unique_ptr<Engine>> engines;
+  engines.push_back(make_reference_engine(model, options(4, 0)));
+  engines.push_back(make_fast_engine(model, {}, fast));
+  const int64_t per_position = c.n_layers * 2 * c.d_model * static_cast<int64_t>(sizeof(float));
+  std::vector<int64_t> seq(400);
+  for (size_t i = 0; i < seq.size(); ++i) seq[i] = static_cast<int64_t>((i * 7 + 3) % 40);
+  for (auto& engine : engines) {
+    SCOPED_TRACE(engine->name());
+    EXPECT_EQ(engine->cache_bytes(), 0);
+    engine->forward({2}, {{1, 2, 3}});
+    size_t at = 0;
+    // Capacity: 128 positions, then 256, then 512 clamped to the context of 400.
+    for (const auto& [piece, capacity] :
+         std::vector<std::pair<size_t, int64_t>>{{10, 128}, {1, 128}, {119, 256}, {170, 400}, {100, 400}}) {
+      auto logits = engine->forward({0}, {slice(seq, at, at + piece)});
+      at += piece;
+      EXPECT_TRUE(torch::allclose(logits[0], full_logits(model, slice(seq, 0, at)), 1e-4, 1e-5)) << "after " << at;
+      EXPECT_EQ(engine->cache_bytes(), (capacity + 128) * per_position) << "after " << at;
+    }
+    EXPECT_THROW(engine->forward({0}, {{1}}), Error);  // the context is full
+    engine->reset(0);
+    EXPECT_EQ(engine->cache_bytes(), 128 * per_position);  // slot 2's
+    auto logits = engine->forward({2}, {{4}});
+    EXPECT_TRUE(torch::allclose(logits[0], full_logits(model, {1, 2, 3, 4}), 1e-4, 1e-5));
+    engine->reset(2);
+    EXPECT_EQ(engine->cache_bytes(), 0);
+  }
 }

@@ -59,9 +59,11 @@ class ReferenceEngine : public Engine {
     rows.reserve(slots.size());
     for (size_t i = 0; i < slots.size(); ++i) {
       Slot& slot = slots_[static_cast<size_t>(slots[i])];
-      // The cache is made on a slot's first tokens and kept across reset (stateful mixers'
-      // states are zeroed then), so a long-running server allocates no new caches.
-      if (slot.cache.layers.empty()) slot.cache = model_->make_cache(1, context_);
+      // The cache is made on a slot's first tokens and grows with the sequence.
+      const int64_t needed = slot.length + static_cast<int64_t>(tokens[i].size());
+      const int64_t capacity = cache_capacity(slot.cache.capacity, needed, context_);
+      if (slot.cache.layers.empty()) slot.cache = model_->make_cache(1, capacity);
+      else if (capacity > slot.cache.capacity) grow_cache(slot.cache, capacity, slot.length);
       auto input = torch::tensor(tokens[i]).unsqueeze(0);               // [1, T]
       auto logits = model_->forward(input, slot.length, &slot.cache);   // [1, T, V]
       rows.push_back(logits[0][logits.size(1) - 1].to(torch::kFloat));  // [V]
@@ -79,9 +81,17 @@ class ReferenceEngine : public Engine {
     check_slot(slot);
     Slot& s = slots_[static_cast<size_t>(slot)];
     s.length = 0;
-    // Attention keys/values past `length` are never read; recurrent states (Mamba's conv and scan
-    // state, linear attention's sums) carry over between calls and must start from zero again.
-    clear_recurrent_state(s.cache);
+    s.cache = {};
+  }
+
+  int64_t cache_bytes() const override {
+    int64_t bytes = 0;
+    for (const auto& slot : slots_)
+      for (const auto& layer : slot.cache.layers)
+        for (const auto* state : {&layer.mixer, &layer.cross})
+          for (const auto& t : state->tensors)
+            if (t.defined()) bytes += static_cast<int64_t>(t.nbytes());
+    return bytes;
   }
 
  private:

@@ -8,6 +8,7 @@
 //   fast:      LLaMA/GPT-style decoders with fp32, int8 or 4-bit weights, hand-written matrix-vector
 //              kernels at decode and a decode step that allocates nothing (infer/fast_engine.h).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -34,9 +35,21 @@ class Engine {
   virtual torch::Tensor forward(const std::vector<int64_t>& slots, const std::vector<std::vector<int64_t>>& tokens) = 0;
   // Tokens a slot holds.
   virtual int64_t length(int64_t slot) const = 0;
-  // Empties a slot (its cache is reused by the next sequence).
+  // Empties a slot and frees its cache.
   virtual void reset(int64_t slot) = 0;
+  // Bytes the slots' caches hold now. They grow with the sequences (cache_capacity), so an idle
+  // engine holds none and a short sequence does not reserve the whole context.
+  virtual int64_t cache_bytes() const = 0;
 };
+
+// The positions a slot's cache makes room for when it must hold `needed` and has `current`:
+// `current` if that is enough, else at least double it, in multiples of 128, at most `context`.
+inline int64_t cache_capacity(int64_t current, int64_t needed, int64_t context) {
+  if (needed <= current) return current;
+  constexpr int64_t kStep = 128;
+  const int64_t doubled = std::max(2 * current, (needed + kStep - 1) / kStep * kStep);
+  return std::min(context, std::max(needed, doubled));
+}
 
 struct EngineOptions {
   int64_t slots = 1;

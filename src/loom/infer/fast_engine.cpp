@@ -149,8 +149,12 @@ struct NormWeights {
 struct Layer {
   NormWeights norm1, norm2;
   Linear qkv, out, ffn_in, ffn_out;
-  int64_t window = 0;       // 0: every earlier position
-  std::vector<float> k, v;  // [slots, kv_heads, context, head_dim]
+  int64_t window = 0;  // 0: every earlier position
+  // Per slot: keys and values [kv_heads, capacity, head_dim], capacity growing with the sequence.
+  struct Cache {
+    std::vector<float> k, v;
+  };
+  std::vector<Cache> cache;
 };
 
 float activate(Act act, float x) {
@@ -270,9 +274,7 @@ class FastEngine : public Engine {
       layer.ffn_in = linear(p + ".ffn.w_in");
       layer.ffn_out = linear(p + ".ffn.w_out");
       layer.window = mixers[i] == "local_attention" ? c_.local_attention.window : 0;
-      const size_t cache = static_cast<size_t>(slots_ * kv_heads_ * context_ * head_dim_);
-      layer.k.assign(cache, 0.0f);
-      layer.v.assign(cache, 0.0f);
+      layer.cache.resize(slots_);
       layers_.push_back(std::move(layer));
     }
     norm_f_ = norm("norm_f");
@@ -290,6 +292,7 @@ class FastEngine : public Engine {
     }
     pack_weights();
     lengths_.assign(slots_, 0);
+    capacity_.assign(slots_, 0);
     before_linear_ = options.before_linear;
   }
 
@@ -304,10 +307,21 @@ class FastEngine : public Engine {
   void reset(int64_t slot) override {
     check_slot(slot);
     lengths_[slot] = 0;
+    capacity_[slot] = 0;
+    for (auto& layer : layers_) layer.cache[slot] = {};
+  }
+  int64_t cache_bytes() const override {
+    int64_t bytes = 0;
+    for (const auto& layer : layers_)
+      for (const auto& c : layer.cache)
+        bytes += static_cast<int64_t>((c.k.capacity() + c.v.capacity()) * sizeof(float));
+    return bytes;
   }
 
   torch::Tensor forward(const std::vector<int64_t>& slots, const std::vector<std::vector<int64_t>>& tokens) override {
     validate(slots, tokens);
+    for (size_t i = 0; i < slots.size(); ++i)
+      reserve(slots[i], lengths_[slots[i]] + static_cast<int64_t>(tokens[i].size()));
     // Rows: every new token of every slot, with its slot and position.
     rows_.clear();
     last_row_.clear();
@@ -404,6 +418,25 @@ class FastEngine : public Engine {
     }
   }
 
+  // Makes room in a slot's caches for `needed` positions (cache_capacity's growth), keeping the
+  // positions it holds.
+  void reserve(int64_t slot, int64_t needed) {
+    const int64_t old = capacity_[slot];
+    const int64_t capacity = cache_capacity(old, needed, context_);
+    if (capacity == old) return;
+    const int64_t hd = head_dim_, held = lengths_[slot];
+    for (auto& layer : layers_) {
+      auto& c = layer.cache[slot];
+      for (auto* buffer : {&c.k, &c.v}) {
+        std::vector<float> grown(static_cast<size_t>(kv_heads_ * capacity * hd));
+        for (int64_t j = 0; j < kv_heads_ && held > 0; ++j)
+          std::copy_n(buffer->data() + j * old * hd, held * hd, grown.data() + j * capacity * hd);
+        buffer->swap(grown);
+      }
+    }
+    capacity_[slot] = capacity;
+  }
+
   void grow(int64_t n) {
     const int64_t d = c_.d_model;
     const int64_t qkv = (heads_ + 2 * kv_heads_) * head_dim_;
@@ -451,10 +484,11 @@ class FastEngine : public Engine {
     for_rows(n, qkv_width, [&](int64_t r) {
       float* row = qkv + r * qkv_width;
       if (rope_ != Rope::kNone) rotate(row, h + kh, rows_[r].position);
+      auto& cache = layer.cache[rows_[r].slot];
       for (int64_t j = 0; j < kh; ++j) {
-        const int64_t at = ((rows_[r].slot * kh + j) * context_ + rows_[r].position) * hd;
-        std::copy_n(row + (h + j) * hd, hd, layer.k.data() + at);
-        std::copy_n(row + (h + kh + j) * hd, hd, layer.v.data() + at);
+        const int64_t at = (j * capacity_[rows_[r].slot] + rows_[r].position) * hd;
+        std::copy_n(row + (h + j) * hd, hd, cache.k.data() + at);
+        std::copy_n(row + (h + kh + j) * hd, hd, cache.v.data() + at);
       }
     });
     attend(layer, qkv);
@@ -514,9 +548,10 @@ class FastEngine : public Engine {
       const int64_t p0 = first_row.position, last = p0 + m - 1;
       const int64_t k0 = layer.window > 0 ? std::max<int64_t>(0, p0 - layer.window + 1) : 0;
       const int64_t keys = last - k0 + 1;
-      const int64_t base = (first_row.slot * kh + head / g) * context_ * hd;
-      const float* k = layer.k.data() + base + k0 * hd;
-      const float* v = layer.v.data() + base + k0 * hd;
+      const auto& cache = layer.cache[first_row.slot];
+      const int64_t base = (head / g) * capacity_[first_row.slot] * hd;
+      const float* k = cache.k.data() + base + k0 * hd;
+      const float* v = cache.v.data() + base + k0 * hd;
       const float* q = qkv + r0 * qkv_width + head * hd;
       float* o = attn_.data() + (r0 * h + head) * hd;
       if (static_cast<int64_t>(scores.size()) < m * keys) scores.resize(std::max<int64_t>(m * keys, 1024));
@@ -562,7 +597,7 @@ class FastEngine : public Engine {
   std::vector<Layer> layers_;
   NormWeights norm_f_;
   Linear lm_head_;
-  std::vector<int64_t> lengths_;
+  std::vector<int64_t> lengths_, capacity_;  // per slot: positions held, positions its caches have room for
   std::vector<Row> rows_;
   static constexpr int64_t kQueryBlock = 64;  // rows per attention GEMM
   struct Block {

@@ -164,11 +164,20 @@ void select_cache_rows(KVCache& cache, const torch::Tensor& index, bool cross, i
   }
 }
 
-void clear_recurrent_state(KVCache& cache) {
+void grow_cache(KVCache& cache, int64_t capacity, int64_t length) {
+  if (capacity <= cache.capacity) return;
   for (auto& layer : cache.layers)
     for (auto* state : {&layer.mixer, &layer.cross})
-      for (size_t i = 0; i < state->tensors.size(); ++i)
-        if (state->kinds[i] == StateKind::kRecurrent && state->tensors[i].defined()) state->tensors[i].zero_();
+      for (size_t i = 0; i < state->tensors.size(); ++i) {
+        auto& t = state->tensors[i];
+        if (state->kinds[i] != StateKind::kPerPosition || !t.defined()) continue;
+        auto sizes = t.sizes().vec();
+        sizes[2] = capacity;
+        auto grown = torch::zeros(sizes, t.options());
+        if (length > 0) grown.narrow(2, 0, length).copy_(t.narrow(2, 0, length));
+        t = grown;
+      }
+  cache.capacity = capacity;
 }
 
 std::vector<TransformerBlockImpl*> ModelImpl::all_layers() {

@@ -106,8 +106,8 @@ TORCH_MODULE(Model);
 // length >= 0: only the first `length` positions of kPerPosition states hold data (the decoded
 // prefix); when the row count stays, just those are moved, in place (beam search's step).
 void select_cache_rows(KVCache& cache, const torch::Tensor& index, bool cross = true, int64_t length = -1);
-// Zeroes every kRecurrent state (a slot starting a new sequence); kPerPosition entries are simply
-// overwritten by the next sequence.
-void clear_recurrent_state(KVCache& cache);
+// Gives every kPerPosition state room for `capacity` positions (dimension 2), keeping the first
+// `length`: a cache that grows with its sequence. kRecurrent and kMemory states are unchanged.
+void grow_cache(KVCache& cache, int64_t capacity, int64_t length);
 
 }  // namespace loom
