@@ -9,6 +9,8 @@
 #include <random>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "loom/checkpoint/checkpoint.h"
 #include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
@@ -122,6 +124,125 @@ TEST(Train, ResumeEqualsUninterruptedRun) {
   const auto listed = list_checkpoints(straight.out_dir);
   ASSERT_EQ(listed.size(), 3u);
   EXPECT_EQ(fs::path(listed.back()).filename(), "step-000012");
+}
+
+// The rows of a run's metrics.jsonl.
+std::vector<nlohmann::json> metric_rows(const std::string& run_dir) {
+  std::vector<nlohmann::json> rows;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
+bool all_finite(const Safetensors& t) {
+  for (const auto& [name, tensor] : t.tensors)
+    if (!torch::isfinite(tensor).all().item<bool>()) return false;
+  return true;
+}
+
+// train.on_divergence: rollback. A NaN at step 6 (its loss, and a weight poisoned) sends the run
+// back to its step-4 checkpoint with the batches of steps 4-6 skipped; it finishes with finite
+// weights, logs the rollback once, and the state it saves resumes exactly.
+TEST(Train, ANanStepRollsBackSkipsItsBatchesAndFinishes) {
+  TinyRun tiny;
+  const Recipe recipe = parse_recipe(tiny.recipe_yaml(), "tiny", {"train.on_divergence=rollback"});
+  auto inject = [](bool* done) {
+    return [done](int64_t step, StepResult& r, Model& model) {
+      if (step != 6 || *done) return;
+      *done = true;
+      r.loss = std::nan("");
+      torch::NoGradGuard no_grad;
+      model->parameters()[0].fill_(std::nan(""));
+    };
+  };
+  bool injected = false;
+  TrainOptions options;
+  options.out_dir = (tiny.root / "run").string();
+  options.after_step = inject(&injected);
+  const auto a = train(recipe, options);
+  EXPECT_TRUE(injected);
+  EXPECT_EQ(a.steps, 12);
+  EXPECT_TRUE(std::isfinite(a.valid_loss));
+  EXPECT_TRUE(all_finite(weights(a.checkpoint)));
+  const auto state = nlohmann::json::parse(read_file(a.checkpoint + "/trainer.json"));
+  EXPECT_EQ(state["data_offset"], 3);
+  EXPECT_EQ(state["rollbacks"], 1);
+  int rollbacks = 0;
+  std::map<int64_t, int> loss_rows;
+  for (const auto& row : metric_rows(options.out_dir)) {
+    if (row.contains("event")) {
+      ++rollbacks;
+      EXPECT_EQ(row["step"], 6);
+      EXPECT_EQ(row["to_step"], 4);
+      EXPECT_NE(row["reason"].get<std::string>().find("nan"), std::string::npos) << row;
+    }
+    if (row.contains("loss")) ++loss_rows[row["step"].get<int64_t>()];
+  }
+  EXPECT_EQ(rollbacks, 1);
+  EXPECT_EQ(loss_rows, (std::map<int64_t, int>{{3, 1}, {6, 1}, {9, 1}, {12, 1}}));
+
+  // The same run again is the same run; resumed from its step-8 checkpoint (after the rollback), too.
+  bool injected_again = false;
+  TrainOptions again;
+  again.out_dir = (tiny.root / "again").string();
+  again.after_step = inject(&injected_again);
+  expect_same_tensors(weights(train(recipe, again).checkpoint), weights(a.checkpoint));
+  TrainOptions resumed;
+  resumed.resume = options.out_dir + "/step-000008";
+  resumed.out_dir = (tiny.root / "resumed").string();
+  expect_same_tensors(weights(train(recipe, resumed).checkpoint), weights(a.checkpoint));
+}
+
+TEST(Train, DivergenceStopsWithoutRollbackOrAfterMaxRollbacks) {
+  TinyRun tiny;
+  auto nan_from = [](int64_t first) {
+    return [first](int64_t step, StepResult& r, Model&) {
+      if (step >= first) r.loss = std::nan("");
+    };
+  };
+  TrainOptions stop;
+  stop.out_dir = (tiny.root / "stop").string();
+  stop.after_step = nan_from(6);
+  try {
+    train(parse_recipe(tiny.recipe_yaml(), "tiny"), stop);
+    FAIL() << "a NaN loss did not stop the run";
+  } catch (const TrainingDiverged& e) {
+    EXPECT_NE(std::string(e.what()).find("on_divergence"), std::string::npos) << e.what();
+  }
+  TrainOptions bounded;
+  bounded.out_dir = (tiny.root / "bounded").string();
+  bounded.after_step = nan_from(6);
+  try {
+    train(parse_recipe(tiny.recipe_yaml(), "tiny", {"train.on_divergence=rollback", "train.max_rollbacks=2"}), bounded);
+    FAIL() << "a run that diverges at every step did not stop";
+  } catch (const TrainingDiverged& e) {
+    EXPECT_NE(std::string(e.what()).find("after 2 rollbacks"), std::string::npos) << e.what();
+  }
+}
+
+// A loss spike (here 10x, injected at step 24) beyond train.spike_factor times the running mean
+// rolls back too, and lowers the learning rate by train.rollback_lr_factor.
+TEST(Train, ALossSpikeRollsBackAndLowersTheLearningRate) {
+  TinyRun tiny;
+  const Recipe recipe = parse_recipe(tiny.recipe_yaml(), "tiny",
+                                     {"train.steps=28", "train.on_divergence=rollback", "train.spike_factor=3",
+                                      "train.rollback_lr_factor=0.5", "model.dropout=0"});
+  TrainOptions options;
+  options.out_dir = (tiny.root / "run").string();
+  bool spiked = false;
+  options.after_step = [&spiked](int64_t step, StepResult& r, Model&) {
+    if (step == 24 && !spiked) spiked = true, r.loss *= 10;
+  };
+  const auto result = train(recipe, options);
+  EXPECT_EQ(result.steps, 28);
+  const auto state = nlohmann::json::parse(read_file(result.checkpoint + "/trainer.json"));
+  EXPECT_EQ(state["rollbacks"], 1);
+  EXPECT_EQ(state["lr_scale"], 0.5);
+  EXPECT_EQ(state["data_offset"], 24 + 1 - 24);  // rolled back to the step-24 checkpoint (save_every 4)
+  bool logged = false;
+  for (const auto& row : metric_rows(options.out_dir))
+    if (row.contains("event")) logged = row["reason"].get<std::string>().find("spiked") != std::string::npos;
+  EXPECT_TRUE(logged);
 }
 
 TEST(Train, RefusesToOverwriteARunAndKeepsItIntact) {

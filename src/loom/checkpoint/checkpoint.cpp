@@ -26,6 +26,12 @@ TrainerState parse_state(const std::string& path) {
     state.tokens_seen = j.at("tokens_seen").get<int64_t>();
     state.elapsed_seconds = j.at("elapsed_seconds").get<double>();
     if (!j.at("valid_loss").is_null()) state.valid_loss = j.at("valid_loss").get<double>();
+    // Written since divergence rollbacks exist; older checkpoints have none and made none.
+    state.data_offset = j.value("data_offset", int64_t{0});
+    state.lr_scale = j.value("lr_scale", 1.0);
+    state.rollbacks = j.value("rollbacks", int64_t{0});
+    state.loss_mean = j.value("loss_mean", 0.0);
+    state.loss_steps = j.value("loss_steps", int64_t{0});
     return state;
   } catch (const nlohmann::json::exception& e) {
     fail("{}: corrupt trainer state ({})", path, e.what());
@@ -56,7 +62,12 @@ std::string save_checkpoint(const std::string& run_dir, const Recipe& recipe, Mo
                    {"step", state.step},
                    {"tokens_seen", state.tokens_seen},
                    {"elapsed_seconds", state.elapsed_seconds},
-                   {"valid_loss", std::isnan(state.valid_loss) ? nlohmann::json() : nlohmann::json(state.valid_loss)}};
+                   {"valid_loss", std::isnan(state.valid_loss) ? nlohmann::json() : nlohmann::json(state.valid_loss)},
+                   {"data_offset", state.data_offset},
+                   {"lr_scale", state.lr_scale},
+                   {"rollbacks", state.rollbacks},
+                   {"loss_mean", state.loss_mean},
+                   {"loss_steps", state.loss_steps}};
   writer.add("trainer.json", j.dump(2) + "\n");
   const std::string dir = writer.commit();
   prune_checkpoints(run_dir, static_cast<int>(keep_last));

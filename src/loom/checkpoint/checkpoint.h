@@ -31,6 +31,14 @@ struct TrainerState {
   int64_t tokens_seen = 0;
   double elapsed_seconds = 0;
   double valid_loss = std::nan("");
+  // Divergence rollbacks (train.on_divergence): step s trains on batch s + data_offset (the
+  // batches skipped so far), at lr_scale times the scheduled learning rate.
+  int64_t data_offset = 0;
+  double lr_scale = 1;
+  int64_t rollbacks = 0;
+  // The running mean of the training loss that spikes are measured against, over loss_steps steps.
+  double loss_mean = 0;
+  int64_t loss_steps = 0;
 };
 
 // Writes <run_dir>/step-NNNNNN atomically and keeps the newest keep_last. Returns its path.

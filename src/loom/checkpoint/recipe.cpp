@@ -42,6 +42,13 @@ void TrainConfig::validate(const std::string& source) const {
   if (beta2 < 0 || beta2 >= 1) fail("{}: train.beta2 must be in [0, 1), got {}", source, beta2);
   if (precision != "fp32" && precision != "bf16")
     fail("{}: train.precision must be fp32 or bf16, got '{}'", source, precision);
+  if (on_divergence != "stop" && on_divergence != "rollback")
+    fail("{}: train.on_divergence must be stop or rollback, got '{}'", source, on_divergence);
+  non_negative("max_rollbacks", max_rollbacks);
+  if (spike_factor != 0 && !(spike_factor > 1))
+    fail("{}: train.spike_factor must be 0 (off) or > 1, got {}", source, spike_factor);
+  if (!(rollback_lr_factor > 0 && rollback_lr_factor <= 1))
+    fail("{}: train.rollback_lr_factor must be in (0, 1], got {}", source, rollback_lr_factor);
 }
 
 void Recipe::validate(const std::string& source) const {

@@ -47,6 +47,10 @@ struct TrainConfig {
   int64_t keep_last = 2;
   int64_t log_every = 20;
   int64_t seed = 1234;
+  std::string on_divergence = "stop";
+  int64_t max_rollbacks = 3;
+  double spike_factor = 0;
+  double rollback_lr_factor = 1;
 
   template <class V>
   void visit(V& v) {
@@ -76,6 +80,13 @@ struct TrainConfig {
     v("keep_last", keep_last, "checkpoints kept in the run directory");
     v("log_every", log_every, "write a metrics line every N steps");
     v("seed", seed, "seed of initialization, batches and dropout");
+    v("on_divergence", on_divergence,
+      "a NaN/Inf loss or gradient norm, or a loss spike: stop (the run fails) or rollback (reload the last "
+      "checkpoint, skip the batches since, continue)");
+    v("max_rollbacks", max_rollbacks, "rollbacks a run makes at most; the next divergence stops it");
+    v("spike_factor", spike_factor,
+      "a step's loss above this times the running mean loss is a divergence too (0 = only NaN/Inf)");
+    v("rollback_lr_factor", rollback_lr_factor, "each rollback multiplies the learning rate by this");
   }
   void validate(const std::string& source) const;
 };

@@ -35,6 +35,7 @@ StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)
   result.lr = config_.schedule == "inverse_sqrt"
                   ? inverse_sqrt_lr(step, config_.warmup_steps, config_.lr)
                   : cosine_lr(step, config_.steps, config_.warmup_steps, config_.lr, config_.min_lr_ratio);
+  result.lr *= lr_scale_;
   compat::zero_grad_to_none(parameters_);
   for (int64_t micro = 0; micro < config_.grad_accum; ++micro) {
     LossStats stats;

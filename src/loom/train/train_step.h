@@ -45,10 +45,13 @@ class TrainStep {
   // track_stats also records the largest attention logit (a small extra reduction per layer).
   StepResult run(int64_t step, const std::function<Batch(int64_t micro)>& batch, bool track_stats = false);
   AdamW& optimizer() { return optimizer_; }
+  // Multiplies the scheduled learning rate from now on (divergence rollbacks lower it).
+  void set_lr_scale(double scale) { lr_scale_ = scale; }
 
  private:
   Model model_;
   TrainConfig config_;
+  double lr_scale_ = 1;
   std::vector<torch::Tensor> parameters_;
   AdamW optimizer_;
 };

@@ -49,8 +49,30 @@ class StopSignals {
 
 class MetricsLog {
  public:
-  explicit MetricsLog(const std::string& path) : out_(path, std::ios::app) {
+  // Continues the log of a run at `step`: rows past it (written after the checkpoint the run
+  // resumes from, by a process that was killed) and a torn last line are dropped first, so the log
+  // reads as if the run had never stopped.
+  MetricsLog(const std::string& path, int64_t step) {
+    std::error_code ec;
+    if (fs::exists(path, ec)) {
+      const std::string text = read_file(path);
+      std::string kept;
+      for (size_t at = 0, end; (end = text.find('\n', at)) != std::string::npos; at = end + 1) {
+        const auto row = nlohmann::json::parse(text.begin() + static_cast<long>(at),
+                                               text.begin() + static_cast<long>(end), nullptr, false);
+        if (row.is_object() && row.contains("step") && row["step"].is_number_integer() && row["step"] <= step)
+          kept.append(text, at, end - at + 1);
+      }
+      if (kept.size() != text.size()) write_file_atomic(path, kept);
+    }
+    out_.open(path, std::ios::app);
     if (!out_) fail("cannot write metrics to {}", path);
+    path_ = path;
+  }
+  // Drops the rows past `step` (a rollback to the checkpoint of that step).
+  void rewind(int64_t step) {
+    out_.close();
+    *this = MetricsLog(path_, step);
   }
   void write(const nlohmann::json& row) {
     out_ << row.dump() << '\n';
@@ -59,6 +81,7 @@ class MetricsLog {
 
  private:
   std::ofstream out_;
+  std::string path_;
 };
 
 // What a run trains and validates on: the corpus (task lm) or a generated workbench task.
@@ -198,6 +221,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   TrainStep step_runner(model, tc);
   if (!resume_dir.empty()) {
     load_optimizer_state(resume_dir, step_runner.optimizer());
+    step_runner.set_lr_scale(state.lr_scale);
     logger().info("resuming {} at step {}", resume_dir, state.step);
   }
   if (state.step >= tc.steps)
@@ -206,7 +230,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   logger().info("model: {:.2f}M parameters, {} {} layers x d_model {}, context {}; {}; run dir {}",
                 model->num_parameters() / 1e6, mc.n_layers, mc.arch, mc.d_model, mc.max_seq_len, data.summary,
                 result.run_dir);
-  MetricsLog metrics((fs::path(result.run_dir) / "metrics.jsonl").string());
+  MetricsLog metrics((fs::path(result.run_dir) / "metrics.jsonl").string(), state.step);
   const int64_t tokens_per_batch_step = tc.batch_size * tc.grad_accum * data.sequence_length;
   Progress progress("train", state.step, tc.steps, tc.log_every);
   StopSignals stop;
@@ -251,24 +275,78 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     metrics.write({{"step", state.step}, {"valid_loss", state.valid_loss}, {"valid_ppl", std::exp(state.valid_loss)}});
   };
 
+  // A divergence (train.on_divergence rollback): the weights, optimizer and trainer state of the
+  // run's last checkpoint come back, the batches from there to the diverged step are skipped, and
+  // the learning rate is scaled (PaLM's recovery from loss spikes, Chowdhery et al. 2022, 5.1).
+  auto roll_back = [&](int64_t step, const std::string& why) {
+    const auto saved = list_checkpoints(result.run_dir);
+    if (tc.on_divergence != "rollback" || state.rollbacks >= tc.max_rollbacks || saved.empty())
+      throw TrainingDiverged(
+          fmt::format("{} at step {}; the last checkpoint is {} ({})", why, step, saved.empty() ? "none" : saved.back(),
+                      tc.on_divergence != "rollback" ? "try a lower train.lr, or train.on_divergence: rollback"
+                      : saved.empty()                ? "nothing to roll back to: lower train.save_every"
+                                      : fmt::format("after {} rollbacks (train.max_rollbacks)", state.rollbacks)));
+    const LoadedModel loaded = load_checkpoint(saved.back());
+    {
+      torch::NoGradGuard no_grad;
+      auto source = loaded.model->named_parameters();
+      for (auto& p : model->named_parameters()) p.value().copy_(source[p.key()]);
+    }
+    load_optimizer_state(saved.back(), step_runner.optimizer());
+    TrainerState next = loaded.state;
+    next.data_offset = state.data_offset + (step + 1 - next.step);
+    next.lr_scale = state.lr_scale * tc.rollback_lr_factor;
+    next.rollbacks = state.rollbacks + 1;
+    next.elapsed_seconds = elapsed_before + progress.elapsed_seconds();
+    step_runner.set_lr_scale(next.lr_scale);
+    progress.finish();
+    logger().warn(
+        "{} at step {}: rolled back to {} (step {}), skipping {} batches, learning rate x{:.3g}; rollback {} of {}",
+        why, step, saved.back(), next.step, next.data_offset - state.data_offset, next.lr_scale, next.rollbacks,
+        tc.max_rollbacks);
+    metrics.rewind(next.step);
+    metrics.write({{"step", step},
+                   {"event", "rollback"},
+                   {"reason", why},
+                   {"to_step", next.step},
+                   {"data_offset", next.data_offset},
+                   {"lr_scale", next.lr_scale},
+                   {"rollbacks", next.rollbacks}});
+    state = next;
+    window_loss = 0, window_steps = 0, window_tokens = 0;
+    window_start = std::chrono::steady_clock::now();
+  };
+
   const int64_t first_step = state.step;
   while (state.step < tc.steps) {
     const int64_t step = state.step;
-    // Dropout draws from the global generator: seed it per step so resume replays it exactly.
-    torch::manual_seed(static_cast<uint64_t>(tc.seed) * 1000003ULL + static_cast<uint64_t>(step));
+    // Step s trains on batch s + data_offset (batches skipped by rollbacks).
+    const int64_t batch = step + state.data_offset;
+    // Dropout draws from the global generator: seed it per batch so resume replays it exactly.
+    torch::manual_seed(static_cast<uint64_t>(tc.seed) * 1000003ULL + static_cast<uint64_t>(batch));
     int64_t step_tokens = data.translation ? 0 : tokens_per_batch_step;
-    const StepResult r = step_runner.run(
+    StepResult r = step_runner.run(
         step,
         [&](int64_t micro) {
-          Batch b = data.sample(step, micro);
+          Batch b = data.sample(batch, micro);
           if (data.translation) step_tokens += b.targets.ge(0).sum().item<int64_t>();
           return b;
         },
         /*track_stats=*/(step + 1) % tc.log_every == 0);
-    if (!std::isfinite(r.loss))
-      throw TrainingDiverged(
-          fmt::format("the loss became {} at step {}; the last checkpoint is {} (try a lower train.lr)", r.loss, step,
-                      result.checkpoint.empty() ? "none" : result.checkpoint));
+    if (options.after_step) options.after_step(step, r, model);
+    if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+      roll_back(step, fmt::format("the {} became {}", std::isfinite(r.loss) ? "gradient norm" : "loss",
+                                  std::isfinite(r.loss) ? r.grad_norm : r.loss));
+      continue;
+    }
+    // Spikes are measured against the running mean of the steps before (after 20 of them).
+    if (tc.spike_factor > 0 && state.loss_steps >= 20 && r.loss > tc.spike_factor * state.loss_mean) {
+      roll_back(step, fmt::format("the loss spiked to {:.4g}, {:.1f} times its running mean {:.4g}", r.loss,
+                                  r.loss / state.loss_mean, state.loss_mean));
+      continue;
+    }
+    state.loss_mean = state.loss_steps == 0 ? r.loss : 0.95 * state.loss_mean + 0.05 * r.loss;
+    ++state.loss_steps;
     state.step = step + 1;
     state.tokens_seen += step_tokens;
     window_tokens += step_tokens;

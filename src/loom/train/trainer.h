@@ -16,6 +16,9 @@ struct TrainOptions {
   std::string resume;       // a checkpoint or run directory to continue from exactly
   int64_t steps = -1;       // overrides train.steps when >= 0 (also on resume)
   int64_t stop_after = -1;  // stop (with a checkpoint) after this many steps of this invocation
+  // Fault injection, for tests: called after each optimizer step with its result and the model
+  // (set the loss to NaN, scale it, poison a weight), as if the step had gone so.
+  std::function<void(int64_t step, StepResult& result, Model& model)> after_step;
 };
 
 struct TrainResult {
