@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include "loom/core/error.h"
+#include "loom/core/utf8.h"
 
 TEST(Core, FailFormatsOneLine) {
   try {
@@ -37,4 +40,44 @@ TEST(Config, OverrideCreatesNestedKeysAndParsesYamlValues) {
   EXPECT_DOUBLE_EQ(root["train"]["lr"].as<double>(), 0.5);
   EXPECT_THROW(loom::apply_override(root, "model.d_model.x=1"), loom::Error);
   EXPECT_THROW(loom::apply_override(root, "=1"), loom::Error);
+}
+
+// Unicode's own example of maximal-subpart replacement (Unicode 15, table 3-8; Python's
+// errors="replace" gives the same), well-formed edge cases, and the streaming property the server
+// relies on: repairing what is complete so far is a prefix of repairing the whole.
+TEST(Utf8, RepairReplacesMaximalSubpartsAndStreams) {
+  const std::string bad =
+      "a\xF1\x80\x80\xE1\x80\xC2"
+      "b\x80"
+      "c\x80\xBF"
+      "d";
+  const std::string r = "\xEF\xBF\xBD";
+  EXPECT_EQ(loom::utf8_repair(bad), "a" + r + r + r + "b" + r + "c" + r + r + "d");
+  EXPECT_EQ(loom::utf8_invalid_at(bad), 1u);
+  for (const std::string ok :
+       {"", "plain", "caf\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80", "\xF4\x8F\xBF\xBF", "\xED\x9F\xBF"}) {
+    EXPECT_EQ(loom::utf8_invalid_at(ok), std::string::npos) << ok;
+    EXPECT_EQ(loom::utf8_repair(ok), ok);
+    EXPECT_EQ(loom::utf8_complete_prefix(ok), ok.size());
+  }
+  // Surrogates, overlongs and code points past U+10FFFF are ill-formed.
+  for (const std::string no : {"\xED\xA0\x80", "\xC0\xAF", "\xE0\x80\xAF", "\xF4\x90\x80\x80", "\xF5\x80"})
+    EXPECT_NE(loom::utf8_invalid_at(no), std::string::npos) << loom::utf8_repair(no);
+  // An unfinished character at the end is held back, not replaced, until the text is final.
+  EXPECT_EQ(loom::utf8_complete_prefix("ab\xE2\x82"), 2u);
+  EXPECT_EQ(loom::utf8_complete_prefix("ab\xE2\x28"), 4u);  // already ill-formed: nothing to wait for
+  EXPECT_EQ(loom::utf8_repair("ab\xE2\x82"), "ab" + r);
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::string text;
+    for (int i = 0, n = static_cast<int>(rng() % 12); i < n; ++i)
+      text += static_cast<char>(rng() % 3 ? 0x80 + rng() % 0x80 : rng() % 0x100);
+    const std::string whole = loom::utf8_repair(text);
+    EXPECT_EQ(loom::utf8_invalid_at(whole), std::string::npos);
+    for (size_t cut = 0; cut <= text.size(); ++cut) {
+      const std::string part = text.substr(0, cut);
+      const std::string emitted = loom::utf8_repair(part.substr(0, loom::utf8_complete_prefix(part)));
+      ASSERT_EQ(whole.compare(0, emitted.size(), emitted), 0) << "cut " << cut;
+    }
+  }
 }

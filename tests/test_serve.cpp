@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "loom/checkpoint/checkpoint.h"
+#include "loom/core/utf8.h"
 #include "loom/infer/generate.h"
 #include "loom/serve/server.h"
 #include "loom/train/trainer.h"
@@ -49,6 +50,7 @@ class Running {
     return client().Post(path.c_str(), headers, body.dump(), "application/json");
   }
   Scheduler& scheduler() { return server_->scheduler(); }
+  int port() const { return port_; }
 
  private:
   std::unique_ptr<Server> server_;
@@ -112,6 +114,49 @@ void expect_error(const httplib::Result& r, int status, const std::string& code)
   EXPECT_EQ(body["error"]["code"], code) << r->body;
   EXPECT_TRUE(body["error"]["message"].is_string() && !body["error"]["message"].get<std::string>().empty()) << r->body;
   EXPECT_TRUE(body["error"]["type"].is_string()) << r->body;
+}
+
+// GPT-2's byte-to-code-point map (bytes_to_unicode): the printable bytes stand for themselves,
+// the others for 256, 257, ... in order.
+std::string byte_token(int byte) {
+  auto printable = [](int b) { return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF); };
+  int code = byte;
+  if (!printable(byte)) {
+    code = 256;
+    for (int b = 0; b < byte; ++b) code += printable(b) ? 0 : 1;
+  }
+  std::string utf8;  // code < 0x800: one or two bytes
+  if (code < 0x80) utf8 += static_cast<char>(code);
+  else utf8 += static_cast<char>(0xC0 | (code >> 6)), utf8 += static_cast<char>(0x80 | (code & 0x3F));
+  return utf8;
+}
+
+// A model over a byte-level BPE vocabulary of the 256 bytes and an end token, with random weights:
+// sampled at temperature 1 it writes arbitrary bytes, most of them not UTF-8, as a byte-level
+// model can (one of its tokens may end inside a character, and a stream may stop there).
+LoadedModel byte_model() {
+  json vocab;
+  vocab["model"] = "gpt2";
+  vocab["pre"] = "gpt2";
+  for (int b = 0; b < 256; ++b) vocab["tokens"].push_back(byte_token(b));
+  vocab["tokens"].push_back("<|endoftext|>");
+  std::vector<int> types(256, 1);
+  types.push_back(3);
+  vocab["token_type"] = types;
+  vocab["merges"] = json::array();
+  vocab["bos_token_id"] = 256;
+  vocab["eos_token_id"] = 256;
+  LoadedModel loaded;
+  loaded.tokenizer = Tokenizer::from_bpe_json(vocab.dump());
+  loaded.has_tokenizer = true;
+  ModelConfig& c = loaded.recipe.model;
+  c.vocab_size = 257, c.d_model = 32, c.n_layers = 1, c.n_heads = 2, c.d_ff = 64, c.max_seq_len = 256;
+  c.validate("byte model");
+  torch::manual_seed(12);
+  loaded.model = Model(c);
+  torch::NoGradGuard no_grad;
+  for (auto& p : loaded.model->parameters()) p.normal_(0, 0.5);
+  return loaded;
 }
 
 }  // namespace
@@ -519,9 +564,116 @@ TEST_F(Serve, ServeCommandAnswersAndStopsOnSigterm) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(json::parse(r->body)["model"], "tiny");
+  // A second `loom serve` on the same port fails with one line instead of sharing it.
+  expect_one_line_error(run_loom("serve " + served_->dir + " --port " + std::to_string(port)), "in use");
   kill(pid, SIGTERM);
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status << "\n" << read_text(log);
   EXPECT_NE(read_text(log).find("finishing the requests in flight"), std::string::npos) << read_text(log);
+}
+
+// Hundreds of concurrent sampled streams of a byte-level model, whose text is mostly not UTF-8:
+// every answer is well-formed JSON holding valid UTF-8, and the server lives through all of them
+// (an incomplete character once threw from JSON's dump on a server thread and ended the process).
+TEST(ServeBytes, SampledByteStreamsStayValidUtf8AndNeverEndTheServer) {
+  const LoadedModel loaded = byte_model();
+  Running server(loaded, {}, {}, /*slots=*/8);
+  std::atomic<int> next{0}, streamed{0}, replaced{0};
+  constexpr int kRequests = 400;
+  auto client_loop = [&] {
+    auto client = server.client();
+    for (int i; (i = next++) < kRequests;) {
+      const bool chat = i % 3 == 0, stream = i % 4 != 1;
+      json body{{"max_tokens", 1 + i % 23}, {"temperature", 1.0 + (i % 5) * 0.2}, {"stream", stream}};
+      if (chat) body["messages"] = {{{"role", "user"}, {"content", "h\xC3\xA9llo " + std::to_string(i)}}};
+      else body["prompt"] = "caf\xC3\xA9 \xE2\x82\xAC" + std::to_string(i);
+      if (i % 7 == 0) body["stop"] = "\xC3\xA9";
+      auto r = client.Post(chat ? "/v1/chat/completions" : "/v1/completions", body.dump(), "application/json");
+      ASSERT_TRUE(r) << "request " << i << ": no answer (" << httplib::to_string(r.error()) << ")";
+      ASSERT_EQ(r->status, 200) << r->body;
+      std::string text;
+      if (stream) {
+        const auto payloads = events(r->body);
+        ASSERT_FALSE(payloads.empty());
+        EXPECT_EQ(payloads.back(), "[DONE]");
+        for (size_t e = 0; e + 1 < payloads.size(); ++e) {
+          const json chunk = json::parse(payloads[e]);  // throws on ill-formed UTF-8
+          const json& choice = chunk["choices"][0];
+          if (chat && choice["delta"].contains("content")) text += choice["delta"]["content"].get<std::string>();
+          if (!chat) text += choice["text"].get<std::string>();
+        }
+        ++streamed;
+      } else {
+        const json answer = json::parse(r->body);
+        text = chat ? answer["choices"][0]["message"]["content"].get<std::string>()
+                    : answer["choices"][0]["text"].get<std::string>();
+      }
+      EXPECT_EQ(utf8_invalid_at(text), std::string::npos) << "request " << i;
+      if (text.find("\xEF\xBF\xBD") != std::string::npos) ++replaced;
+    }
+  };
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 24; ++t) clients.emplace_back(client_loop);
+  for (auto& t : clients) t.join();
+  EXPECT_GE(streamed.load(), 250);
+  EXPECT_GE(replaced.load(), 50) << "the model should have written many ill-formed bytes";
+  auto health = server.client().Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+}
+
+// A body that is not UTF-8 is a 400 naming the problem, whether the bytes are raw or a JSON
+// escape of a lone surrogate; the answer is itself valid JSON.
+TEST(ServeBytes, APromptThatIsNotUtf8IsA400) {
+  const LoadedModel loaded = byte_model();
+  Running server(loaded, {});
+  auto client = server.client();
+  auto raw =
+      client.Post("/v1/completions", std::string("{\"prompt\": \"caf\xC3\", \"max_tokens\": 2}"), "application/json");
+  expect_error(raw, 400, "invalid_utf8");
+  EXPECT_NE(raw->body.find("byte 15"), std::string::npos) << raw->body;
+  auto chat =
+      client.Post("/v1/chat/completions",
+                  std::string("{\"messages\": [{\"role\": \"user\", \"content\": \"\xFF\xFE\"}]}"), "application/json");
+  expect_error(chat, 400, "invalid_utf8");
+  auto escaped =
+      client.Post("/v1/completions", std::string(R"({"prompt": "\ud800 alone", "max_tokens": 2})"), "application/json");
+  expect_error(escaped, 400, "invalid_json");
+  EXPECT_EQ(utf8_invalid_at(escaped->body), std::string::npos);
+}
+
+// A second server on a port in use fails to bind, saying so, instead of sharing the port.
+TEST(ServeBytes, APortInUseIsAnError) {
+  const LoadedModel loaded = byte_model();
+  Running first(loaded, {});
+  ServerOptions options;
+  options.port = first.port();
+  EngineOptions engine;
+  Server second(make_engine(loaded, engine), loaded.tokenizer, {}, options);
+  try {
+    second.bind();
+    FAIL() << "a second server bound port " << first.port();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("in use"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(std::to_string(first.port())), std::string::npos) << e.what();
+  }
+}
+
+// Idle slots hold no KV cache; a request's cache is freed when it finishes (/metrics shows it).
+TEST(ServeBytes, IdleSlotsHoldNoCache) {
+  const LoadedModel loaded = byte_model();
+  Running server(loaded, {}, {}, /*slots=*/8);
+  auto cache_bytes = [&] {
+    auto r = server.client().Get("/metrics");
+    const size_t at = r->body.find("\nloom_kv_cache_bytes ");
+    EXPECT_NE(at, std::string::npos) << r->body;
+    return std::stoll(r->body.substr(at + 21));
+  };
+  EXPECT_EQ(cache_bytes(), 0);
+  auto r = server.post("/v1/completions", {{"prompt", "hello"}, {"max_tokens", 3}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(cache_bytes(), 0);
+  EXPECT_EQ(server.scheduler().stats().cache_bytes, 0);
 }

@@ -63,6 +63,7 @@ void add_serve(CLI::App& app, const GlobalOptions& global) {
       ->check(CLI::PositiveNumber);
   app.callback([args, &global] {
     configure_threads(global.threads);
+    check_port_free(args->server.host, args->server.port);
     auto loaded = load_checkpoint(args->checkpoint);
     require_tokenizer(loaded, "serve");
     if (args->server.model_name.empty())

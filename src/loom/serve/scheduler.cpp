@@ -6,6 +6,7 @@
 
 #include "loom/core/error.h"
 #include "loom/core/log.h"
+#include "loom/core/utf8.h"
 
 namespace loom {
 
@@ -251,8 +252,14 @@ void Scheduler::step(std::vector<Active>& active, std::vector<int64_t>& free_slo
       else if (a.generated >= p.max_tokens || engine_->length(a.slot) >= context_) a.done = FinishReason::length;
       const bool final = a.done != FinishReason::none;
 
+      // A byte-level BPE token can end inside a UTF-8 character, and a sampled sequence of byte
+      // tokens need not be UTF-8 at all: an unfinished character is held back until the next token
+      // decides it, and what is ill-formed is repaired (U+FFFD), so the text is always valid.
       const std::string full = tokenizer_.decode(a.ids);
-      if (full.size() > a.prompt_text && (final || !ends_unfinished(full))) a.text = full.substr(a.prompt_text);
+      if (full.size() > a.prompt_text && (final || !ends_unfinished(full))) {
+        const std::string_view raw = std::string_view(full).substr(a.prompt_text);
+        a.text = utf8_repair(final ? raw : raw.substr(0, utf8_complete_prefix(raw)));
+      }
       size_t end = a.text.size();  // emit text[emitted, end)
       size_t first_stop = std::string::npos;
       for (const auto& stop : p.stop) first_stop = std::min(first_stop, a.text.find(stop));
@@ -289,6 +296,7 @@ void Scheduler::step(std::vector<Active>& active, std::vector<int64_t>& free_slo
     stats_.engine_seconds += seconds;
     for (const auto& a : done) ++(a.done == FinishReason::cancelled ? stats_.cancelled : stats_.finished);
     stats_.active = static_cast<int64_t>(active.size());
+    stats_.cache_bytes = engine_->cache_bytes();
   }
   for (auto& a : done) a.request->finish(a.done, a.generated);
 }

@@ -7,7 +7,8 @@
 //
 // Text: the scheduler detokenizes (SentencePiece drops a sequence's first leading space and byte
 // tokens may end inside a UTF-8 character, so it decodes prompt and completion together and emits
-// what is new, holding back an unfinished character) and matches stop strings, holding back any
+// what is new, holding back an unfinished character and repairing ill-formed UTF-8, so every piece
+// of text handed out is valid UTF-8) and matches stop strings, holding back any
 // tail that could be the start of one, so streamed text never includes a stop string.
 #pragma once
 #include <atomic>
@@ -91,6 +92,7 @@ struct SchedulerStats {
   int64_t finished = 0;
   int64_t cancelled = 0;
   double engine_seconds = 0;  // time inside engine.forward and sampling
+  int64_t cache_bytes = 0;    // the engine's KV caches after the last step (Engine::cache_bytes)
 };
 
 class Scheduler {

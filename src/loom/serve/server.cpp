@@ -2,8 +2,12 @@
 
 #include <httplib.h>
 
+#include <netdb.h>
+#include <unistd.h>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <map>
 #include <optional>
@@ -15,6 +19,7 @@
 
 #include "loom/core/error.h"
 #include "loom/core/log.h"
+#include "loom/core/utf8.h"
 
 namespace loom {
 
@@ -22,14 +27,18 @@ namespace {
 
 using nlohmann::json;
 
-// An answer other than success, sent as OpenAI's error object:
-// {"error": {"message", "type", "param", "code"}}.
-struct ApiError {
-  int status;
-  std::string message;
-  std::string code;
-  std::string param = "";
-};
+// Every JSON answer is written through this: text that is not valid UTF-8 (an exception's message
+// quoting the request's bytes, say) is repaired with U+FFFD instead of throwing.
+std::string to_text(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+// Compares in time that depends only on the lengths, so that timing does not tell a client how
+// much of a guessed key is right.
+bool equal_in_constant_time(std::string_view a, std::string_view b) {
+  unsigned diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i)
+    diff |= static_cast<unsigned char>(i < a.size() ? a[i] : 0) ^ static_cast<unsigned char>(i < b.size() ? b[i] : 0);
+  return diff == 0;
+}
 
 const char* error_type(int status) {
   switch (status) {
@@ -48,91 +57,14 @@ void send_error(httplib::Response& res, const ApiError& e) {
              {"type", error_type(e.status)},
              {"param", e.param.empty() ? json(nullptr) : json(e.param)},
              {"code", e.code}};
-  res.set_content(json{{"error", error}}.dump() + "\n", "application/json");
-}
-
-// Typed access to a request's optional fields: a present field of the wrong type is a 400.
-class Fields {
- public:
-  explicit Fields(const json& body) : body_(body) {}
-  bool has(const char* key) const { return body_.contains(key) && !body_[key].is_null(); }
-  const json& at(const char* key) const { return body_[key]; }
-  std::optional<int64_t> integer(const char* key) const {
-    if (!has(key)) return std::nullopt;
-    if (!at(key).is_number_integer()) bad(key, "an integer");
-    return at(key).get<int64_t>();
-  }
-  std::optional<double> number(const char* key) const {
-    if (!has(key)) return std::nullopt;
-    if (!at(key).is_number()) bad(key, "a number");
-    return at(key).get<double>();
-  }
-  std::optional<bool> boolean(const char* key) const {
-    if (!has(key)) return std::nullopt;
-    if (!at(key).is_boolean()) bad(key, "a boolean");
-    return at(key).get<bool>();
-  }
-  std::optional<std::string> string(const char* key) const {
-    if (!has(key)) return std::nullopt;
-    if (!at(key).is_string()) bad(key, "a string");
-    return at(key).get<std::string>();
-  }
-  [[noreturn]] static void bad(const std::string& key, const std::string& what) {
-    throw ApiError{400, fmt::format("'{}' must be {}", key, what), "invalid_type", key};
-  }
-
- private:
-  const json& body_;
-};
-
-json parse_body(const httplib::Request& req) {
-  json body;
-  try {
-    body = json::parse(req.body);
-  } catch (const json::parse_error& e) {
-    throw ApiError{400, fmt::format("the request body is not valid JSON: {}", e.what()), "invalid_json"};
-  }
-  if (!body.is_object()) throw ApiError{400, "the request body must be a JSON object", "invalid_json"};
-  return body;
+  res.set_content(to_text(json{{"error", error}}) + "\n", "application/json");
 }
 
 int64_t unix_time() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-// A completion request after validation: what the scheduler needs, and how to answer.
-struct Parsed {
-  CompletionParams params;
-  bool stream = false;
-  bool chat = false;
-};
-
 }  // namespace
-
-ChatTemplate parse_chat_template(const std::string& name) {
-  if (name == "loom") return ChatTemplate::kLoom;
-  if (name == "chatml") return ChatTemplate::kChatMl;
-  fail("unknown chat template '{}' (loom, chatml)", name);
-}
-
-const char* chat_template_name(ChatTemplate t) { return t == ChatTemplate::kChatMl ? "chatml" : "loom"; }
-
-ChatTemplate detect_chat_template(const Tokenizer& tokenizer) {
-  return tokenizer.encode("<|im_start|>").size() == 1 && tokenizer.encode("<|im_end|>").size() == 1
-             ? ChatTemplate::kChatMl
-             : ChatTemplate::kLoom;
-}
-
-std::string render_chat(const std::vector<ChatMessage>& messages, ChatTemplate t) {
-  std::string text;
-  for (const auto& m : messages) {
-    if (m.role != "system" && m.role != "user" && m.role != "assistant")
-      fail("message role must be system, user or assistant, got '{}'", m.role);
-    if (t == ChatTemplate::kChatMl) text += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
-    else text += "<|" + m.role + "|>\n" + m.content + "\n";
-  }
-  return text + (t == ChatTemplate::kChatMl ? "<|im_start|>assistant\n" : "<|assistant|>\n");
-}
 
 struct Server::Impl {
   Impl(std::unique_ptr<Engine> engine, Tokenizer tokenizer_, SchedulerOptions scheduler_options, ServerOptions options_)
@@ -148,11 +80,35 @@ struct Server::Impl {
       const auto end = tokenizer.encode("<|im_end|>");
       if (end.size() != 1 || tokenizer.encode("<|im_start|>").size() != 1)
         fail("the chatml chat template needs a vocabulary with <|im_start|> and <|im_end|> tokens");
-      chatml_end = end[0];
+      limits.chatml_end = end[0];
     }
+    limits.model_name = options.model_name;
+    limits.max_tokens = options.max_tokens;
+    limits.context = scheduler.context();
+    limits.chat_template = options.chat_template;
     const int threads = options.http_threads;
     http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
     http.set_payload_max_length(static_cast<size_t>(options.max_body));
+    // httplib's default also sets SO_REUSEPORT, with which a second server on a port in use starts
+    // and the kernel splits connections between the two: SO_REUSEADDR alone (a restart may rebind
+    // over connections in TIME_WAIT) makes bind() fail instead.
+    http.set_socket_options([this](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+      listening = sock;  // the last socket made is the one bound, if binding succeeds
+    });
+    // A handler's exception that escaped guarded() (none should): answered, logged, never fatal.
+    http.set_exception_handler([this](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+      std::string what = "unknown exception";
+      try {
+        std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        what = e.what();
+      } catch (...) {}
+      logger().error("serve: {} {}: {}", req.method, req.path, what);
+      send_error(res, {500, "internal error: see the server's log", "internal_error"});
+      count(req, res);
+    });
     routes();
   }
 
@@ -166,13 +122,13 @@ struct Server::Impl {
     http.Get(
         "/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
           json model{{"id", options.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "loom"}};
-          res.set_content(json{{"object", "list"}, {"data", json::array({model})}}.dump() + "\n", "application/json");
+          res.set_content(to_text(json{{"object", "list"}, {"data", json::array({model})}}) + "\n", "application/json");
         }));
     http.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-                complete(parse(parse_body(req), false), res);
+                complete(parse_completion_request(req.body, false, tokenizer, limits), res);
               }));
     http.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-                complete(parse(parse_body(req), true), res);
+                complete(parse_completion_request(req.body, true, tokenizer, limits), res);
               }));
     // httplib's own refusals (unknown path 404, body over the limit 413, unparsable request 400)
     // come without a body: give them OpenAI's error shape too.
@@ -195,7 +151,8 @@ struct Server::Impl {
     return [this, handler](const httplib::Request& req, httplib::Response& res) {
       res.status = 200;  // httplib would set it after the handler: count() needs it now
       try {
-        if (!options.api_key.empty() && req.get_header_value("Authorization") != "Bearer " + options.api_key)
+        if (!options.api_key.empty() &&
+            !equal_in_constant_time(req.get_header_value("Authorization"), "Bearer " + options.api_key))
           throw ApiError{401,
                          req.has_header("Authorization") ? "incorrect API key"
                                                          : "missing API key: send "
@@ -225,102 +182,7 @@ struct Server::Impl {
     ++request_counts[{path, res.status}];
   }
 
-  Parsed parse(const json& body, bool chat) {
-    Fields f(body);
-    Parsed parsed;
-    parsed.chat = chat;
-    if (auto model = f.string("model"); model && *model != options.model_name)
-      throw ApiError{404,
-                     fmt::format("the model '{}' does not exist; this server serves '{}'", *model, options.model_name),
-                     "model_not_found", "model"};
-    if (auto n = f.integer("n"); n && *n != 1) throw ApiError{400, "only n = 1 is supported", "invalid_value", "n"};
-    if (auto echo = f.boolean("echo"); echo && *echo)
-      throw ApiError{400, "echo is not supported", "invalid_value", "echo"};
-
-    std::string text;
-    if (chat) {
-      if (!f.has("messages") || !f.at("messages").is_array() || f.at("messages").empty())
-        throw ApiError{400, "'messages' must be a non-empty array", "invalid_type", "messages"};
-      std::vector<ChatMessage> messages;
-      for (const auto& m : f.at("messages")) {
-        if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
-            !m["content"].is_string())
-          throw ApiError{400, "each message must be an object with string 'role' and 'content'", "invalid_type",
-                         "messages"};
-        messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-      }
-      try {
-        text = render_chat(messages, options.chat_template);
-      } catch (const Error& e) {
-        throw ApiError{400, e.what(), "invalid_value", "messages"};
-      }
-    } else {
-      if (!f.has("prompt")) throw ApiError{400, "'prompt' is required", "missing_field", "prompt"};
-      const json& prompt = f.at("prompt");
-      if (prompt.is_array() && prompt.size() == 1 && prompt[0].is_string()) text = prompt[0].get<std::string>();
-      else if (prompt.is_string()) text = prompt.get<std::string>();
-      else throw ApiError{400, "'prompt' must be a string (or a list of one string)", "invalid_type", "prompt"};
-    }
-    // The prompt starts as `loom generate`'s does (prompt_prefix: eos for loom's models, whose
-    // training text is paragraphs each ended by eos; an imported model's own convention). eos
-    // ends the completion; a ChatML chat ends at "<|im_end|>".
-    auto& p = parsed.params;
-    p.stop_token = chat && options.chat_template == ChatTemplate::kChatMl ? chatml_end : tokenizer.eos_id();
-    for (int id : tokenizer.prompt_prefix()) p.prompt.push_back(id);
-    for (int id : tokenizer.encode(text)) p.prompt.push_back(id);
-    const auto prompt_tokens = static_cast<int64_t>(p.prompt.size());
-    const int64_t room = scheduler.context() - prompt_tokens;
-    if (room < 1)
-      throw ApiError{400,
-                     fmt::format("the prompt is {} tokens, which leaves no room in the model's context of {} tokens",
-                                 prompt_tokens, scheduler.context()),
-                     "context_length_exceeded", chat ? "messages" : "prompt"};
-
-    auto max_tokens = f.integer(chat && f.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens");
-    if (max_tokens) {
-      if (*max_tokens < 1) throw ApiError{400, "max_tokens must be >= 1", "invalid_value", "max_tokens"};
-      if (*max_tokens > options.max_tokens)
-        throw ApiError{
-            400, fmt::format("max_tokens is {} but this server allows at most {}", *max_tokens, options.max_tokens),
-            "invalid_value", "max_tokens"};
-      if (prompt_tokens + *max_tokens > scheduler.context())
-        throw ApiError{400,
-                       fmt::format("the prompt is {} tokens and max_tokens is {}: more than the model's context of {} "
-                                   "tokens",
-                                   prompt_tokens, *max_tokens, scheduler.context()),
-                       "context_length_exceeded", "max_tokens"};
-      p.max_tokens = *max_tokens;
-    } else {
-      // OpenAI's defaults: 16 for completions, the rest of the context for chat.
-      p.max_tokens = std::min({chat ? options.max_tokens : int64_t{16}, options.max_tokens, room});
-    }
-
-    p.sampling.temperature = f.number("temperature").value_or(1.0);
-    if (p.sampling.temperature < 0 || p.sampling.temperature > 2)
-      throw ApiError{400, "temperature must be in [0, 2]", "invalid_value", "temperature"};
-    p.sampling.top_p = f.number("top_p").value_or(1.0);
-    if (!(p.sampling.top_p > 0 && p.sampling.top_p <= 1))
-      throw ApiError{400, "top_p must be in (0, 1]", "invalid_value", "top_p"};
-    p.sampling.top_k = f.integer("top_k").value_or(0);
-    if (p.sampling.top_k < 0) throw ApiError{400, "top_k must be >= 0", "invalid_value", "top_k"};
-    if (auto seed = f.integer("seed")) p.sampling.seed = static_cast<uint64_t>(*seed);
-    else p.sampling.seed = std::random_device{}();
-
-    if (f.has("stop")) {
-      const json& stop = f.at("stop");
-      if (stop.is_string()) p.stop.push_back(stop.get<std::string>());
-      else if (stop.is_array() && stop.size() <= 4 &&
-               std::all_of(stop.begin(), stop.end(), [](const json& s) { return s.is_string(); }))
-        for (const auto& s : stop) p.stop.push_back(s.get<std::string>());
-      else throw ApiError{400, "'stop' must be a string or a list of at most 4 strings", "invalid_type", "stop"};
-      for (const auto& s : p.stop)
-        if (s.empty()) throw ApiError{400, "stop strings must not be empty", "invalid_value", "stop"};
-    }
-    parsed.stream = f.boolean("stream").value_or(false);
-    return parsed;
-  }
-
-  void complete(Parsed parsed, httplib::Response& res) {
+  void complete(CompletionRequest parsed, httplib::Response& res) {
     const auto prompt_tokens = static_cast<int64_t>(parsed.params.prompt.size());
     auto completion = scheduler.submit(std::move(parsed.params));
     if (!completion) {
@@ -354,7 +216,7 @@ struct Server::Impl {
       out["usage"] = {{"prompt_tokens", prompt_tokens},
                       {"completion_tokens", generated},
                       {"total_tokens", prompt_tokens + generated}};
-      res.set_content(out.dump() + "\n", "application/json");
+      res.set_content(to_text(out) + "\n", "application/json");
       return;
     }
 
@@ -372,45 +234,61 @@ struct Server::Impl {
       }
       json out = envelope(std::move(choice));
       out["object"] = chat ? "chat.completion.chunk" : "text_completion";
-      return "data: " + out.dump() + "\n\n";
+      return "data: " + to_text(out) + "\n\n";
     };
     res.set_header("Cache-Control", "no-cache");
     auto first = std::make_shared<bool>(chat);
     res.set_chunked_content_provider(
         "text/event-stream",
         [completion, chunk, first](size_t, httplib::DataSink& sink) {
-          std::string out;
-          if (*first) {
-            out = chunk("", nullptr, true);
-            *first = false;
+          // httplib calls this outside any try: an exception here would end the process.
+          try {
+            return stream_some(*completion, chunk, *first, sink);
+          } catch (const std::exception& e) {
+            logger().error("serve: a stream failed, closing it: {}", e.what());
+          } catch (...) {
+            logger().error("serve: a stream failed, closing it");
           }
-          const auto update = completion->wait(std::chrono::milliseconds(200));
-          if (!update.text.empty()) out += chunk(update.text, nullptr, false);
-          if (update.finished) {
-            const auto reason = completion->finish_reason();
-            if (reason == FinishReason::cancelled)
-              out += "data: " +
-                     json{{"error",
-                           {{"message", "the server is shutting down"},
-                            {"type", "server_error"},
-                            {"param", nullptr},
-                            {"code", "shutting_down"}}}}
-                         .dump() +
-                     "\n\n";
-            else out += chunk("", finish_reason_name(reason), false);
-            out += "data: [DONE]\n\n";
-          }
-          // A failed write means the client is gone: free its slot.
-          if (!out.empty() && !sink.write(out.data(), out.size())) {
-            completion->cancel();
-            return false;
-          }
-          if (update.finished) sink.done();
-          return true;
+          completion->cancel();
+          return false;
         },
         [completion](bool success) {
           if (!success) completion->cancel();
         });
+  }
+
+  // One call of a stream's content provider: the chunks of whatever new text arrives within 200 ms.
+  template <class Chunk>
+  static bool stream_some(Completion& completion, const Chunk& chunk, bool& first, httplib::DataSink& sink) {
+    {
+      std::string out;
+      if (first) {
+        out = chunk("", nullptr, true);
+        first = false;
+      }
+      const auto update = completion.wait(std::chrono::milliseconds(200));
+      if (!update.text.empty()) out += chunk(update.text, nullptr, false);
+      if (update.finished) {
+        const auto reason = completion.finish_reason();
+        if (reason == FinishReason::cancelled)
+          out += "data: " +
+                 to_text(json{{"error",
+                               {{"message", "the server is shutting down"},
+                                {"type", "server_error"},
+                                {"param", nullptr},
+                                {"code", "shutting_down"}}}}) +
+                 "\n\n";
+        else out += chunk("", finish_reason_name(reason), false);
+        out += "data: [DONE]\n\n";
+      }
+      // A failed write means the client is gone: free its slot.
+      if (!out.empty() && !sink.write(out.data(), out.size())) {
+        completion.cancel();
+        return false;
+      }
+      if (update.finished) sink.done();
+      return true;
+    }
   }
 
   void metrics(httplib::Response& res) {
@@ -436,6 +314,8 @@ struct Server::Impl {
     metric("loom_slots", "gauge", "Slots of the engine.", s.slots);
     metric("loom_decode_steps_total", "counter", "Engine forward calls (each batches every active slot).", s.steps);
     metric("loom_engine_seconds_total", "counter", "Seconds in engine forward and sampling.", s.engine_seconds);
+    metric("loom_kv_cache_bytes", "gauge", "Bytes the slots' KV caches hold (they grow with the sequences).",
+           s.cache_bytes);
     metric("loom_tokens_per_second", "gauge", "Generated tokens per second of engine time.",
            s.engine_seconds > 0 ? static_cast<double>(s.generated_tokens) / s.engine_seconds : 0.0);
     res.set_content(out, "text/plain; version=0.0.4");
@@ -448,7 +328,8 @@ struct Server::Impl {
 
   ServerOptions options;
   Tokenizer tokenizer;
-  int64_t chatml_end = -1;  // the id of "<|im_end|>" (chatml)
+  RequestLimits limits;
+  socket_t listening = INVALID_SOCKET;
   Scheduler scheduler;
   int64_t created;
   httplib::Server http;
@@ -465,15 +346,54 @@ Server::~Server() {
   impl_->scheduler.stop();
 }
 
+namespace {
+
+[[noreturn]] void fail_to_listen(const std::string& host, int port, int error) {
+  fail("cannot listen on {}:{}: {}{}", host, port, error ? std::strerror(error) : "bind failed",
+       error == EADDRINUSE ? " (another server is listening there)" : "");
+}
+
+}  // namespace
+
+void check_port_free(const std::string& host, int port) {
+  if (port == 0) return;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  const std::string service = std::to_string(port);
+  if (const int status = getaddrinfo(host.c_str(), service.c_str(), &hints, &found); status != 0)
+    fail("cannot listen on {}:{}: {}", host, port, gai_strerror(status));
+  int error = 0;
+  for (addrinfo* a = found; a; a = a->ai_next) {
+    const int sock = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (sock < 0) continue;
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    error = ::bind(sock, a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
+    close(sock);
+    if (error == 0) break;
+  }
+  freeaddrinfo(found);
+  if (error != 0) fail_to_listen(host, port, error);
+}
+
 int Server::bind() {
   auto& o = impl_->options;
-  if (o.port == 0) {
-    const int port = impl_->http.bind_to_any_port(o.host);
-    if (port < 0) fail("cannot listen on {}", o.host);
-    return port;
+  errno = 0;
+  int port = o.port;
+  if (port == 0) {
+    port = impl_->http.bind_to_any_port(o.host);
+    if (port < 0) fail("cannot listen on {}: {}", o.host, errno ? std::strerror(errno) : "bind failed");
+  } else if (!impl_->http.bind_to_port(o.host, o.port)) {
+    fail_to_listen(o.host, o.port, errno);
   }
-  if (!impl_->http.bind_to_port(o.host, o.port)) fail("cannot listen on {}:{}", o.host, o.port);
-  return o.port;
+  // The compiled cpp-httplib listens with a backlog of 5: a burst of clients connecting at once
+  // overflows it and the kernel resets the surplus connections after their requests were sent.
+  // Listening again on the same socket only raises the backlog (to the kernel's somaxconn).
+  if (impl_->listening != INVALID_SOCKET) ::listen(impl_->listening, SOMAXCONN);
+  return port;
 }
 
 void Server::serve() {

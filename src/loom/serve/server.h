@@ -7,21 +7,10 @@
 #include <memory>
 #include <string>
 
+#include "loom/serve/request.h"
 #include "loom/serve/scheduler.h"
 
 namespace loom {
-
-// The chat templates. role is system, user or assistant (anything else is a loom::Error).
-//   kLoom:   each message as "<|role|>\n" + content + "\n", then "<|assistant|>\n" for the reply;
-//   kChatMl: "<|im_start|>" + role + "\n" + content + "<|im_end|>\n" per message, then
-//            "<|im_start|>assistant\n" (llama.cpp's "chatml": SmolLM2, Qwen and others); the
-//            reply ends at "<|im_end|>".
-enum class ChatTemplate { kLoom, kChatMl };
-ChatTemplate parse_chat_template(const std::string& name);  // "loom" or "chatml"
-const char* chat_template_name(ChatTemplate t);
-// kChatMl when the vocabulary has "<|im_start|>" and "<|im_end|>" as control tokens (the text
-// encodes to one id each), kLoom otherwise.
-ChatTemplate detect_chat_template(const Tokenizer& tokenizer);
 
 struct ServerOptions {
   std::string host = "127.0.0.1";   // the address to listen on
@@ -34,10 +23,9 @@ struct ServerOptions {
   ChatTemplate chat_template = ChatTemplate::kLoom;
 };
 
-struct ChatMessage {
-  std::string role, content;
-};
-std::string render_chat(const std::vector<ChatMessage>& messages, ChatTemplate t = ChatTemplate::kLoom);
+// Fails with a clear error when host:port cannot be bound (another server holds it): a check a
+// command makes before the slow part of starting, loading a model. 0 (any port) always passes.
+void check_port_free(const std::string& host, int port);
 
 class Server {
  public:
