@@ -107,4 +107,15 @@ TEST(BpeTokenizer, RejectsOtherModelsAndBadFiles) {
   j = nlohmann::json::parse(tiny_vocab(false));
   j["token_type"] = {1};
   EXPECT_THROW(BpeTokenizer::from_json(j.dump()), loom::Error);
+  // Found by fuzzing: fields of the wrong type or missing threw JSON's own exceptions.
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"tokens", {1, 2}}, {"merges", 7}, {"eos_token_id", "two"}, {"pre", nullptr}, {"token_type", "x"}}) {
+    j = nlohmann::json::parse(tiny_vocab(false));
+    j[key] = value;
+    EXPECT_THROW(BpeTokenizer::from_json(j.dump()), loom::Error) << key;
+  }
+  j = nlohmann::json::parse(tiny_vocab(false));
+  j.erase("merges");
+  EXPECT_THROW(BpeTokenizer::from_json(j.dump()), loom::Error);
+  EXPECT_THROW(BpeTokenizer::from_json("[1, 2]"), loom::Error);
 }

@@ -396,6 +396,9 @@ TEST_F(Serve, BadRequestsGetOpenAIErrors) {
   auto client = server.client();
   expect_error(client.Post("/v1/completions", "{\"prompt\": \"the cat\", ", "application/json"), 400, "invalid_json");
   expect_error(client.Post("/v1/completions", "[1, 2]", "application/json"), 400, "invalid_json");
+  // Found by fuzzing: a number too large for a double was JSON's out_of_range, not a parse error.
+  expect_error(client.Post("/v1/completions", "{\"prompt\": \"a\", \"max_tokens\": 6e6666}", "application/json"), 400,
+               "invalid_json");
   expect_error(server.post("/v1/completions", {{"prompt", 3}}), 400, "invalid_type");
   expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", "ten"}}), 400, "invalid_type");
   expect_error(server.post("/v1/completions", {{"prompt", "x"}, {"temperature", "hot"}}), 400, "invalid_type");

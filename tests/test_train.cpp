@@ -87,6 +87,14 @@ TEST(Recipe, ErrorsNameTheKeyAndTheFile) {
   EXPECT_TRUE(has(e, "format 2")) << e;
   e = error_of("train: {steps: 12, batch_size: 4, steps: 4}");  // yaml-cpp keeps the first silently
   EXPECT_TRUE(has(e, "key 'train.steps' appears twice")) << e;
+  // Found by fuzzing: a document that is one scalar escaped as yaml-cpp's exception, with or
+  // without an override to set into it.
+  for (const std::vector<std::string>& overrides : {std::vector<std::string>{}, {"model.d_model=8"}}) {
+    e = error_of("# a comment\n just words: no, a plain scalar\n  continued", overrides);
+    EXPECT_TRUE(has(e, "my.yaml") || has(e, "--set")) << e;
+    e = error_of("just a string", overrides);
+    EXPECT_TRUE(has(e, "mapping")) << e;
+  }
 }
 
 TEST(Train, ResumeEqualsUninterruptedRun) {

@@ -99,8 +99,13 @@ Recipe parse_recipe(const std::string& yaml, const std::string& source, const st
     fail("{}: not valid YAML: {}", source, e.what());
   }
   if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) fail("{}: a recipe is a mapping of sections (model:, train:, ...), not a single value", source);
   for (const auto& assignment : overrides) apply_override(root, assignment);
-  return parse_config<Recipe>(root, source);
+  try {
+    return parse_config<Recipe>(root, source);
+  } catch (const YAML::Exception& e) {  // the parser names the key it rejects; this is a backstop
+    fail("{}: {}", source, e.what());
+  }
 }
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {

@@ -23,6 +23,8 @@ void apply_override(YAML::Node& root, const std::string& assignment) {
     path.push_back(part);
   }
   // yaml-cpp nodes are handles: walking with operator[] on copies mutates the shared tree.
+  if (root && !root.IsMap() && !root.IsNull())
+    fail("--set '{}': the document it sets into is not a mapping", assignment);
   std::vector<YAML::Node> chain{root};
   for (size_t i = 0; i + 1 < path.size(); ++i) {
     YAML::Node next = chain.back()[path[i]];

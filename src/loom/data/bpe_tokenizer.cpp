@@ -269,6 +269,15 @@ BpeTokenizer BpeTokenizer::from_json(const std::string& json_text) {
   } catch (const nlohmann::json::exception& e) {
     fail("not a BPE tokenizer JSON ({})", e.what());
   }
+  if (!j.is_object()) fail("not a BPE tokenizer JSON (an object with tokens and merges)");
+  try {
+    return from_fields(j);
+  } catch (const nlohmann::json::exception& e) {  // a field of the wrong type or a missing one
+    fail("not a BPE tokenizer JSON ({})", e.what());
+  }
+}
+
+BpeTokenizer BpeTokenizer::from_fields(const nlohmann::json& j) {
   if (j.value("model", std::string()) != "gpt2")
     fail("tokenizer model '{}' is not a byte-level BPE (\"gpt2\")", j.value("model", std::string()));
   BpeTokenizer t;

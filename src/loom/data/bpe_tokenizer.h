@@ -22,6 +22,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -51,6 +52,7 @@ class BpeTokenizer {
   const std::string& token(int id) const { return tokens_.at(id); }
 
  private:
+  static BpeTokenizer from_fields(const nlohmann::json& j);  // may throw nlohmann's exceptions
   void bpe_word(const std::string& word, std::vector<int>& out) const;
 
   std::string pre_;

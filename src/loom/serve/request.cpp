@@ -57,7 +57,7 @@ json parse_body(std::string_view text) {
   json body;
   try {
     body = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number too large
     throw ApiError{400, fmt::format("the request body is not valid JSON: {}", e.what()), "invalid_json"};
   }
   if (!body.is_object()) throw ApiError{400, "the request body must be a JSON object", "invalid_json"};
