@@ -3,7 +3,11 @@
 // other requests batched beside them; every limit answers with OpenAI's error object.
 #include <httplib.h>
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <fstream>
@@ -679,4 +683,32 @@ TEST(ServeBytes, IdleSlotsHoldNoCache) {
   EXPECT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(cache_bytes(), 0);
   EXPECT_EQ(server.scheduler().stats().cache_bytes, 0);
+}
+
+// A thousand connections that send nothing each hold a handler thread; the next client is still
+// served at once (the handler threads outnumber them, and the listen backlog takes the burst).
+TEST(ServeBytes, AThousandIdleConnectionsDoNotStopService) {
+  const LoadedModel loaded = byte_model();
+  ASSERT_GE(raise_open_file_limit(4096), 2100) << "the test needs 2100 open files (ulimit -n)";
+  Running server(loaded, {});
+  std::vector<int> idle;
+  for (int i = 0; i < 1000; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<uint16_t>(server.port()));
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0) << "connection " << i;
+    idle.push_back(fd);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  auto client = server.client();
+  client.set_read_timeout(3, 0);
+  auto r = client.Post("/v1/completions", json{{"prompt", "hi"}, {"max_tokens", 2}}.dump(), "application/json");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_LT(seconds, 2.0);
+  for (int fd : idle) close(fd);
 }

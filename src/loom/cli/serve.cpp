@@ -64,6 +64,14 @@ void add_serve(CLI::App& app, const GlobalOptions& global) {
   app.callback([args, &global] {
     configure_threads(global.threads);
     check_port_free(args->server.host, args->server.port);
+    // A connection per handler thread, plus the model's files and the rest: a fresh shell's 1024
+    // open files would refuse connections long before the threads run out.
+    const int64_t files = 2 * int64_t{args->server.http_threads} + 256;
+    if (const int64_t got = raise_open_file_limit(files); got < files)
+      spdlog::warn(
+          "serve: {} open files allowed (ulimit -n), {} wanted for --threads-http {}: connections past the "
+          "limit will be refused",
+          got, files, args->server.http_threads);
     auto loaded = load_checkpoint(args->checkpoint);
     require_tokenizer(loaded, "serve");
     if (args->server.model_name.empty())

@@ -3,7 +3,9 @@
 #include <httplib.h>
 
 #include <netdb.h>
+#include <sys/resource.h>
 #include <unistd.h>
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -377,6 +379,17 @@ void check_port_free(const std::string& host, int port) {
   }
   freeaddrinfo(found);
   if (error != 0) fail_to_listen(host, port, error);
+}
+
+int64_t raise_open_file_limit(int64_t wanted) {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  const rlim_t target = std::min<rlim_t>(static_cast<rlim_t>(wanted), limit.rlim_max);
+  if (limit.rlim_cur < target) {
+    limit.rlim_cur = target;
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) getrlimit(RLIMIT_NOFILE, &limit);
+  }
+  return static_cast<int64_t>(limit.rlim_cur);
 }
 
 int Server::bind() {

@@ -19,13 +19,17 @@ struct ServerOptions {
   std::string model_name = "loom";  // the one model id served
   int64_t max_tokens = 1024;        // a request's max_tokens at most
   int64_t max_body = 1 << 20;       // request body bytes at most
-  int http_threads = 64;            // handler threads; each open connection holds one
+  int http_threads = 1024;          // handler threads; each open connection holds one (an idle one too)
   ChatTemplate chat_template = ChatTemplate::kLoom;
 };
 
 // Fails with a clear error when host:port cannot be bound (another server holds it): a check a
 // command makes before the slow part of starting, loading a model. 0 (any port) always passes.
 void check_port_free(const std::string& host, int port);
+
+// Raises this process's soft limit of open files towards `wanted` (at most to the hard limit):
+// each connection is one. Returns the limit now in force.
+int64_t raise_open_file_limit(int64_t wanted);
 
 class Server {
  public:
