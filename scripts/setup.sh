@@ -14,6 +14,7 @@ packages=(
   libcpp-httplib-dev      # loom serve's HTTP server (and the tests' client)
   libgtest-dev            # tests
   clang-format-14         # tests: the code is as .clang-format says
+  clang-14 libclang-rt-14-dev  # scripts/fuzz.sh: libFuzzer with ASan and UBSan
   hey wrk                 # bench/serve_load.sh: HTTP load generators
   python3-venv            # tests: scripts/venv.sh's .venv of PyPI reference peers (sacrebleu)
   r-cran-janeaustenr      # the default corpus: Jane Austen's six novels
