@@ -109,7 +109,14 @@ TEST(BpeTokenizer, RejectsOtherModelsAndBadFiles) {
   EXPECT_THROW(BpeTokenizer::from_json(j.dump()), loom::Error);
   // Found by fuzzing: fields of the wrong type or missing threw JSON's own exceptions.
   for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
-           {"tokens", {1, 2}}, {"merges", 7}, {"eos_token_id", "two"}, {"pre", nullptr}, {"token_type", "x"}}) {
+           {"tokens", {1, 2}},
+           {"merges", 7},
+           {"eos_token_id", "two"},
+           {"pre", nullptr},
+           {"token_type", "x"},
+           // a float out of int's range: converting it was undefined behaviour (UBSan)
+           {"bos_token_id", 1.11111e46},
+           {"token_type", std::vector<double>(5, 1e46)}}) {
     j = nlohmann::json::parse(tiny_vocab(false));
     j[key] = value;
     EXPECT_THROW(BpeTokenizer::from_json(j.dump()), loom::Error) << key;

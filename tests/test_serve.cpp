@@ -651,6 +651,18 @@ TEST(ServeBytes, APromptThatIsNotUtf8IsA400) {
 }
 
 // A second server on a port in use fails to bind, saying so, instead of sharing the port.
+// Found by fuzzing: a model with no prompt prefix (no bos) and an empty prompt: nothing to
+// continue. A 400 naming the prompt, not the scheduler's error.
+TEST(ServeBytes, AnEmptyPromptIsA400) {
+  const LoadedModel loaded = byte_model();
+  Running server(loaded, {});
+  for (const json& prompt : {json(""), json::array({""})}) {
+    auto r = server.post("/v1/completions", {{"prompt", prompt}, {"max_tokens", 2}});
+    expect_error(r, 400, "invalid_value");
+    EXPECT_NE(r->body.find("the prompt is empty"), std::string::npos) << r->body;
+  }
+}
+
 TEST(ServeBytes, APortInUseIsAnError) {
   const LoadedModel loaded = byte_model();
   Running first(loaded, {});

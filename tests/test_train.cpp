@@ -148,6 +148,25 @@ bool all_finite(const Safetensors& t) {
   return true;
 }
 
+// Found by fuzzing: a trainer.json number that is not an integer (1e300 steps) was converted to
+// an integer by JSON's library, undefined behaviour; it is a corrupt state, said so.
+TEST(Train, ATrainerStateWithAFloatStepIsCorrupt) {
+  TinyRun tiny;
+  TrainOptions options;
+  options.out_dir = (tiny.root / "run").string();
+  const auto result = train(parse_recipe(tiny.recipe_yaml(), "tiny", {"train.steps=2"}), options);
+  const std::string path = result.checkpoint + "/trainer.json";
+  const std::string saved = read_file(path);
+  for (const char* field : {"step", "format", "rollbacks"}) {
+    auto state = nlohmann::json::parse(saved);
+    state[field] = 1e300;
+    std::ofstream(path) << state.dump();
+    const std::string e = error_message([&] { load_checkpoint(result.checkpoint); });
+    EXPECT_NE(e.find("corrupt trainer state"), std::string::npos) << field << ": " << e;
+    EXPECT_NE(e.find(field), std::string::npos) << e;
+  }
+}
+
 // train.on_divergence: rollback. A NaN at step 6 (its loss, and a weight poisoned) sends the run
 // back to its step-4 checkpoint with the batches of steps 4-6 skipped; it finishes with finite
 // weights, logs the rollback once, and the state it saves resumes exactly.

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -14,24 +15,33 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// An integer field: JSON's own conversion of a float out of range is undefined behaviour.
+int64_t whole(const nlohmann::json& j, const char* key, const std::string& path,
+              std::optional<int64_t> fallback = std::nullopt) {
+  if (fallback && !j.contains(key)) return *fallback;
+  const auto& v = j.at(key);
+  if (!v.is_number_integer()) fail("{}: corrupt trainer state ('{}' is not an integer)", path, key);
+  return v.get<int64_t>();
+}
+
 TrainerState parse_state(const std::string& path) {
   const std::string text = read_file(path);
   try {
     const auto j = nlohmann::json::parse(text);
-    if (j.at("format").get<int>() != kCheckpointFormat)
-      fail("{}: checkpoint format {} is not supported (this loom reads {})", path, j.at("format").get<int>(),
+    if (whole(j, "format", path) != kCheckpointFormat)
+      fail("{}: checkpoint format {} is not supported (this loom reads {})", path, whole(j, "format", path),
            kCheckpointFormat);
     TrainerState state;
-    state.step = j.at("step").get<int64_t>();
-    state.tokens_seen = j.at("tokens_seen").get<int64_t>();
+    state.step = whole(j, "step", path);
+    state.tokens_seen = whole(j, "tokens_seen", path);
     state.elapsed_seconds = j.at("elapsed_seconds").get<double>();
     if (!j.at("valid_loss").is_null()) state.valid_loss = j.at("valid_loss").get<double>();
     // Written since divergence rollbacks exist; older checkpoints have none and made none.
-    state.data_offset = j.value("data_offset", int64_t{0});
+    state.data_offset = whole(j, "data_offset", path, 0);
     state.lr_scale = j.value("lr_scale", 1.0);
-    state.rollbacks = j.value("rollbacks", int64_t{0});
+    state.rollbacks = whole(j, "rollbacks", path, 0);
     state.loss_mean = j.value("loss_mean", 0.0);
-    state.loss_steps = j.value("loss_steps", int64_t{0});
+    state.loss_steps = whole(j, "loss_steps", path, 0);
     return state;
   } catch (const nlohmann::json::exception& e) {
     fail("{}: corrupt trainer state ({})", path, e.what());

@@ -277,6 +277,23 @@ BpeTokenizer BpeTokenizer::from_json(const std::string& json_text) {
   }
 }
 
+namespace {
+
+// An integer field (or array element): JSON's own conversion of a float out of int's range is
+// undefined behaviour, so anything but an integer in range is refused first.
+int integer(const nlohmann::json& value, const char* what) {
+  if (!value.is_number_integer() || value.get<int64_t>() < std::numeric_limits<int>::min() ||
+      value.get<int64_t>() > std::numeric_limits<int>::max())
+    fail("not a BPE tokenizer JSON ({} must be an integer, got {})", what, value.dump().substr(0, 40));
+  return static_cast<int>(value.get<int64_t>());
+}
+
+int integer_or(const nlohmann::json& j, const char* key, int fallback) {
+  return j.contains(key) ? integer(j.at(key), key) : fallback;
+}
+
+}  // namespace
+
 BpeTokenizer BpeTokenizer::from_fields(const nlohmann::json& j) {
   if (j.value("model", std::string()) != "gpt2")
     fail("tokenizer model '{}' is not a byte-level BPE (\"gpt2\")", j.value("model", std::string()));
@@ -287,15 +304,16 @@ BpeTokenizer BpeTokenizer::from_fields(const nlohmann::json& j) {
   const int n = static_cast<int>(t.tokens_.size());
   t.types_.assign(n, BpeTokenType::kNormal);
   if (j.contains("token_type")) {
-    const auto types = j.at("token_type").get<std::vector<int>>();
-    if (static_cast<int>(types.size()) != n) fail("{} token types for {} tokens", types.size(), n);
-    for (int i = 0; i < n; ++i) t.types_[i] = static_cast<BpeTokenType>(types[i]);
+    const auto& types = j.at("token_type");
+    if (!types.is_array() || static_cast<int>(types.size()) != n)
+      fail("{} token types for {} tokens", types.is_array() ? types.size() : 0, n);
+    for (int i = 0; i < n; ++i) t.types_[i] = static_cast<BpeTokenType>(integer(types[i], "token_type"));
   }
   for (int i = 0; i < n; ++i) t.token_ids_.emplace(t.tokens_[i], i);
   const auto merges = j.at("merges").get<std::vector<std::string>>();
   for (size_t r = 0; r < merges.size(); ++r) t.merge_ranks_.emplace(merges[r], static_cast<int>(r));
-  t.bos_id_ = j.value("bos_token_id", -1);
-  t.eos_id_ = j.value("eos_token_id", -1);
+  t.bos_id_ = integer_or(j, "bos_token_id", -1);
+  t.eos_id_ = integer_or(j, "eos_token_id", -1);
   t.add_bos_ = j.value("add_bos_token", false);
   for (int id : {t.bos_id_, t.eos_id_})
     if (id < -1 || id >= n) fail("special token id {} out of range for {} tokens", id, n);

@@ -137,6 +137,9 @@ CompletionRequest parse_completion_request(std::string_view text_body, bool chat
   for (int id : tokenizer.prompt_prefix()) p.prompt.push_back(id);
   for (int id : tokenizer.encode(text)) p.prompt.push_back(id);
   const auto prompt_tokens = static_cast<int64_t>(p.prompt.size());
+  if (prompt_tokens == 0)  // a model with no prompt prefix (no bos) has nothing to continue
+    throw ApiError{400, "the prompt is empty: this model needs at least one token to continue", "invalid_value",
+                   chat ? "messages" : "prompt"};
   const int64_t room = limits.context - prompt_tokens;
   if (room < 1)
     throw ApiError{400,
