@@ -49,8 +49,11 @@ def stream_chat(port, rng, max_tokens):
         conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
         r = conn.getresponse()
         if r.status != 200:
-            note(unexpected, "stream: status %d" % r.status)
-            r.read()
+            try:
+                code = json.loads(r.read())["error"]["code"]
+            except Exception:
+                code = "?"
+            note(unexpected, "stream: status %d (%s)" % (r.status, code))
             return
         done, first = False, None
         for raw in r:

@@ -38,7 +38,7 @@ for entry in json.load(open("build/compile_commands.json")):
 PY
 )
 cxx=(clang++-14 -std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
-     -fno-sanitize=vptr -fno-sanitize-recover=undefined -Isrc -Ifuzz)
+     -fno-sanitize=vptr -fno-sanitize-recover=undefined "-I$PWD/src" "-I$PWD/fuzz")
 eval "cxx+=($flags)"
 
 declare -A sources=(
@@ -52,33 +52,43 @@ declare -A sources=(
   [translate]="src/loom/infer/translate.cpp src/loom/data/tokenizer.cpp"
 )
 
-compile() {  # source -> object, rebuilt when the source or any loom header is newer
-  local src=$1 obj="$out/obj/${1//\//_}.o"
-  if [[ ! -f $obj || $src -nt $obj || -n $(find src/loom fuzz -name '*.h' -newer "$obj" -print -quit) ]]; then
-    "${cxx[@]}" -fsanitize=fuzzer-no-link -c "$src" -o "$obj"
-  fi
-  echo "$obj"
-}
-
 for h in "${harnesses[@]}"; do
   [[ -n ${sources[$h]+x} ]] || { echo "fuzz.sh: unknown harness '$h' (${all[*]})" >&2; exit 2; }
 done
-echo "building ${harnesses[*]} (clang-14, ASan + UBSan + libFuzzer)"
-for h in "${harnesses[@]}"; do
-  objs=("$(compile "fuzz/$h.cpp")")
-  for s in ${sources[$h]}; do objs+=("$(compile "$s")"); done
-  if [[ ! -x $out/fuzz_$h || -n $(find "${objs[@]}" build/libloom.so -newer "$out/fuzz_$h" -print -quit) ]]; then
-    "${cxx[@]}" "${objs[@]}" -o "$out/fuzz_$h" -Wl,-rpath,"$PWD/build" -Lbuild -lloom \
-      -Wl,--no-as-needed $(python3 - <<'PY'
+# A ninja file: objects rebuilt when a source or a header it includes changes, two at a time.
+libs=$(python3 - <<'PY'
 import re
 # The libraries build/loom links (torch, fmt, yaml-cpp, ...), read off its link line.
 text = open("build/build.ninja").read()
 m = re.search(r"build loom: CXX_EXECUTABLE_LINKER__loom\S*.*?\n(?:  .*\n)*?  LINK_LIBRARIES = (.*)\n", text)
 print(" ".join(w.replace('"', "") for w in m.group(1).split() if not re.match(r"(.*/)?libloom\.so", w)))
 PY
-) -Wl,--as-needed
-  fi
-done
+)
+{
+  printf 'cxx = %s\n' "${cxx[*]}"
+  printf 'rule cc\n  command = $cxx -fsanitize=fuzzer-no-link -MD -MF $out.d -c $in -o $out\n  depfile = $out.d\n'
+  printf '  deps = gcc\n  description = CC $in\n'
+  printf 'rule link\n  command = $cxx $in -o $out -Wl,-rpath,%s/build -L%s/build -lloom -Wl,--no-as-needed %s -Wl,--as-needed\n' \
+    "$PWD" "$PWD" "$libs"
+  printf '  description = LINK $out\n'
+  declare -A done_obj=()
+  for h in "${harnesses[@]}"; do
+    objs=()
+    for s in "fuzz/$h.cpp" ${sources[$h]}; do
+      obj="obj/${s//\//_}.o"
+      objs+=("$obj")
+      [[ -n ${done_obj[$obj]+x} ]] || printf 'build %s: cc %s\n' "$obj" "$PWD/$s"
+      done_obj[$obj]=1
+    done
+    printf 'build fuzz_%s: link %s | %s/build/libloom.so\n' "$h" "${objs[*]}" "$PWD"
+  done
+} > "$out/build.ninja"
+echo "building ${harnesses[*]} (clang-14, ASan + UBSan + libFuzzer)"
+if ! ninja -C "$out" -j "${FUZZ_JOBS:-2}" >"$out/build.log" 2>&1; then
+  grep -v '^\[' "$out/build.log" >&2
+  echo "fuzz.sh: building the harnesses failed (the log: $out/build.log)" >&2
+  exit 2
+fi
 
 # Seeds: a tiny run's checkpoint and what loom makes from it, the recipes, text.
 seeds=$out/seeds

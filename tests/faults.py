@@ -12,7 +12,7 @@ convert:  `loom data`, `loom quantize`, `loom export` and `loom import` killed a
 diskfull: training into a small tmpfs (root only; skipped otherwise) fails with one clear line and
           leaves its last checkpoint loadable.
 
-Prints a JSON summary as its last line; exits 1 on any failed check, 77 when nothing could run.
+Prints a JSON summary as its last line; exits 1 on any failed check.
 Usage: faults.py --loom build/loom [--kills 50] [--phases train,convert,diskfull] [--seed 1] [--work DIR]
 """
 import argparse
