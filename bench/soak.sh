@@ -3,9 +3,9 @@
 # malformed and hostile requests for DURATION seconds against loopback; reports streams served,
 # hostile requests answered and unexpected answers by kind, p50/p99 latency and the server's RSS
 # after warm-up, at its peak and at the end. Fails on any 5xx, reset, dead server, or RSS growth
-# past RSS_GROWTH_MB.
+# past RSS_GROWTH_MB over the second half of the run.
 #   bench/soak.sh [CHECKPOINT]   DURATION (600), CLIENTS (64), ABUSERS (4), SLOTS (8),
-#                                MAX_TOKENS (48), THREADS (2, libtorch), PORT (18090), RSS_GROWTH_MB (64)
+#                                MAX_TOKENS (48), THREADS (2, libtorch), PORT (18090), RSS_GROWTH_MB (32)
 # CHECKPOINT defaults to the imported SmolLM2-135M-Instruct (data/smollm2/model; scripts/fetch_smollm2.sh
 # fetches its GGUF, `loom import` makes it), else runs/default (trained for 300 steps when absent).
 set -euo pipefail
@@ -40,7 +40,7 @@ echo "# $checkpoint: $clients streaming clients + ${ABUSERS:-4} abusers for ${DU
 status=0
 python3 bench/soak.py --port "$port" --pid "$server" --duration "${DURATION:-600}" --clients "$clients" \
   --abusers "${ABUSERS:-4}" --max-tokens "${MAX_TOKENS:-48}" --context "${context:-2048}" \
-  --rss-growth-mb "${RSS_GROWTH_MB:-64}" || status=$?
+  --rss-growth-mb "${RSS_GROWTH_MB:-32}" || status=$?
 kill -0 "$server" 2>/dev/null || { echo "the server died:"; tail -20 "$log"; exit 1; }
 grep -c ' error\]\| error:' "$log" | xargs echo "server log error lines:"
 exit $status
