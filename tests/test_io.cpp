@@ -274,6 +274,8 @@ TEST_F(IoTest, SafetensorsBadHeadersAreErrors) {
       {R"({"w":{"dtype":32,"shape":[2],"data_offsets":[0,8]}})", "dtype"},
       {R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", "overflow"},
       {R"({"__metadata__":{"k":1},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "metadata"},
+      // found by fuzzing: a number too large for a double escaped as JSON's out_of_range
+      {R"({"w":{"dtype":"F32","shape":[2e5408],"data_offsets":[0,8]}})", "invalid JSON"},
       {R"({"w":{"dtype":"BOOL","shape":[8],"data_offsets":[0,8]}})", ""},  // valid: all zero
   };
   for (const auto& [header, word] : cases) {

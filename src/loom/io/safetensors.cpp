@@ -124,6 +124,8 @@ Json parse_header(const std::string& path, std::string_view text) {
     header = Json::parse(text.begin(), text.end(), on_event);
   } catch (const Json::parse_error& e) {
     corrupt(path, "invalid JSON in header at byte {}", e.byte);
+  } catch (const Json::exception& e) {  // found by fuzzing: a number too large ("2e5408") is out_of_range
+    corrupt(path, "invalid JSON in header ({})", e.what());
   }
   if (!duplicate.empty()) corrupt(path, "duplicate key {} in header", quote_name(duplicate));
   if (!header.is_object()) corrupt(path, "header is not a JSON object");
