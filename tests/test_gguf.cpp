@@ -738,6 +738,17 @@ TEST_F(LlamaFormat, UnsupportedArchitecturesAreErrors) {
   w.write(*dir_ / "gpt2.gguf");
   expect_one_line_error(run_loom("import '" + (*dir_ / "gpt2.gguf") + "' --out '" + (*dir_ / "gpt2-back") + "'"),
                         "general.architecture is 'gpt2'");
+  // An HF config.json whose sizes are not integers: converting 1e30 to an integer was undefined.
+  const std::string hf = *dir_ / "float-hf";
+  fs::create_directories(hf);
+  for (const char* key : {"hidden_size", "num_key_value_heads"}) {
+    nlohmann::json config = {{"model_type", "llama"},  {"vocab_size", 300},        {"hidden_size", 32},
+                             {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"intermediate_size", 64}};
+    config[key] = 1e30;
+    std::ofstream(hf + "/config.json") << config.dump();
+    const std::string e = error_message([&] { import_checkpoint(hf, hf + "-back"); });
+    EXPECT_NE(e.find(std::string(key) + " must be an integer"), std::string::npos) << e;
+  }
 }
 
 // A SmolLM2-shaped file: llama tensors in Q4_1/Q8_0 and a GPT-2 byte-level BPE vocabulary, which

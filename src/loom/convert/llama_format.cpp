@@ -398,16 +398,26 @@ ImportSummary import_hf(const std::string& dir, const std::string& out_dir) {
     fail("{}: not valid JSON ({})", config_path, e.what());
   }
   ModelConfig c = llama_layout("rope");  // HF LLaMA rotates halves
+  // Integer fields are checked first: JSON's conversion of a float out of range (1e30 layers) is
+  // undefined behaviour.
+  auto integer = [&](const char* key) {
+    const auto& v = j.at(key);
+    if (!v.is_number_integer()) fail("{}: {} must be an integer, got {}", config_path, key, v.dump());
+    return v.get<int64_t>();
+  };
+  auto integer_or = [&](const char* key, int64_t fallback) {
+    return j.contains(key) && !j[key].is_null() ? integer(key) : fallback;
+  };
   try {
     const std::string type = json_or<std::string>(j, "model_type", "");
     if (type != "llama") fail("{}: model_type is '{}'; loom imports 'llama' only", config_path, type);
-    c.vocab_size = j.at("vocab_size").get<int64_t>();
-    c.d_model = j.at("hidden_size").get<int64_t>();
-    c.n_layers = j.at("num_hidden_layers").get<int64_t>();
-    c.n_heads = j.at("num_attention_heads").get<int64_t>();
-    c.n_kv_heads = json_or<int64_t>(j, "num_key_value_heads", c.n_heads);
-    c.d_ff = j.at("intermediate_size").get<int64_t>();
-    c.max_seq_len = json_or<int64_t>(j, "max_position_embeddings", 2048);
+    c.vocab_size = integer("vocab_size");
+    c.d_model = integer("hidden_size");
+    c.n_layers = integer("num_hidden_layers");
+    c.n_heads = integer("num_attention_heads");
+    c.n_kv_heads = integer_or("num_key_value_heads", c.n_heads);
+    c.d_ff = integer("intermediate_size");
+    c.max_seq_len = integer_or("max_position_embeddings", 2048);
     c.norm_eps = json_or<double>(j, "rms_norm_eps", 1e-6);
     c.rope_theta = json_or<double>(j, "rope_theta", 10000.0);
     c.tie_embeddings = json_or<bool>(j, "tie_word_embeddings", false);
@@ -417,9 +427,9 @@ ImportSummary import_hf(const std::string& dir, const std::string& out_dir) {
       fail("{}: biases (attention_bias, mlp_bias) are not supported", config_path);
     if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
       fail("{}: rope_scaling {} is not supported", config_path, j["rope_scaling"].dump());
-    if (c.n_heads > 0 && json_or<int64_t>(j, "head_dim", c.d_model / c.n_heads) != c.d_model / c.n_heads)
+    if (c.n_heads > 0 && integer_or("head_dim", c.d_model / c.n_heads) != c.d_model / c.n_heads)
       fail("{}: head_dim {} differs from hidden_size / num_attention_heads: not supported", config_path,
-           j["head_dim"].get<int64_t>());
+           integer("head_dim"));
   } catch (const nlohmann::json::exception& e) {
     fail("{}: {}", config_path, e.what());
   }
