@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -723,4 +724,47 @@ TEST(ServeBytes, AThousandIdleConnectionsDoNotStopService) {
   EXPECT_EQ(r->status, 200) << r->body;
   EXPECT_LT(seconds, 2.0);
   for (int fd : idle) close(fd);
+}
+
+// A client that trickles its request (a byte every 200 ms, never finishing) is cut off once the
+// request deadline passes; requests that arrive whole are still answered, streamed or not.
+TEST(ServeBytes, ATricklingClientIsCutOffAtTheRequestDeadline) {
+  const LoadedModel loaded = byte_model();
+  ServerOptions options;
+  options.request_timeout = 1;
+  Running server(loaded, options);
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(static_cast<uint16_t>(server.port()));
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0);
+  const std::string request = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+  const auto start = std::chrono::steady_clock::now();
+  bool closed = false;
+  for (size_t i = 0; i < request.size() && !closed; ++i) {
+    if (send(fd, request.data() + i, 1, MSG_NOSIGNAL) != 1) closed = true;
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 200) == 1) {
+      char byte = 0;
+      closed = recv(fd, &byte, 1, MSG_DONTWAIT) == 0;
+    }
+  }
+  close(fd);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_TRUE(closed) << "the server kept a trickling connection for " << seconds << " s";
+  EXPECT_LT(seconds, 4.0);
+  auto metrics = server.client().Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("\nloom_request_timeouts_total 1\n"), std::string::npos) << metrics->body;
+  auto slow = server.post("/v1/completions", {{"prompt", "hi"}, {"max_tokens", 2}});
+  ASSERT_TRUE(slow);
+  EXPECT_EQ(slow->status, 200);
+  httplib::Client client("127.0.0.1", server.port());
+  client.set_read_timeout(30, 0);
+  auto r = client.Post("/v1/completions", json{{"prompt", "hi"}, {"max_tokens", 2}, {"stream", true}}.dump(),
+                       "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
 }

@@ -59,6 +59,10 @@ void add_serve(CLI::App& app, const GlobalOptions& global) {
          "--chat-template", args->chat_template,
          "chat template: auto (chatml when the vocabulary has <|im_start|>/<|im_end|>, else loom), loom, chatml")
       ->check(CLI::IsMember({"auto", "loom", "chatml"}));
+  app.add_option("--request-timeout", args->server.request_timeout,
+                 "seconds a connection has to deliver a whole request, from its opening or its previous answer "
+                 "(0 = no limit)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--threads-http", args->server.http_threads, "HTTP handler threads (each open connection holds one)")
       ->check(CLI::PositiveNumber);
   app.callback([args, &global] {

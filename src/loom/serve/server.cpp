@@ -2,18 +2,25 @@
 
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <netdb.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <algorithm>
+
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -68,16 +75,139 @@ int64_t unix_time() {
 
 }  // namespace
 
+namespace {
+
+// cpp-httplib 0.11 bounds each read of a request (5 s) but not the whole request: a client that
+// trickles a byte every few seconds would hold a handler thread for as long as it liked, and
+// httplib shows no accepted socket to its user. This watchdog finds the server's connections in
+// /proc/self/fd (local port = the server's) and shuts down one that has not delivered a whole
+// request within the deadline of its opening or of its previous response. A connection whose
+// request is being handled (a long stream included) is never cut.
+class RequestDeadline {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  explicit RequestDeadline(int seconds) : deadline_(std::chrono::seconds(seconds)) {}
+  ~RequestDeadline() { stop(); }
+
+  void start(int port) {
+    if (deadline_.count() <= 0 || thread_.joinable()) return;
+    port_ = port;
+    thread_ = std::thread([this] { run(); });
+  }
+  void stop() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  void begin(const httplib::Request& req) { set(req, true); }
+  void end(const httplib::Request& req) { set(req, false); }
+  int64_t cut() const {
+    std::lock_guard lock(mutex_);
+    return cut_total_;
+  }
+
+ private:
+  struct Connection {
+    bool busy = false;
+    Clock::time_point since;
+    bool cut = false;
+  };
+
+  static std::string peer_name(const httplib::Request& req) {
+    return req.remote_addr + ":" + std::to_string(req.remote_port);
+  }
+  void set(const httplib::Request& req, bool busy) {
+    if (deadline_.count() <= 0) return;
+    std::lock_guard lock(mutex_);
+    auto& c = connections_[peer_name(req)];
+    c.busy = busy;
+    c.since = Clock::now();
+  }
+
+  // The server's open connections: (fd, "peer address:port").
+  std::vector<std::pair<int, std::string>> scan() const {
+    std::vector<std::pair<int, std::string>> out;
+    DIR* dir = opendir("/proc/self/fd");
+    if (dir == nullptr) return out;
+    while (const dirent* entry = readdir(dir)) {
+      char* end = nullptr;
+      const long fd = std::strtol(entry->d_name, &end, 10);
+      if (end == entry->d_name || *end != '\0') continue;
+      sockaddr_storage local{}, peer{};
+      socklen_t local_size = sizeof(local), peer_size = sizeof(peer);
+      if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_size) != 0) continue;
+      if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_size) != 0) continue;
+      char address[INET6_ADDRSTRLEN] = {};
+      int local_port = 0, peer_port = 0;
+      if (local.ss_family == AF_INET && peer.ss_family == AF_INET) {
+        const auto& l = reinterpret_cast<const sockaddr_in&>(local);
+        const auto& p = reinterpret_cast<const sockaddr_in&>(peer);
+        local_port = ntohs(l.sin_port), peer_port = ntohs(p.sin_port);
+        inet_ntop(AF_INET, &p.sin_addr, address, sizeof(address));
+      } else if (local.ss_family == AF_INET6 && peer.ss_family == AF_INET6) {
+        const auto& l = reinterpret_cast<const sockaddr_in6&>(local);
+        const auto& p = reinterpret_cast<const sockaddr_in6&>(peer);
+        local_port = ntohs(l.sin6_port), peer_port = ntohs(p.sin6_port);
+        inet_ntop(AF_INET6, &p.sin6_addr, address, sizeof(address));
+      }
+      if (local_port == port_ && peer_port != 0)
+        out.emplace_back(static_cast<int>(fd), std::string(address) + ":" + std::to_string(peer_port));
+    }
+    closedir(dir);
+    return out;
+  }
+
+  void run() {
+    std::unique_lock lock(mutex_);
+    while (!wake_.wait_for(lock, std::chrono::milliseconds(250), [this] { return stopping_; })) {
+      lock.unlock();
+      const auto open = scan();
+      lock.lock();
+      const auto now = Clock::now();
+      std::set<std::string> live;
+      for (const auto& [fd, peer] : open) {
+        live.insert(peer);
+        auto [it, fresh] = connections_.try_emplace(peer, Connection{false, now, false});
+        Connection& c = it->second;
+        if (!c.busy && !c.cut && now - c.since > deadline_) {
+          ::shutdown(fd, SHUT_RDWR);  // httplib's blocked read returns; it closes the socket
+          c.cut = true;
+          ++cut_total_;
+        }
+      }
+      for (auto it = connections_.begin(); it != connections_.end();)
+        it = live.count(it->first) || it->second.busy ? std::next(it) : connections_.erase(it);
+    }
+  }
+
+  const std::chrono::seconds deadline_;
+  int port_ = 0;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+  std::map<std::string, Connection> connections_;
+  int64_t cut_total_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace
+
 struct Server::Impl {
   Impl(std::unique_ptr<Engine> engine, Tokenizer tokenizer_, SchedulerOptions scheduler_options, ServerOptions options_)
       : options(std::move(options_)),
         tokenizer(tokenizer_),
         scheduler(std::move(engine), std::move(tokenizer_), scheduler_options),
         created(unix_time()),
-        ids(std::random_device{}()) {
+        ids(std::random_device{}()),
+        deadline(options.request_timeout) {
     if (options.max_tokens < 1) fail("--max-tokens must be >= 1, got {}", options.max_tokens);
     if (options.max_body < 1) fail("--max-body must be >= 1 byte, got {}", options.max_body);
     if (options.http_threads < 1) fail("--threads-http must be >= 1, got {}", options.http_threads);
+    if (options.request_timeout < 0) fail("--request-timeout must be >= 0, got {}", options.request_timeout);
     if (options.chat_template == ChatTemplate::kChatMl) {
       const auto end = tokenizer.encode("<|im_end|>");
       if (end.size() != 1 || tokenizer.encode("<|im_start|>").size() != 1)
@@ -111,6 +241,7 @@ struct Server::Impl {
       send_error(res, {500, "internal error: see the server's log", "internal_error"});
       count(req, res);
     });
+    http.set_logger([this](const httplib::Request& req, const httplib::Response&) { deadline.end(req); });
     routes();
   }
 
@@ -151,7 +282,8 @@ struct Server::Impl {
   // Authentication, and every error a handler throws, as OpenAI error objects.
   httplib::Server::Handler guarded(std::function<void(const httplib::Request&, httplib::Response&)> handler) {
     return [this, handler](const httplib::Request& req, httplib::Response& res) {
-      res.status = 200;  // httplib would set it after the handler: count() needs it now
+      deadline.begin(req);  // the whole request arrived: answering it may take long
+      res.status = 200;     // httplib would set it after the handler: count() needs it now
       try {
         if (!options.api_key.empty() &&
             !equal_in_constant_time(req.get_header_value("Authorization"), "Bearer " + options.api_key))
@@ -311,6 +443,8 @@ struct Server::Impl {
     metric("loom_generated_tokens_total", "counter", "Tokens sampled (eos included).", s.generated_tokens);
     metric("loom_completions_total", "counter", "Requests that finished (stop or length).", s.finished);
     metric("loom_cancelled_total", "counter", "Requests dropped (client gone, shutdown).", s.cancelled);
+    metric("loom_request_timeouts_total", "counter", "Connections cut for not delivering a whole request in time.",
+           deadline.cut());
     metric("loom_queue_length", "gauge", "Requests waiting for a slot.", s.queued);
     metric("loom_active_slots", "gauge", "Slots holding a request.", s.active);
     metric("loom_slots", "gauge", "Slots of the engine.", s.slots);
@@ -338,6 +472,7 @@ struct Server::Impl {
   std::mutex counts_mutex;
   std::map<std::pair<std::string, int>, int64_t> request_counts;
   std::mt19937_64 ids;
+  RequestDeadline deadline;  // last: its watchdog stops first
 };
 
 Server::Server(std::unique_ptr<Engine> engine, Tokenizer tokenizer, SchedulerOptions scheduler, ServerOptions options)
@@ -406,6 +541,7 @@ int Server::bind() {
   // overflows it and the kernel resets the surplus connections after their requests were sent.
   // Listening again on the same socket only raises the backlog (to the kernel's somaxconn).
   if (impl_->listening != INVALID_SOCKET) ::listen(impl_->listening, SOMAXCONN);
+  impl_->deadline.start(port);
   return port;
 }
 
@@ -417,6 +553,7 @@ void Server::serve() {
 void Server::stop() {
   impl_->scheduler.pause(false);  // requests in flight must be able to finish
   impl_->http.stop();
+  impl_->deadline.stop();
 }
 
 Scheduler& Server::scheduler() { return impl_->scheduler; }

@@ -20,6 +20,7 @@ struct ServerOptions {
   int64_t max_tokens = 1024;        // a request's max_tokens at most
   int64_t max_body = 1 << 20;       // request body bytes at most
   int http_threads = 1024;          // handler threads; each open connection holds one (an idle one too)
+  int request_timeout = 30;         // seconds a connection has to deliver a whole request (0 = no limit)
   ChatTemplate chat_template = ChatTemplate::kLoom;
 };
 
