@@ -680,6 +680,14 @@ TEST(ServeBytes, APortInUseIsAnError) {
   }
 }
 
+// A server stopped right after it starts ends: httplib's stop() is a no-op until its listen loop
+// runs, so a stop() that came first used to leave serve() listening forever (seen as a 600 s hang
+// of APortInUseIsAnError on a fresh machine).
+TEST(ServeBytes, AServerStoppedAsItStartsEnds) {
+  const LoadedModel loaded = byte_model();
+  for (int i = 0; i < 200; ++i) Running server(loaded, {});
+}
+
 // Idle slots hold no KV cache; a request's cache is freed when it finishes (/metrics shows it).
 TEST(ServeBytes, IdleSlotsHoldNoCache) {
   const LoadedModel loaded = byte_model();

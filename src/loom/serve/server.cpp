@@ -21,6 +21,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -466,6 +467,7 @@ struct Server::Impl {
   Tokenizer tokenizer;
   RequestLimits limits;
   socket_t listening = INVALID_SOCKET;
+  std::atomic<bool> serving{false}, served{false}, stop_requested{false};  // see serve()
   Scheduler scheduler;
   int64_t created;
   httplib::Server http;
@@ -546,12 +548,19 @@ int Server::bind() {
 }
 
 void Server::serve() {
-  impl_->http.listen_after_bind();
+  // httplib's stop() does nothing before listen_after_bind() is running: a stop() that comes
+  // first must keep serve() from starting, and one that comes during the start must wait for it.
+  impl_->serving = true;
+  if (!impl_->stop_requested) impl_->http.listen_after_bind();
+  impl_->served = true;
   impl_->scheduler.stop();
 }
 
 void Server::stop() {
   impl_->scheduler.pause(false);  // requests in flight must be able to finish
+  impl_->stop_requested = true;
+  if (impl_->serving)
+    while (!impl_->served && !impl_->http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   impl_->http.stop();
   impl_->deadline.stop();
 }
