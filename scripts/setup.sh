@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 packages=(
   cmake g++ ninja-build pkg-config
   libtorch-dev            # the tensor and autograd engine
+  libgloo-dev             # c10d's Gloo headers: multi-process training (libtorch links libgloo0)
+  iproute2                # tests: the two-host training test joins network namespaces
   libopenblas0-pthread    # fast fp32 BLAS: libtorch only *recommends* it (else ~60x slower matmuls)
   libopenblas-dev         # bench/quant_matvec: the kernels against CBLAS sgemv/sgemm
   libsentencepiece-dev    # tokenizer training and encoding

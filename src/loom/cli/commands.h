@@ -9,7 +9,8 @@
 namespace loom::cli {
 
 struct GlobalOptions {
-  int threads = 0;  // 0 = all cores
+  int threads = 0;                // 0 = all cores
+  std::vector<std::string> argv;  // the command line as given (the launcher of --nproc reruns it)
 };
 
 void add_train(CLI::App& app, const GlobalOptions& global);

@@ -61,6 +61,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.fallthrough();
   loom::cli::GlobalOptions global;
+  global.argv.assign(argv, argv + argc);
   app.add_option("--threads", global.threads, "threads for libtorch, OpenMP and OpenBLAS (0 = all cores)")
       ->check(CLI::NonNegativeNumber);
   for (const auto& command : kCommands) command.add(*app.add_subcommand(command.name, command.help), global);

@@ -66,14 +66,16 @@ LMBatcher::LMBatcher(const TokenStream& stream, int batch_size, int seq_len)
 }
 
 std::pair<torch::Tensor, torch::Tensor> LMBatcher::sample(uint64_t seed, int64_t step, int micro_index) const {
-  std::mt19937_64 rng(
-      splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^ static_cast<uint64_t>(micro_index)));
-  // Starts uniform in [0, size - seq_len - 1]. Modulo rather than std::uniform_int_distribution,
-  // whose output differs between standard libraries; the bias is < range / 2^64.
+  // Row r of micro-batch m is the step's row m * batch_size + r, drawn from its own hash: a step's
+  // rows do not depend on how they are cut into micro-batches (batch 2b equals two micro-batches
+  // of b), nor on how many processes share them. Starts uniform in [0, size - seq_len - 1], by
+  // modulo (the bias is < range / 2^64).
+  const uint64_t step_key = splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step));
   const auto range = static_cast<uint64_t>(stream_->size() - seq_len_);
   std::vector<torch::Tensor> windows;
   for (int b = 0; b < batch_size_; ++b) {
-    const auto start = static_cast<int64_t>(rng() % range);
+    const auto row = static_cast<uint64_t>(micro_index) * static_cast<uint64_t>(batch_size_) + static_cast<uint64_t>(b);
+    const auto start = static_cast<int64_t>(splitmix64(step_key ^ splitmix64(row)) % range);
     windows.push_back(stream_->slice(start, seq_len_ + 1));  // [seq_len + 1]
   }
   torch::Tensor w = torch::stack(windows);  // [batch_size, seq_len + 1]

@@ -15,6 +15,8 @@ std::vector<AdamWGroup> parameter_groups(ModelImpl& model, double weight_decay) 
   return {decay, no_decay};
 }
 
+int64_t scored_count(const torch::Tensor& targets);
+
 }  // namespace
 
 torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {
@@ -37,26 +39,83 @@ StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)
                   : cosine_lr(step, config_.steps, config_.warmup_steps, config_.lr, config_.min_lr_ratio);
   result.lr *= lr_scale_;
   compat::zero_grad_to_none(parameters_);
+  const int world = dist_ != nullptr ? dist_->size() : 1;
+  const int rank = dist_ != nullptr ? dist_->rank() : 0;
+  const bool by_micro = config_.grad_accum % world == 0;
+  double scored = 0;
   for (int64_t micro = 0; micro < config_.grad_accum; ++micro) {
+    if (by_micro && micro % world != rank) continue;
+    Batch b = batch(micro);
+    // This rank's share of the micro-batch's mean: its scored targets over all ranks' (1 when it
+    // runs the whole micro-batch).
+    double share = 1;
+    const double all_scored = static_cast<double>(scored_count(b.targets));
+    if (!by_micro) {
+      b = shard_rows(b, rank, world);
+      const double mine = b.targets.size(0) > 0 ? static_cast<double>(scored_count(b.targets)) : 0.0;
+      if (mine == 0) continue;
+      share = mine / all_scored;
+      scored += mine;
+    } else {
+      scored += all_scored;
+    }
+    const auto accum = static_cast<double>(config_.grad_accum);
     LossStats stats;
     torch::Tensor loss =
-        batch_loss(model_, batch(micro), config_.precision == "bf16", config_.z_loss, &stats, config_.label_smoothing);
+        batch_loss(model_, b, config_.precision == "bf16", config_.z_loss, &stats, config_.label_smoothing);
     // Auxiliary losses of the last forward (MoE load balancing) join the objective, not the
     // reported language-modelling loss.
     auto objective = loss;
     if (auto aux = model_->aux_loss(); aux.defined()) objective = loss + model_->config().moe.moe_aux_weight * aux;
-    (objective / static_cast<double>(config_.grad_accum)).backward();
-    result.loss += stats.cross_entropy / static_cast<double>(config_.grad_accum);
-    result.log_z += stats.log_z / static_cast<double>(config_.grad_accum);
+    (share == 1 ? objective / accum : objective * share / accum).backward();
+    result.loss += stats.cross_entropy * share / accum;
+    result.log_z += stats.log_z * share / accum;
   }
+  result.scored = static_cast<int64_t>(scored);
+  if (world > 1) all_reduce_gradients(result);
   const double max_norm = config_.grad_clip > 0 ? config_.grad_clip : std::numeric_limits<double>::infinity();
   result.grad_norm = torch::nn::utils::clip_grad_norm_(parameters_, max_norm);
   optimizer_.step(result.lr);
   if (track_stats) {
     result.max_attention_logit = model_->max_attention_logit();
     model_->track_attention_logits(false);
+    if (world > 1) {
+      auto largest = torch::tensor({std::isnan(result.max_attention_logit) ? -INFINITY : result.max_attention_logit},
+                                   torch::kDouble);
+      dist_->all_reduce_max(largest);
+      const double value = largest.item<double>();
+      result.max_attention_logit = std::isinf(value) ? std::nan("") : value;
+    }
   }
   return result;
+}
+
+// Sums the gradients (fp32, as the parameters are) and the step's loss sums over the ranks. A
+// parameter no rank gave a gradient keeps none, as in one process (AdamW skips it).
+void TrainStep::all_reduce_gradients(StepResult& result) {
+  const auto n = static_cast<int64_t>(parameters_.size());
+  auto sums = torch::zeros({n + 3}, torch::kDouble);
+  auto* s = sums.data_ptr<double>();
+  std::vector<torch::Tensor> tensors;
+  for (int64_t i = 0; i < n; ++i) {
+    auto& p = parameters_[static_cast<size_t>(i)];
+    if (p.grad().defined()) s[i] = 1;
+    else p.mutable_grad() = torch::zeros_like(p);
+    tensors.push_back(p.grad());
+  }
+  s[n] = result.loss, s[n + 1] = result.log_z, s[n + 2] = static_cast<double>(result.scored);
+  tensors.push_back(sums);
+  dist_->all_reduce_sum(tensors);
+  for (int64_t i = 0; i < n; ++i)
+    if (s[i] == 0) parameters_[static_cast<size_t>(i)].mutable_grad() = torch::Tensor();
+  result.loss = s[n], result.log_z = s[n + 1], result.scored = static_cast<int64_t>(s[n + 2]);
+}
+
+Batch shard_rows(const Batch& batch, int rank, int world) {
+  const int64_t rows = batch.inputs.size(0);
+  const int64_t first = rows * rank / world, last = rows * (rank + 1) / world;
+  auto rows_of = [&](const torch::Tensor& t) { return t.defined() ? t.narrow(0, first, last - first) : t; };
+  return Batch{rows_of(batch.inputs), rows_of(batch.targets), rows_of(batch.source)};
 }
 
 namespace {

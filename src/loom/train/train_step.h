@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "loom/checkpoint/recipe.h"
+#include "loom/dist/dist.h"
 #include "loom/models/model.h"
 #include "loom/train/adamw.h"
 #include "loom/train/linear_cross_entropy.h"
@@ -33,7 +34,11 @@ struct StepResult {
   double lr = 0;
   double log_z = 0;                           // mean log-partition of the output softmax (z-loss watches it)
   double max_attention_logit = std::nan("");  // with track_stats: over all the step's micro-batches
+  int64_t scored = 0;                         // targets scored in the step (all ranks)
 };
+
+// Rank `rank` of `world`'s rows of a batch: rows [B r / world, B (r + 1) / world).
+Batch shard_rows(const Batch& batch, int rank, int world);
 
 // Mean next-token cross-entropy: logits [B, T, V] (any float dtype), targets [B, T].
 torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets);
@@ -47,10 +52,18 @@ class TrainStep {
   AdamW& optimizer() { return optimizer_; }
   // Multiplies the scheduled learning rate from now on (divergence rollbacks lower it).
   void set_lr_scale(double scale) { lr_scale_ = scale; }
+  // Data parallel over `dist`'s ranks (nullptr: one process). `batch(micro)` still returns the
+  // whole micro-batch, the same on every rank: when the ranks divide grad_accum, each runs its
+  // share of the micro-batches (micro % world == rank); otherwise each runs its rows of every
+  // micro-batch. Each rank's loss is weighted by its share of the scored targets and the
+  // gradients are summed over the ranks, so the update equals one process's on the whole step.
+  void set_communicator(Communicator* dist) { dist_ = dist; }
 
  private:
   Model model_;
   TrainConfig config_;
+  Communicator* dist_ = nullptr;
+  void all_reduce_gradients(StepResult& result);
   double lr_scale_ = 1;
   std::vector<torch::Tensor> parameters_;
   AdamW optimizer_;

@@ -177,12 +177,39 @@ std::string human_rate(double tokens_per_second) {
                                    : fmt::format("{:.0f} tok/s", tokens_per_second);
 }
 
+// Data parallel: rank 0's trainer state, weights and optimizer moments on every rank.
+void share_from_rank0(Communicator& dist, Model& model, AdamW& optimizer, TrainerState& state) {
+  auto scalars = torch::tensor(
+      {static_cast<double>(state.step), static_cast<double>(state.tokens_seen), state.elapsed_seconds, state.valid_loss,
+       static_cast<double>(state.data_offset), state.lr_scale, static_cast<double>(state.rollbacks), state.loss_mean,
+       static_cast<double>(state.loss_steps), static_cast<double>(optimizer.step_count())},
+      torch::kDouble);
+  std::vector<torch::Tensor> tensors{scalars};
+  for (const auto& p : model->parameters()) tensors.push_back(p.detach());
+  auto moments = optimizer.state();
+  for (const auto& m : moments) tensors.push_back(m.second);
+  dist.broadcast(tensors);
+  if (dist.rank() == 0) return;
+  const double* v = scalars.data_ptr<double>();
+  state.step = static_cast<int64_t>(v[0]), state.tokens_seen = static_cast<int64_t>(v[1]);
+  state.elapsed_seconds = v[2], state.valid_loss = v[3], state.data_offset = static_cast<int64_t>(v[4]);
+  state.lr_scale = v[5], state.rollbacks = static_cast<int64_t>(v[6]), state.loss_mean = v[7];
+  state.loss_steps = static_cast<int64_t>(v[8]);
+  optimizer.load_state(moments, static_cast<int64_t>(v[9]), "rank 0");
+}
+
 }  // namespace
 
 TrainResult train(Recipe recipe, const TrainOptions& options) {
+  Communicator* dist = options.dist;
+  const bool rank0 = dist == nullptr || dist->rank() == 0;
   TrainResult result;
   std::string resume_dir;
-  if (!options.resume.empty()) {
+  if (!rank0) {
+    // Rank 0's resolved recipe (and whether it resumes): this host may hold neither file.
+    recipe = parse_recipe(dist->share("recipe", ""), "rank 0's recipe");
+    resume_dir = dist->share("resume", "");
+  } else if (!options.resume.empty()) {
     resume_dir = resolve_checkpoint(options.resume);
     const std::string recipe_path = (fs::path(resume_dir) / "recipe.yaml").string();
     recipe = parse_recipe(read_file(recipe_path), recipe_path);
@@ -195,19 +222,29 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
           "another --out",
           result.run_dir, result.run_dir);
   }
-  if (options.steps >= 0) recipe.train.steps = options.steps;
+  if (rank0 && options.steps >= 0) recipe.train.steps = options.steps;
   recipe.validate("recipe");
+  if (dist != nullptr && rank0) {
+    dist->share("recipe", recipe_to_yaml(recipe));
+    dist->share("resume", resume_dir);
+  }
   const auto& tc = recipe.train;
   const auto& mc = recipe.model;
-  fs::create_directories(result.run_dir);
+  if (rank0) fs::create_directories(result.run_dir);
 
-  const RunData data = prepare_data(recipe);
+  // One process per host builds the data cache; the others wait, then read it.
+  const bool builds_data = dist == nullptr || dist->env().local_rank == 0;
+  std::optional<RunData> prepared;
+  if (builds_data) prepared.emplace(prepare_data(recipe));
+  if (dist != nullptr) dist->barrier();
+  if (!builds_data) prepared.emplace(prepare_data(recipe));
+  const RunData& data = *prepared;
   const Tokenizer* tokenizer = data.tokenizer ? &*data.tokenizer : nullptr;
   result.unigram_entropy = data.unigram_entropy;
 
   Model model{nullptr};
   TrainerState state;
-  if (resume_dir.empty()) {
+  if (resume_dir.empty() || !rank0) {
     torch::manual_seed(static_cast<uint64_t>(tc.seed));
     model = Model(mc);
   } else {
@@ -219,18 +256,24 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     state = loaded.state;
   }
   TrainStep step_runner(model, tc);
-  if (!resume_dir.empty()) {
+  if (!resume_dir.empty() && rank0) {
     load_optimizer_state(resume_dir, step_runner.optimizer());
-    step_runner.set_lr_scale(state.lr_scale);
     logger().info("resuming {} at step {}", resume_dir, state.step);
   }
+  if (dist != nullptr) {
+    share_from_rank0(*dist, model, step_runner.optimizer(), state);
+    step_runner.set_communicator(dist);
+  }
+  step_runner.set_lr_scale(state.lr_scale);
   if (state.step >= tc.steps)
     fail("the run is already at step {} of {}: raise --steps to continue", state.step, tc.steps);
 
-  logger().info("model: {:.2f}M parameters, {} {} layers x d_model {}, context {}; {}; run dir {}",
+  logger().info("model: {:.2f}M parameters, {} {} layers x d_model {}, context {}; {}; run dir {}{}",
                 model->num_parameters() / 1e6, mc.n_layers, mc.arch, mc.d_model, mc.max_seq_len, data.summary,
-                result.run_dir);
-  MetricsLog metrics((fs::path(result.run_dir) / "metrics.jsonl").string(), state.step);
+                result.run_dir,
+                dist != nullptr ? fmt::format("; data parallel over {} processes", dist->size()) : std::string());
+  std::optional<MetricsLog> metrics;  // rank 0's
+  if (rank0) metrics.emplace((fs::path(result.run_dir) / "metrics.jsonl").string(), state.step);
   const int64_t tokens_per_batch_step = tc.batch_size * tc.grad_accum * data.sequence_length;
   Progress progress("train", state.step, tc.steps, tc.log_every);
   StopSignals stop;
@@ -242,12 +285,14 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   double rate = 0;
 
   auto save = [&] {
+    if (!rank0) return;
     state.elapsed_seconds = elapsed_before + progress.elapsed_seconds();
     result.checkpoint =
         save_checkpoint(result.run_dir, recipe, model, tokenizer, step_runner.optimizer().state(), state, tc.keep_last);
   };
   const bool bf16 = tc.precision == "bf16";
   auto validate = [&] {
+    if (!rank0) return;
     if (data.task) {
       const TaskScore score = evaluate_task(model, data.valid, bf16);
       state.valid_loss = score.loss;
@@ -258,10 +303,10 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
       else
         logger().info("step {}: validation loss {:.4f}, exact match {}, token accuracy {}", state.step, score.loss,
                       percent(score.exact_match), percent(score.token_accuracy));
-      metrics.write({{"step", state.step},
-                     {"valid_loss", score.loss},
-                     {"valid_exact_match", score.exact_match},
-                     {"valid_token_accuracy", score.token_accuracy}});
+      metrics->write({{"step", state.step},
+                      {"valid_loss", score.loss},
+                      {"valid_exact_match", score.exact_match},
+                      {"valid_token_accuracy", score.token_accuracy}});
       return;
     }
     state.valid_loss = evaluate_loss(model, data.valid, bf16);
@@ -272,28 +317,40 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     else
       logger().info("step {}: validation loss {:.4f} (perplexity {:.2f}; unigram entropy {:.4f})", state.step,
                     state.valid_loss, std::exp(state.valid_loss), result.unigram_entropy);
-    metrics.write({{"step", state.step}, {"valid_loss", state.valid_loss}, {"valid_ppl", std::exp(state.valid_loss)}});
+    metrics->write({{"step", state.step}, {"valid_loss", state.valid_loss}, {"valid_ppl", std::exp(state.valid_loss)}});
   };
 
   // A divergence (train.on_divergence rollback): the weights, optimizer and trainer state of the
   // run's last checkpoint come back, the batches from there to the diverged step are skipped, and
   // the learning rate is scaled (PaLM's recovery from loss spikes, Chowdhery et al. 2022, 5.1).
   auto roll_back = [&](int64_t step, const std::string& why) {
-    const auto saved = list_checkpoints(result.run_dir);
-    if (tc.on_divergence != "rollback" || state.rollbacks >= tc.max_rollbacks || saved.empty())
+    // Every rank sees the same loss: rank 0, which holds the checkpoints, decides and restores.
+    const auto saved = rank0 ? list_checkpoints(result.run_dir) : std::vector<std::string>{};
+    bool give_up = tc.on_divergence != "rollback" || state.rollbacks >= tc.max_rollbacks || saved.empty();
+    if (dist != nullptr) {
+      auto flag = torch::tensor({give_up ? 1.0 : 0.0}, torch::kDouble);
+      dist->broadcast({flag});
+      give_up = flag.item<double>() != 0;
+      if (give_up && !rank0) throw TrainingDiverged(fmt::format("{} at step {} (rank 0 ended the run)", why, step));
+    }
+    if (give_up)
       throw TrainingDiverged(
           fmt::format("{} at step {}; the last checkpoint is {} ({})", why, step, saved.empty() ? "none" : saved.back(),
                       tc.on_divergence != "rollback" ? "try a lower train.lr, or train.on_divergence: rollback"
                       : saved.empty()                ? "nothing to roll back to: lower train.save_every"
                                       : fmt::format("after {} rollbacks (train.max_rollbacks)", state.rollbacks)));
-    const LoadedModel loaded = load_checkpoint(saved.back());
-    {
-      torch::NoGradGuard no_grad;
-      auto source = loaded.model->named_parameters();
-      for (auto& p : model->named_parameters()) p.value().copy_(source[p.key()]);
+    TrainerState next;
+    if (rank0) {
+      const LoadedModel loaded = load_checkpoint(saved.back());
+      {
+        torch::NoGradGuard no_grad;
+        auto source = loaded.model->named_parameters();
+        for (auto& p : model->named_parameters()) p.value().copy_(source[p.key()]);
+      }
+      load_optimizer_state(saved.back(), step_runner.optimizer());
+      next = loaded.state;
     }
-    load_optimizer_state(saved.back(), step_runner.optimizer());
-    TrainerState next = loaded.state;
+    if (dist != nullptr) share_from_rank0(*dist, model, step_runner.optimizer(), next);
     next.data_offset = state.data_offset + (step + 1 - next.step);
     next.lr_scale = state.lr_scale * tc.rollback_lr_factor;
     next.rollbacks = state.rollbacks + 1;
@@ -302,16 +359,17 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     progress.finish();
     logger().warn(
         "{} at step {}: rolled back to {} (step {}), skipping {} batches, learning rate x{:.3g}; rollback {} of {}",
-        why, step, saved.back(), next.step, next.data_offset - state.data_offset, next.lr_scale, next.rollbacks,
-        tc.max_rollbacks);
-    metrics.rewind(next.step);
-    metrics.write({{"step", step},
-                   {"event", "rollback"},
-                   {"reason", why},
-                   {"to_step", next.step},
-                   {"data_offset", next.data_offset},
-                   {"lr_scale", next.lr_scale},
-                   {"rollbacks", next.rollbacks}});
+        why, step, rank0 ? saved.back() : "rank 0's last checkpoint", next.step, next.data_offset - state.data_offset,
+        next.lr_scale, next.rollbacks, tc.max_rollbacks);
+    if (rank0) metrics->rewind(next.step);
+    if (rank0)
+      metrics->write({{"step", step},
+                      {"event", "rollback"},
+                      {"reason", why},
+                      {"to_step", next.step},
+                      {"data_offset", next.data_offset},
+                      {"lr_scale", next.lr_scale},
+                      {"rollbacks", next.rollbacks}});
     state = next;
     window_loss = 0, window_steps = 0, window_tokens = 0;
     window_start = std::chrono::steady_clock::now();
@@ -323,16 +381,14 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     // Step s trains on batch s + data_offset (batches skipped by rollbacks).
     const int64_t batch = step + state.data_offset;
     // Dropout draws from the global generator: seed it per batch so resume replays it exactly.
-    torch::manual_seed(static_cast<uint64_t>(tc.seed) * 1000003ULL + static_cast<uint64_t>(batch));
-    int64_t step_tokens = data.translation ? 0 : tokens_per_batch_step;
+    // Each rank draws its own dropout masks (rank 0 those of one process).
+    const uint64_t rank_key = dist != nullptr ? static_cast<uint64_t>(dist->rank()) * 0x9E3779B97F4A7C15ULL : 0;
+    torch::manual_seed(static_cast<uint64_t>(tc.seed) * 1000003ULL + static_cast<uint64_t>(batch) + rank_key);
     StepResult r = step_runner.run(
-        step,
-        [&](int64_t micro) {
-          Batch b = data.sample(batch, micro);
-          if (data.translation) step_tokens += b.targets.ge(0).sum().item<int64_t>();
-          return b;
-        },
+        step, [&](int64_t micro) { return data.sample(batch, micro); },
         /*track_stats=*/(step + 1) % tc.log_every == 0);
+    // Translation batches vary in size: count their target tokens (as fairseq's wps).
+    const int64_t step_tokens = data.translation ? r.scored : tokens_per_batch_step;
     if (options.after_step) options.after_step(step, r, model);
     if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
       roll_back(step, fmt::format("the {} became {}", std::isfinite(r.loss) ? "gradient norm" : "loss",
@@ -352,27 +408,31 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     window_tokens += step_tokens;
     window_loss += r.loss;
     ++window_steps;
-    if (state.step % tc.log_every == 0 || state.step == tc.steps) {
+    if (rank0 && (state.step % tc.log_every == 0 || state.step == tc.steps)) {
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
       rate = static_cast<double>(window_tokens) / seconds;
-      metrics.write({{"step", state.step},
-                     {"loss", window_loss / window_steps},
-                     {"lr", r.lr},
-                     {"grad_norm", r.grad_norm},
-                     {"log_z", r.log_z},
-                     {"max_attention_logit",
-                      std::isnan(r.max_attention_logit) ? nlohmann::json() : nlohmann::json(r.max_attention_logit)},
-                     {"tokens_per_s", rate},
-                     {"tokens", state.tokens_seen}});
+      metrics->write({{"step", state.step},
+                      {"loss", window_loss / window_steps},
+                      {"lr", r.lr},
+                      {"grad_norm", r.grad_norm},
+                      {"log_z", r.log_z},
+                      {"max_attention_logit",
+                       std::isnan(r.max_attention_logit) ? nlohmann::json() : nlohmann::json(r.max_attention_logit)},
+                      {"tokens_per_s", rate},
+                      {"tokens", state.tokens_seen}});
       window_loss = 0;
       window_steps = 0;
       window_tokens = 0;
       window_start = std::chrono::steady_clock::now();
     }
-    progress.update(state.step, fmt::format("loss {:.3f} | lr {:.2e} | {}", r.loss, r.lr, human_rate(rate)));
+    if (rank0) progress.update(state.step, fmt::format("loss {:.3f} | lr {:.2e} | {}", r.loss, r.lr, human_rate(rate)));
     const bool last = state.step == tc.steps;
-    const bool stopping =
-        stop.requested() || (options.stop_after >= 0 && state.step - first_step >= options.stop_after);
+    bool stopping = stop.requested() || (options.stop_after >= 0 && state.step - first_step >= options.stop_after);
+    if (dist != nullptr) {  // a signal may reach some ranks only: all stop at the same step
+      auto vote = torch::tensor({stopping ? 1.0 : 0.0}, torch::kDouble);
+      dist->all_reduce_max(vote);
+      stopping = vote.item<double>() != 0;
+    }
     if (last || (tc.eval_every > 0 && state.step % tc.eval_every == 0)) validate();
     if (last || stopping || (tc.save_every > 0 && state.step % tc.save_every == 0)) save();
     if (stopping && !last) {
@@ -385,14 +445,14 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   progress.finish();
   result.steps = state.step;
   result.valid_loss = state.valid_loss;
-  if (data.task && !result.interrupted) {  // the task metric on the held-out test split
+  if (data.task && !result.interrupted && rank0) {  // the task metric on the held-out test split
     result.test = evaluate_task(model, to_batches(data.task->split_batches("test", tc.batch_size)), bf16);
     result.majority_accuracy =
         data.task->task().n_classes() > 0 ? data.task->majority_baseline("test").second : std::nan("");
-    metrics.write({{"step", state.step},
-                   {"test_loss", result.test->loss},
-                   {"test_exact_match", result.test->exact_match},
-                   {"test_token_accuracy", result.test->token_accuracy}});
+    metrics->write({{"step", state.step},
+                    {"test_loss", result.test->loss},
+                    {"test_exact_match", result.test->exact_match},
+                    {"test_token_accuracy", result.test->token_accuracy}});
   }
   return result;
 }

@@ -19,6 +19,13 @@ struct TrainOptions {
   // Fault injection, for tests: called after each optimizer step with its result and the model
   // (set the loss to NaN, scale it, poison a weight), as if the step had gone so.
   std::function<void(int64_t step, StepResult& result, Model& model)> after_step;
+  // Data parallel over the communicator's ranks (dist/dist.h; nullptr: this process alone). Every
+  // rank calls train() with the same arguments; rank 0's recipe, weights and state are the run's
+  // (the others need neither the recipe file nor the checkpoint), and only rank 0 validates,
+  // writes checkpoints and metrics, and shows progress. The data of a step is the recipe's
+  // batch_size x grad_accum sequences whatever the number of ranks, so a run may resume on
+  // another number of them.
+  Communicator* dist = nullptr;
 };
 
 struct TrainResult {
