@@ -282,6 +282,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   int64_t window_steps = 0;
   int64_t window_tokens = 0;
   auto window_start = std::chrono::steady_clock::now();
+  double window_comm = dist != nullptr ? dist->communication_seconds() : 0;  // at the window's start
   double rate = 0;
 
   auto save = [&] {
@@ -411,15 +412,20 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     if (rank0 && (state.step % tc.log_every == 0 || state.step == tc.steps)) {
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
       rate = static_cast<double>(window_tokens) / seconds;
-      metrics->write({{"step", state.step},
-                      {"loss", window_loss / window_steps},
-                      {"lr", r.lr},
-                      {"grad_norm", r.grad_norm},
-                      {"log_z", r.log_z},
-                      {"max_attention_logit",
-                       std::isnan(r.max_attention_logit) ? nlohmann::json() : nlohmann::json(r.max_attention_logit)},
-                      {"tokens_per_s", rate},
-                      {"tokens", state.tokens_seen}});
+      nlohmann::json row{{"step", state.step},
+                         {"loss", window_loss / window_steps},
+                         {"lr", r.lr},
+                         {"grad_norm", r.grad_norm},
+                         {"log_z", r.log_z},
+                         {"max_attention_logit",
+                          std::isnan(r.max_attention_logit) ? nlohmann::json() : nlohmann::json(r.max_attention_logit)},
+                         {"tokens_per_s", rate},
+                         {"tokens", state.tokens_seen}};
+      if (dist != nullptr) {  // rank 0's time in collectives (waiting for the others included)
+        row["comm_share"] = (dist->communication_seconds() - window_comm) / seconds;
+        window_comm = dist->communication_seconds();
+      }
+      metrics->write(row);
       window_loss = 0;
       window_steps = 0;
       window_tokens = 0;
