@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Data-parallel scaling on this machine, timing `loom train` itself (its metrics.jsonl):
 #   bench/scaling.sh [RECIPE] [STEPS] [REPEATS]
-# Per repeat, interleaved: one process with 2 threads, one process with 1 thread, and
-# `--nproc 2` (two processes, 1 thread each, Gloo over loopback). Prints tokens/s (mean of the log
-# windows after the first) and, for --nproc 2, the share of rank 0's step spent in collectives.
+# Per repeat, interleaved: one process with 2 threads, one process with 1 thread, `--nproc 2`
+# data parallel (two processes, 1 thread each, Gloo over loopback) and `--nproc 2` with
+# train.tensor_parallel 2 (each process holds half of every layer). Prints tokens/s (mean of the
+# log windows after the first) and, for two processes, the share of rank 0's step spent in
+# collectives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 recipe=${1:-recipes/bench/gpt-384.yaml}
@@ -27,22 +29,25 @@ EOF
 
 declare -A rates
 for ((i = 0; i < repeats; i++)); do
-  for config in "1x2" "1x1" "2x1"; do
+  for config in 1x2 1x1 2x1 tp2x1; do
     procs=${config%x*}
+    tp=1
+    [[ $procs == tp* ]] && procs=${procs#tp} && tp=$procs
     threads=${config#*x}
     out="$tmp/$config-$i"
     args=(--threads "$threads" train "$recipe" --steps "$steps" --out "$out"
       --set train.log_every=2 --set train.eval_every=0 --set train.save_every=0 --set train.eval_batches=1)
     ((procs > 1)) && args+=(--nproc "$procs")
+    ((tp > 1)) && args+=(--set "train.tensor_parallel=$tp")
     build/loom "${args[@]}" > "$out.log" 2>&1 || { cat "$out.log"; exit 1; }
     read -r rate comm < <(summary "$out/metrics.jsonl")
     rates[$config]+="$rate "
-    echo "repeat $i: $procs process(es) x $threads thread(s): $rate tokens/s$([ "$procs" -gt 1 ] && echo ", communication $(python3 -c "print(f'{100*$comm:.1f}%')") of rank 0's step")"
+    echo "repeat $i: $procs process(es) x $threads thread(s)$( ((tp > 1)) && echo ", tensor parallel $tp"): $rate tokens/s$([ "$procs" -gt 1 ] && echo ", communication $(python3 -c "print(f'{100*$comm:.1f}%')") of rank 0's step")"
   done
 done
 median() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 one=$(median "${rates[1x2]}")
-for config in 1x2 1x1 2x1; do
+for config in 1x2 1x1 2x1 tp2x1; do
   m=$(median "${rates[$config]}")
   echo "median $config: $m tokens/s ($(python3 -c "print(f'{$m/$one:.2f}')")x one process with 2 threads)"
 done

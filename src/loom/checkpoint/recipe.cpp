@@ -57,6 +57,12 @@ void Recipe::validate(const std::string& source) const {
   task.validate(source);
   data.validate(source);
   train.validate(source);
+  model.check_tensor_parallel(train.tensor_parallel, source);
+  if (train.tensor_parallel > 1 && !task.is_lm())
+    fail("{}: train.tensor_parallel {} trains language models (task lm), not task {}", source, train.tensor_parallel,
+         task.name);
+  if (train.tensor_parallel > 1 && train.label_smoothing > 0)
+    fail("{}: train.tensor_parallel {} does not support train.label_smoothing", source, train.tensor_parallel);
   if (task.is_translation()) {
     if (!model.encoder_decoder())
       fail("{}: task translation trains an encoder-decoder: set model.arch: encoder_decoder (it is {})", source,

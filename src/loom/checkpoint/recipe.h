@@ -28,6 +28,7 @@ struct TrainConfig {
   int64_t steps = 1000;
   int64_t batch_size = 32;
   int64_t grad_accum = 1;
+  int64_t tensor_parallel = 1;
   double lr = 2e-3;
   double min_lr_ratio = 0.1;
   int64_t warmup_steps = 50;
@@ -57,6 +58,9 @@ struct TrainConfig {
     v("steps", steps, "optimizer steps");
     v("batch_size", batch_size, "sequences per micro-batch (task lm: each model.max_seq_len tokens)");
     v("grad_accum", grad_accum, "micro-batches accumulated per optimizer step");
+    v("tensor_parallel", tensor_parallel,
+      "processes each layer is sliced across (Megatron-LM: heads, FFN units, vocabulary); the processes of a "
+      "multi-process run are tensor_parallel x data-parallel replicas");
     v("lr", lr, "peak learning rate");
     v("min_lr_ratio", min_lr_ratio, "final learning rate of the cosine decay, as a fraction of lr");
     v("warmup_steps", warmup_steps, "linear warm-up steps");

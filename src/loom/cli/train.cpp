@@ -32,8 +32,9 @@ void add_train(CLI::App& app, const GlobalOptions& global) {
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--print-recipe", args->print_recipe, "print the resolved recipe and exit");
   app.add_option("--nproc", args->nproc,
-                 "data-parallel worker processes on this machine (--threads is then per worker; default: the "
-                 "cores shared out). Across machines: run one `loom train` per host with torchrun's RANK, "
+                 "worker processes on this machine: train.tensor_parallel slices x data-parallel replicas "
+                 "(--threads is then per worker; default: the cores shared out). Across machines: run one `loom train` "
+                 "per host with torchrun's RANK, "
                  "WORLD_SIZE, MASTER_ADDR, MASTER_PORT (docs/distributed.md)")
       ->check(CLI::PositiveNumber);
   app.add_option("--dist-timeout", args->dist_timeout,
@@ -49,6 +50,7 @@ void add_train(CLI::App& app, const GlobalOptions& global) {
       return;
     }
     const DistEnv env = dist_env_from_environment();
+    if (args->options.resume.empty()) check_process_count(recipe.train, args->nproc > 1 ? args->nproc : env.world_size);
     if (args->nproc > 1) {
       if (env.distributed())
         fail("--nproc starts its own workers: under torchrun or another launcher (WORLD_SIZE={}) leave it out",

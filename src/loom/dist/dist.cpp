@@ -139,12 +139,17 @@ DistEnv dist_env_from_environment() {
 struct Communicator::Impl {
   c10::intrusive_ptr<c10d::TCPStore> store;  // rank 0 hosts it
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
-  std::mutex store_mutex;  // the heartbeat thread and the main thread share the store client
+  // The heartbeat thread and the main thread (and subgroups') share the store client.
+  std::shared_ptr<std::mutex> store_mutex = std::make_shared<std::mutex>();
+  std::vector<int> world_ranks;  // the members' ranks in the whole world, by rank in this group
   std::thread heartbeat;
   std::mutex stop_mutex;
   std::condition_variable stop_cv;
   bool stopping = false;
   int shared = 0;  // share() calls so far: each gets its own key
+  int world_size = 1;
+  std::vector<std::shared_ptr<::gloo::transport::Device>> devices;  // for subgroups
+  std::chrono::milliseconds timeout{0};
 
   static std::string heartbeat_key(int rank) { return "loom/heartbeat/" + std::to_string(rank); }
   static constexpr auto kBeat = std::chrono::milliseconds(500);
@@ -153,7 +158,7 @@ struct Communicator::Impl {
   void beat(int rank) {
     for (uint64_t n = 0;; ++n) {
       try {
-        std::lock_guard lock(store_mutex);
+        std::lock_guard lock(*store_mutex);
         const std::string value = std::to_string(n);
         store->set(heartbeat_key(rank), std::vector<uint8_t>(value.begin(), value.end()));
       } catch (...) {  // the store's host is gone: the main thread finds out at its next collective
@@ -191,6 +196,8 @@ Communicator::Communicator(const DistEnv& env, std::chrono::seconds timeout)
     else
       options->devices.push_back(
           c10d::ProcessGroupGloo::createDeviceForHostname(local_address_towards(env.master_addr, env.master_port)));
+    impl_->devices = options->devices;
+    impl_->timeout = options->timeout;
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>("loom/gloo", impl_->store);
     impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, env.rank, env.world_size, options);
   } catch (const Error&) {
@@ -199,8 +206,28 @@ Communicator::Communicator(const DistEnv& env, std::chrono::seconds timeout)
     fail("rank {} of {}: could not connect the process group (store {}): {}", env.rank, env.world_size, where,
          what_of(std::current_exception()));
   }
+  impl_->world_size = env.world_size;
+  for (int r = 0; r < env.world_size; ++r) impl_->world_ranks.push_back(r);
   impl_->heartbeat = std::thread([this] { impl_->beat(env_.rank); });
   logger().info("rank {} of {} joined (store {}, Gloo)", env.rank, env.world_size, where);
+}
+
+Communicator::Communicator(Communicator& parent, const std::string& name, const std::vector<int>& members)
+    : env_(parent.env_), impl_(std::make_unique<Impl>()) {
+  const auto self = std::find(members.begin(), members.end(), parent.rank());
+  if (self == members.end()) fail("rank {} is not a member of group {}", parent.rank(), name);
+  env_.rank = static_cast<int>(self - members.begin());
+  env_.world_size = static_cast<int>(members.size());
+  impl_->store = parent.impl_->store;
+  impl_->store_mutex = parent.impl_->store_mutex;
+  impl_->world_size = parent.impl_->world_size;
+  for (int m : members) impl_->world_ranks.push_back(parent.impl_->world_ranks.at(static_cast<size_t>(m)));
+  collective("making group", [&] {
+    auto options = c10d::ProcessGroupGloo::Options::create(parent.impl_->timeout);
+    options->devices = parent.impl_->devices;
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("loom/group/" + name, impl_->store);
+    impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, env_.rank, env_.world_size, options);
+  });
 }
 
 Communicator::~Communicator() {
@@ -218,12 +245,14 @@ namespace {
 
 // The ranks whose heartbeat did not move over two beats; nullopt when the store is unreachable
 // (rank 0, its host, is gone).
-std::optional<std::vector<int>> stopped_ranks(c10d::Store& store, std::mutex& store_mutex, int size, int self) {
+std::optional<std::vector<int>> stopped_ranks(c10d::Store& store, std::mutex& store_mutex,
+                                              const std::vector<int>& ranks, int self) {
+  const int size = static_cast<int>(ranks.size());
   auto read = [&] {
     std::vector<std::string> values;
     std::lock_guard lock(store_mutex);
     for (int r = 0; r < size; ++r) {
-      const std::string key = "loom/heartbeat/" + std::to_string(r);
+      const std::string key = "loom/heartbeat/" + std::to_string(ranks[r]);
       if (!store.check({key})) {
         values.emplace_back();
         continue;
@@ -239,7 +268,7 @@ std::optional<std::vector<int>> stopped_ranks(c10d::Store& store, std::mutex& st
     const auto after = read();
     std::vector<int> stopped;
     for (int r = 0; r < size; ++r)
-      if (r != self && before[r] == after[r]) stopped.push_back(r);
+      if (ranks[r] != self && before[r] == after[r]) stopped.push_back(ranks[r]);
     return stopped;
   } catch (...) {
     return std::nullopt;
@@ -257,14 +286,16 @@ void Communicator::collective(const char* what, const std::function<void()>& bod
     comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   } catch (const std::exception&) {
     const std::string cause = what_of(std::current_exception());
-    const auto stopped = stopped_ranks(*impl_->store, impl_->store_mutex, size(), rank());
+    std::vector<int> world(static_cast<size_t>(impl_->world_size));
+    for (int r = 0; r < impl_->world_size; ++r) world[r] = r;
+    const auto stopped = stopped_ranks(*impl_->store, *impl_->store_mutex, world, impl_->world_ranks[rank()]);
     std::string who = "a peer failed";
     if (!stopped)
       who = fmt::format("rank 0 is gone (the store it hosted at {}:{} does not answer)", env_.master_addr,
                         env_.master_port);
     else if (!stopped->empty())
       who = fmt::format("rank {} stopped (its heartbeat in the store no longer moves)", fmt::join(*stopped, ", rank "));
-    fail("rank {} of {}: {} failed: {}: {}", rank(), size(), what, who, cause);
+    fail("rank {} of {}: {} failed: {}: {}", impl_->world_ranks[rank()], impl_->world_size, what, who, cause);
   }
 }
 
@@ -315,7 +346,7 @@ std::string Communicator::share(const std::string& key, const std::string& value
   const std::string full = fmt::format("loom/share/{}/{}", impl_->shared++, key);
   std::string out;
   collective("sharing the run's settings", [&] {
-    std::lock_guard lock(impl_->store_mutex);
+    std::lock_guard lock(*impl_->store_mutex);
     if (rank() == 0) {
       impl_->store->set(full, std::vector<uint8_t>(value.begin(), value.end()));
       out = value;

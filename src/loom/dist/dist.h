@@ -36,6 +36,10 @@ class Communicator {
   // `timeout`, which also bounds each collective. GLOO_SOCKET_IFNAME picks the network interface;
   // without it, the interface that routes to master_addr.
   Communicator(const DistEnv& env, std::chrono::seconds timeout);
+  // A group of some of `parent`'s ranks (members: their ranks in `parent`), with its own Gloo
+  // process group over the parent's store; `name` must be the same on every member and differ
+  // between groups. Each rank makes the groups it belongs to, in the same order as the others.
+  Communicator(Communicator& parent, const std::string& name, const std::vector<int>& members);
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;

@@ -8,7 +8,9 @@ namespace loom {
 
 ModelImpl::ModelImpl(ModelConfig c) : config_(std::move(c)) {
   const auto& r = blocks();
-  tok_emb = register_module("tok_emb", torch::nn::Embedding(config_.vocab_size, config_.d_model));
+  // Tensor parallel: this rank's rows of the vocabulary (nn/tensor_parallel.h).
+  const int64_t vocab = config_.vocab_size / config_.tp_size;
+  tok_emb = register_module("tok_emb", torch::nn::Embedding(vocab, config_.d_model));
   pos = register_module("pos", r.positions.get(config_.position, "model.position")(config_));
   layers = register_module("layers", torch::nn::ModuleList());
   if (config_.encoder_decoder()) {
@@ -28,11 +30,16 @@ ModelImpl::ModelImpl(ModelConfig c) : config_(std::move(c)) {
     if (config_.pooling == "cls") cls = register_parameter("cls", torch::zeros({config_.d_model}));
     head = register_module("head", torch::nn::Linear(config_.d_model, config_.n_classes));
   } else if (!config_.tie_embeddings) {
-    lm_head = register_linear("lm_head", config_.d_model, config_.vocab_size, /*bias=*/false, kQuantizable);
+    lm_head = register_linear("lm_head", config_.d_model, vocab, /*bias=*/false, kQuantizable);
   }
   declare("tok_emb.weight", kNoDecay);
   if (src_emb) declare("src_emb.weight", kNoDecay);
+  if (config_.tp_size > 1) {
+    declare_shard("tok_emb.weight", {0, {config_.vocab_size}});
+    if (lm_head) declare_shard("lm_head.weight", {0, {config_.vocab_size}});
+  }
   roles_ = collect_parameter_roles(*this);
+  shards_ = collect_parameter_shards(*this);
   reset_parameters();
 }
 
@@ -43,8 +50,23 @@ void ModelImpl::check_length(int64_t offset, int64_t t, const KVCache* cache) co
     fail("sequence of {} tokens exceeds the KV cache capacity of {}", offset + t, cache->capacity);
 }
 
+void ModelImpl::set_tensor_parallel(TensorParallelOps* ops) {
+  if (config_.tp_size == 1) fail("set_tensor_parallel: the model was built whole (tp_size 1)");
+  tp_ = ops;
+  for (auto* layer : all_layers()) layer->set_tensor_parallel(ops);
+}
+
 torch::Tensor ModelImpl::embed(torch::nn::Embedding& table, const torch::Tensor& tokens) {
-  auto x = table(tokens);
+  torch::Tensor x;
+  if (config_.tp_size > 1) {  // this rank's rows of the vocabulary; the others' tokens give 0
+    if (tp_ == nullptr) fail("a tensor-parallel slice of a model runs only with its ranks (set_tensor_parallel)");
+    const int64_t rows = table->weight.size(0), first = config_.tp_rank * rows;
+    auto local = tokens - first;
+    auto inside = local.ge(0).logical_and(local.lt(rows)).unsqueeze(-1);
+    x = tp_->join(table(local.clamp(0, rows - 1)) * inside.to(table->weight.scalar_type()));
+  } else {
+    x = table(tokens);
+  }
   return config_.embed_scale ? x * std::sqrt(static_cast<double>(config_.d_model)) : x;
 }
 
@@ -119,6 +141,8 @@ torch::Tensor ModelImpl::classify(const torch::Tensor& tokens, const torch::Tens
 }
 
 torch::Tensor ModelImpl::logits(const torch::Tensor& h) {
+  if (config_.tp_size > 1)
+    fail("a tensor-parallel slice of a model has a slice of the logits: train/tensor_parallel.h's loss joins them");
   return torch::nn::functional::linear(h, output_weight());  // [B, T, V]
 }
 

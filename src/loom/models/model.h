@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "loom/nn/block.h"
+#include "loom/nn/tensor_parallel.h"
 
 namespace loom {
 
@@ -68,6 +69,11 @@ class ModelImpl : public BlockModule {
   bool is_quantizable(const std::string& name) const;
   // What every parameter's block declared about it (nn/module.h), by parameter name.
   const std::map<std::string, unsigned>& roles() const { return roles_; }
+  // Tensor parallel (config().tp_size > 1): how each sliced parameter is cut, by name (the others
+  // every rank holds whole), and the operations joining the ranks, which the model needs to run.
+  const std::map<std::string, Shard>& shards() const { return shards_; }
+  void set_tensor_parallel(TensorParallelOps* ops);
+  TensorParallelOps* tensor_parallel() const { return tp_; }
   int64_t num_parameters();
 
   const ModelConfig& config() const { return config_; }
@@ -95,6 +101,8 @@ class ModelImpl : public BlockModule {
 
   ModelConfig config_;
   std::map<std::string, unsigned> roles_;
+  std::map<std::string, Shard> shards_;
+  TensorParallelOps* tp_ = nullptr;
 };
 TORCH_MODULE(Model);
 

@@ -39,6 +39,11 @@ torch::Tensor TransformerBlockImpl::forward(const torch::Tensor& x, const MixerC
   context.state = cache ? &cache->mixer : nullptr;
   cross_context.state = cache ? &cache->cross : nullptr;
   auto drop = [&](const torch::Tensor& t) { return torch::dropout(t, dropout_, is_training()); };
+  // The sublayers; tensor parallel, each rank's slice of them, joined (Megatron's f and g).
+  auto mix = [&](const torch::Tensor& h) {
+    return tp_ ? tp_->join(mixer->forward(tp_->enter(h), context)) : mixer->forward(h, context);
+  };
+  auto feed = [&](const torch::Tensor& h) { return tp_ ? tp_->join(ffn->forward(tp_->enter(h))) : ffn->forward(h); };
   // The cross-attention sublayer (identity without one): post-norm in post-norm layers, else pre-norm.
   auto attend_memory = [&](const torch::Tensor& h) {
     if (!cross) return h;
@@ -47,21 +52,21 @@ torch::Tensor TransformerBlockImpl::forward(const torch::Tensor& x, const MixerC
   };
   switch (placement_) {
     case NormPlacement::kPre: {  // x + f(norm(x)): GPT-2, LLaMA
-      auto h = attend_memory(x + drop(mixer->forward(norm1->forward(x), context)));
-      return h + drop(ffn->forward(norm2->forward(h)));
+      auto h = attend_memory(x + drop(mix(norm1->forward(x))));
+      return h + drop(feed(norm2->forward(h)));
     }
     case NormPlacement::kPost: {  // norm(x + f(x)): the original Transformer
-      auto h = attend_memory(norm1->forward(x + drop(mixer->forward(x, context))));
-      return norm2->forward(h + drop(ffn->forward(h)));
+      auto h = attend_memory(norm1->forward(x + drop(mix(x))));
+      return norm2->forward(h + drop(feed(h)));
     }
     case NormPlacement::kNormFormer: {  // pre-norm + a norm on the attention output (NormFormer);
       // its head scales and FFN-internal norm live in the mixer and the FFN.
-      auto h = attend_memory(x + drop(norm1_out->forward(mixer->forward(norm1->forward(x), context))));
-      return h + drop(ffn->forward(norm2->forward(h)));
+      auto h = attend_memory(x + drop(norm1_out->forward(mix(norm1->forward(x)))));
+      return h + drop(feed(norm2->forward(h)));
     }
     case NormPlacement::kSandwich: {  // x + norm_out(f(norm(x))): CogView, Gemma 2
-      auto h = attend_memory(x + drop(norm1_out->forward(mixer->forward(norm1->forward(x), context))));
-      return h + drop(norm2_out->forward(ffn->forward(norm2->forward(h))));
+      auto h = attend_memory(x + drop(norm1_out->forward(mix(norm1->forward(x)))));
+      return h + drop(norm2_out->forward(feed(norm2->forward(h))));
     }
   }
   fail("unreachable norm placement");

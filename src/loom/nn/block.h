@@ -8,6 +8,7 @@
 //             scales each head's output and the FFN normalizes its hidden layer (Shleifer et al. 2021)
 #pragma once
 #include "loom/nn/blocks.h"
+#include "loom/nn/tensor_parallel.h"
 
 namespace loom {
 
@@ -21,6 +22,8 @@ class TransformerBlockImpl : public torch::nn::Module {
   // x: [B, T, d_model] -> [B, T, d_model]. With a cache, the mixer and the cross-attention keep
   // their decoding state in it (context.state is set from it for each).
   torch::Tensor forward(const torch::Tensor& x, const MixerContext& context, LayerCache* cache = nullptr);
+  // Built with tp_size > 1: the operations that join the mixer's and the FFN's slices.
+  void set_tensor_parallel(TensorParallelOps* ops) { tp_ = ops; }
 
   std::shared_ptr<NormImpl> norm1, norm2;
   std::shared_ptr<NormImpl> norm1_out, norm2_out;  // sandwich (both), normformer (norm1_out)
@@ -32,6 +35,7 @@ class TransformerBlockImpl : public torch::nn::Module {
  private:
   double dropout_;
   NormPlacement placement_ = NormPlacement::kPre;
+  TensorParallelOps* tp_ = nullptr;
 };
 TORCH_MODULE(TransformerBlock);
 

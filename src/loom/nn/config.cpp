@@ -129,6 +129,39 @@ void ModelConfig::validate(const std::string& source) const {
   check_blocks(source);
 }
 
+void ModelConfig::check_tensor_parallel(int64_t t, const std::string& source) const {
+  if (t < 1) fail("{}: train.tensor_parallel must be >= 1, got {}", source, t);
+  if (t == 1) return;
+  if (arch != "decoder") fail("{}: train.tensor_parallel {} needs model.arch decoder, got {}", source, t, arch);
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"n_heads", n_heads},
+                                   {"n_kv_heads", kv_heads()},
+                                   {"d_ff", d_ff},
+                                   {"vocab_size", vocab_size}})
+    if (value % t != 0)
+      fail("{}: train.tensor_parallel {} must divide model.{} ({}): each rank holds 1/{} of it", source, t, key, value,
+           t);
+  if (norm_placement == "normformer")
+    fail(
+        "{}: train.tensor_parallel {}: model.norm_placement normformer is not supported (its per-head scales and "
+        "FFN norm are not sliced)",
+        source, t);
+  const auto& r = blocks();
+  // Schemes that bias softmax scores hold one bias per head of the whole model.
+  if (r.positions.info(position, "model.position").has("scores"))
+    fail(
+        "{}: train.tensor_parallel {}: model.position '{}' biases each head's scores, which is not sliced by head; "
+        "choose one of: {}",
+        source, t, position, fmt::join(positions_without_hooks(), ", "));
+  const auto mixers = layer_mixers();
+  for (size_t i = 0; i < mixers.size(); ++i)
+    if (!r.mixers.info(mixers[i], "model.layers").has("tensor_parallel"))
+      fail("{}: train.tensor_parallel {}: layer {}'s mixer '{}' cannot be sliced (mixers that can: {})", source, t, i,
+           mixers[i], fmt::join(r.mixers.names("tensor_parallel"), ", "));
+  if (!r.ffns.info(ffn, "model.ffn").has("tensor_parallel"))
+    fail("{}: train.tensor_parallel {}: model.ffn '{}' cannot be sliced (feed-forward blocks that can: {})", source, t,
+         ffn, fmt::join(r.ffns.names("tensor_parallel"), ", "));
+}
+
 void ModelConfig::check_blocks(const std::string& source) const {
   const auto& r = blocks();
   const auto mixers = layer_mixers();

@@ -60,6 +60,9 @@ struct ModelConfig {
   double init_std = 0.02;
   std::string pooling = "cls";  // encoder only: "cls" (a CLS token's state) or "mean"
   int64_t n_classes = 0;        // encoder only: classes of the classification head
+  // Tensor parallel (nn/tensor_parallel.h), set by the trainer, never in a recipe: blocks build
+  // rank tp_rank's slice of tp_size.
+  int64_t tp_size = 1, tp_rank = 0;
 
   template <class V>
   void visit(V& v) {
@@ -103,6 +106,9 @@ struct ModelConfig {
   void validate(const std::string& source) const;
   // The block names and their compatibility with this config's form (causal or bidirectional).
   void check_blocks(const std::string& source) const;
+  // Whether the model can be cut into `t` tensor-parallel slices: a decoder whose heads, key/value
+  // heads, d_ff and vocabulary divide by t, built of blocks that declare "tensor_parallel".
+  void check_tensor_parallel(int64_t t, const std::string& source) const;
 
   bool causal() const { return arch != "encoder"; }
   bool encoder_decoder() const { return arch == "encoder_decoder"; }

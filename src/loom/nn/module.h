@@ -5,6 +5,7 @@
 #pragma once
 #include <map>
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -23,15 +24,30 @@ enum ParamRole : unsigned {
   kNoDecay = 1u << 2,
   // A linear layer's weight [out, in] that quantized checkpoints store as int8 or Q4_0 blocks.
   kQuantizable = 1u << 3,
+  // Tensor parallel (nn/tensor_parallel.h): a parameter every rank holds whole whose gradient on
+  // each rank comes from the rank's slice only (per-head norms inside attention, the bias of a
+  // projection whose slices are summed, added by rank 0): the gradients are summed over the ranks.
+  kPartialGradient = 1u << 4,
+};
+
+// Tensor parallel: how a parameter of the whole model is cut into the T ranks' slices. Along
+// `dim`, the parameter is the concatenation of `segments` (their sizes in the whole model; one
+// segment: the whole dimension); rank r holds the r-th of T equal parts of every segment, in the
+// same order. Attention's fused wqkv [(H + 2K) D, d]: dim 0, segments {H D, K D, K D}.
+struct Shard {
+  int64_t dim = 0;
+  std::vector<int64_t> segments;
 };
 
 class BlockModule : public torch::nn::Module {
  public:
   // This module's own declarations (not its submodules'), by parameter name relative to it.
   const std::map<std::string, unsigned>& parameter_roles() const { return roles_; }
+  const std::map<std::string, Shard>& parameter_shards() const { return shards_; }
 
  protected:
   void declare(const std::string& parameter, unsigned roles) { roles_[parameter] |= roles; }
+  void declare_shard(const std::string& parameter, Shard shard) { shards_[parameter] = std::move(shard); }
   // A linear layer d_in -> d_out registered as `name`, its weight declared with `roles`.
   torch::nn::Linear register_linear(const std::string& name, int64_t d_in, int64_t d_out, bool bias,
                                     unsigned roles = 0) {
@@ -42,6 +58,7 @@ class BlockModule : public torch::nn::Module {
 
  private:
   std::map<std::string, unsigned> roles_;
+  std::map<std::string, Shard> shards_;
 };
 
 // Every declaration in `root`'s module tree (its own and every submodule's), by full parameter
@@ -52,6 +69,17 @@ inline std::map<std::string, unsigned> collect_parameter_roles(const BlockModule
     const auto* block = dynamic_cast<const BlockModule*>(item.value().get());
     if (block == nullptr) continue;
     for (const auto& [name, roles] : block->parameter_roles()) out[item.key() + "." + name] |= roles;
+  }
+  return out;
+}
+
+// Every shard declaration in `root`'s module tree, by full parameter name.
+inline std::map<std::string, Shard> collect_parameter_shards(const BlockModule& root) {
+  std::map<std::string, Shard> out = root.parameter_shards();
+  for (const auto& item : root.named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
+    const auto* block = dynamic_cast<const BlockModule*>(item.value().get());
+    if (block == nullptr) continue;
+    for (const auto& [name, shard] : block->parameter_shards()) out[item.key() + "." + name] = shard;
   }
   return out;
 }

@@ -13,6 +13,8 @@
 
 namespace loom {
 
+class CommunicatorOps;  // train/tensor_parallel.h
+
 // inputs [B, T] int64 and targets: [B, T] next tokens (-1 = not scored) for decoders, [B] class
 // labels for encoders (whose inputs use token 0 as padding). Encoder-decoders also take the source
 // [B, S] (-1 = padding); their inputs are the target prefixes (-1 = padding).
@@ -64,6 +66,13 @@ class TrainStep {
   TrainConfig config_;
   Communicator* dist_ = nullptr;
   void all_reduce_gradients(StepResult& result);
+  // Tensor parallel (a model built with tp_size > 1): its ranks, which parameters are sliced and
+  // which have partial gradients (indices into parameters_).
+  CommunicatorOps* tensor_parallel_ = nullptr;
+  std::vector<bool> sliced_;
+  std::vector<size_t> partial_;
+  void sum_partial_gradients();
+  double clip_sliced_gradients(double max_norm);
   double lr_scale_ = 1;
   std::vector<torch::Tensor> parameters_;
   AdamW optimizer_;

@@ -17,6 +17,7 @@
 #include "loom/data/translation_data.h"
 #include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
+#include "loom/train/tensor_parallel.h"
 #include "loom/train/train_step.h"
 
 namespace loom {
@@ -198,7 +199,46 @@ void share_from_rank0(Communicator& dist, Model& model, AdamW& optimizer, Traine
   optimizer.load_state(moments, static_cast<int64_t>(v[9]), "rank 0");
 }
 
+// Tensor parallel: this rank's slices of the whole model's parameters and AdamW moments.
+void slice_into(Model& slice, AdamW& slice_optimizer, Model& whole, const AdamW& whole_optimizer) {
+  torch::NoGradGuard no_grad;
+  const auto& c = slice->config();
+  auto cut = [&](const std::string& name, const torch::Tensor& t) {
+    const auto shard = slice->shards().find(name);
+    return shard == slice->shards().end() ? t : slice_parameter(t, shard->second, c.tp_rank, c.tp_size);
+  };
+  auto whole_params = whole->named_parameters();
+  for (auto& p : slice->named_parameters()) p.value().copy_(cut(p.key(), whole_params[p.key()]));
+  std::vector<std::pair<std::string, torch::Tensor>> moments;
+  for (const auto& [name, t] : whole_optimizer.state())  // "<parameter>.exp_avg", "<parameter>.exp_avg_sq"
+    moments.emplace_back(name, cut(name.substr(0, name.rfind('.')), t));
+  slice_optimizer.load_state(moments, whole_optimizer.step_count(), "the whole model's optimizer");
+}
+
+// Tensor parallel: the whole model's parameters and AdamW moments from every rank's slices
+// (every rank of the group calls it).
+void join_into(Model& whole, AdamW& whole_optimizer, Model& slice, const AdamW& slice_optimizer, Communicator& group) {
+  torch::NoGradGuard no_grad;
+  auto glue = [&](const std::string& name, const torch::Tensor& t) {
+    const auto shard = slice->shards().find(name);
+    return shard == slice->shards().end() ? t : join_parameter(t, shard->second, group);
+  };
+  auto whole_params = whole->named_parameters();
+  for (const auto& p : slice->named_parameters()) whole_params[p.key()].copy_(glue(p.key(), p.value()));
+  std::vector<std::pair<std::string, torch::Tensor>> moments;
+  for (const auto& [name, t] : slice_optimizer.state())
+    moments.emplace_back(name, glue(name.substr(0, name.rfind('.')), t));
+  whole_optimizer.load_state(moments, slice_optimizer.step_count(), "the slices' optimizers");
+}
+
 }  // namespace
+
+void check_process_count(const TrainConfig& train, int processes) {
+  const int64_t tp = train.tensor_parallel;
+  if (processes % tp != 0)
+    fail("train.tensor_parallel {} needs a multiple of {} processes (e.g. --nproc {}); this run has {}", tp, tp, tp,
+         processes);
+}
 
 TrainResult train(Recipe recipe, const TrainOptions& options) {
   Communicator* dist = options.dist;
@@ -242,7 +282,31 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   const Tokenizer* tokenizer = data.tokenizer ? &*data.tokenizer : nullptr;
   result.unigram_entropy = data.unigram_entropy;
 
-  Model model{nullptr};
+  // Process layout: tensor_parallel T consecutive ranks slice each layer (a tensor-parallel group);
+  // the world / T groups are data-parallel replicas (rank r: slice r % T of replica r / T).
+  const int64_t tp = tc.tensor_parallel;
+  const int world = dist != nullptr ? dist->size() : 1;
+  check_process_count(tc, world);
+  const int tp_rank = dist != nullptr ? static_cast<int>(dist->rank() % tp) : 0;
+  const int replica = dist != nullptr ? static_cast<int>(dist->rank() / tp) : 0;
+  const int replicas = static_cast<int>(world / tp);
+  std::unique_ptr<Communicator> tp_group, dp_group;
+  if (tp > 1) {
+    std::vector<int> slices, same_slice;
+    for (int i = 0; i < tp; ++i) slices.push_back(replica * static_cast<int>(tp) + i);
+    for (int j = 0; j < replicas; ++j) same_slice.push_back(j * static_cast<int>(tp) + tp_rank);
+    tp_group = std::make_unique<Communicator>(*dist, fmt::format("tp{}", replica), slices);
+    if (replicas > 1) dp_group = std::make_unique<Communicator>(*dist, fmt::format("dp{}", tp_rank), same_slice);
+  }
+  Communicator* data_group = tp > 1 ? dp_group.get() : dist;  // null: one replica
+  auto comm_seconds = [&] {
+    double total = 0;
+    for (const Communicator* c : {dist, tp_group.get(), dp_group.get()})
+      if (c != nullptr) total += c->communication_seconds();
+    return total;
+  };
+
+  Model model{nullptr};  // the whole model: what checkpoints hold
   TrainerState state;
   if (resume_dir.empty() || !rank0) {
     torch::manual_seed(static_cast<uint64_t>(tc.seed));
@@ -255,15 +319,28 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     model = loaded.model;
     state = loaded.state;
   }
-  TrainStep step_runner(model, tc);
+  // What this rank trains: the whole model, or its tensor-parallel slice (whose whole optimizer
+  // state lives in whole_state, for checkpoints).
+  Model trained = model;
+  std::unique_ptr<CommunicatorOps> tp_ops;
+  std::optional<TrainStep> whole_state;
+  if (tp > 1) {
+    ModelConfig slice = mc;
+    slice.tp_size = tp, slice.tp_rank = tp_rank;
+    trained = Model(slice);
+    tp_ops = std::make_unique<CommunicatorOps>(*tp_group);
+    trained->set_tensor_parallel(tp_ops.get());
+    whole_state.emplace(model, tc);
+  }
+  TrainStep step_runner(trained, tc);
+  AdamW& whole_optimizer = whole_state ? whole_state->optimizer() : step_runner.optimizer();
   if (!resume_dir.empty() && rank0) {
-    load_optimizer_state(resume_dir, step_runner.optimizer());
+    load_optimizer_state(resume_dir, whole_optimizer);
     logger().info("resuming {} at step {}", resume_dir, state.step);
   }
-  if (dist != nullptr) {
-    share_from_rank0(*dist, model, step_runner.optimizer(), state);
-    step_runner.set_communicator(dist);
-  }
+  if (dist != nullptr) share_from_rank0(*dist, model, whole_optimizer, state);
+  if (tp > 1) slice_into(trained, step_runner.optimizer(), model, whole_optimizer);
+  if (data_group != nullptr) step_runner.set_communicator(data_group);
   step_runner.set_lr_scale(state.lr_scale);
   if (state.step >= tc.steps)
     fail("the run is already at step {} of {}: raise --steps to continue", state.step, tc.steps);
@@ -271,7 +348,9 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   logger().info("model: {:.2f}M parameters, {} {} layers x d_model {}, context {}; {}; run dir {}{}",
                 model->num_parameters() / 1e6, mc.n_layers, mc.arch, mc.d_model, mc.max_seq_len, data.summary,
                 result.run_dir,
-                dist != nullptr ? fmt::format("; data parallel over {} processes", dist->size()) : std::string());
+                dist == nullptr ? std::string()
+                : tp > 1        ? fmt::format("; {} data-parallel replicas x {} tensor-parallel slices", replicas, tp)
+                                : fmt::format("; data parallel over {} processes", dist->size()));
   std::optional<MetricsLog> metrics;  // rank 0's
   if (rank0) metrics.emplace((fs::path(result.run_dir) / "metrics.jsonl").string(), state.step);
   const int64_t tokens_per_batch_step = tc.batch_size * tc.grad_accum * data.sequence_length;
@@ -282,18 +361,19 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   int64_t window_steps = 0;
   int64_t window_tokens = 0;
   auto window_start = std::chrono::steady_clock::now();
-  double window_comm = dist != nullptr ? dist->communication_seconds() : 0;  // at the window's start
+  double window_comm = comm_seconds();  // at the window's start
   double rate = 0;
 
   auto save = [&] {
+    if (tp > 1) join_into(model, whole_optimizer, trained, step_runner.optimizer(), *tp_group);
     if (!rank0) return;
     state.elapsed_seconds = elapsed_before + progress.elapsed_seconds();
     result.checkpoint =
-        save_checkpoint(result.run_dir, recipe, model, tokenizer, step_runner.optimizer().state(), state, tc.keep_last);
+        save_checkpoint(result.run_dir, recipe, model, tokenizer, whole_optimizer.state(), state, tc.keep_last);
   };
   const bool bf16 = tc.precision == "bf16";
   auto validate = [&] {
-    if (!rank0) return;
+    if (!rank0 && tp == 1) return;  // a sliced model validates on all its ranks
     if (data.task) {
       const TaskScore score = evaluate_task(model, data.valid, bf16);
       state.valid_loss = score.loss;
@@ -310,7 +390,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
                       {"valid_token_accuracy", score.token_accuracy}});
       return;
     }
-    state.valid_loss = evaluate_loss(model, data.valid, bf16);
+    state.valid_loss = evaluate_loss(trained, data.valid, bf16);
+    if (!rank0) return;
     progress.finish();
     if (data.translation)
       logger().info("step {}: validation loss {:.4f} nats/target token (perplexity {:.2f})", state.step,
@@ -348,10 +429,11 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
         auto source = loaded.model->named_parameters();
         for (auto& p : model->named_parameters()) p.value().copy_(source[p.key()]);
       }
-      load_optimizer_state(saved.back(), step_runner.optimizer());
+      load_optimizer_state(saved.back(), whole_optimizer);
       next = loaded.state;
     }
-    if (dist != nullptr) share_from_rank0(*dist, model, step_runner.optimizer(), next);
+    if (dist != nullptr) share_from_rank0(*dist, model, whole_optimizer, next);
+    if (tp > 1) slice_into(trained, step_runner.optimizer(), model, whole_optimizer);
     next.data_offset = state.data_offset + (step + 1 - next.step);
     next.lr_scale = state.lr_scale * tc.rollback_lr_factor;
     next.rollbacks = state.rollbacks + 1;
@@ -383,14 +465,16 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
     const int64_t batch = step + state.data_offset;
     // Dropout draws from the global generator: seed it per batch so resume replays it exactly.
     // Each rank draws its own dropout masks (rank 0 those of one process).
-    const uint64_t rank_key = dist != nullptr ? static_cast<uint64_t>(dist->rank()) * 0x9E3779B97F4A7C15ULL : 0;
+    // (The slices of one replica draw the same masks: dropout acts on whole activations.)
+    const uint64_t rank_key =
+        data_group != nullptr ? static_cast<uint64_t>(data_group->rank()) * 0x9E3779B97F4A7C15ULL : 0;
     torch::manual_seed(static_cast<uint64_t>(tc.seed) * 1000003ULL + static_cast<uint64_t>(batch) + rank_key);
     StepResult r = step_runner.run(
         step, [&](int64_t micro) { return data.sample(batch, micro); },
         /*track_stats=*/(step + 1) % tc.log_every == 0);
     // Translation batches vary in size: count their target tokens (as fairseq's wps).
     const int64_t step_tokens = data.translation ? r.scored : tokens_per_batch_step;
-    if (options.after_step) options.after_step(step, r, model);
+    if (options.after_step) options.after_step(step, r, trained);
     if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
       roll_back(step, fmt::format("the {} became {}", std::isfinite(r.loss) ? "gradient norm" : "loss",
                                   std::isfinite(r.loss) ? r.grad_norm : r.loss));
@@ -422,8 +506,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
                          {"tokens_per_s", rate},
                          {"tokens", state.tokens_seen}};
       if (dist != nullptr) {  // rank 0's time in collectives (waiting for the others included)
-        row["comm_share"] = (dist->communication_seconds() - window_comm) / seconds;
-        window_comm = dist->communication_seconds();
+        row["comm_share"] = (comm_seconds() - window_comm) / seconds;
+        window_comm = comm_seconds();
       }
       metrics->write(row);
       window_loss = 0;

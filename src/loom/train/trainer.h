@@ -48,4 +48,8 @@ class TrainingDiverged : public Error {
 
 TrainResult train(Recipe recipe, const TrainOptions& options);
 
+// Fails unless `processes` is a multiple of train.tensor_parallel (the run's processes are
+// tensor_parallel slices x data-parallel replicas).
+void check_process_count(const TrainConfig& train, int processes);
+
 }  // namespace loom

@@ -8,8 +8,16 @@
 
 namespace loom {
 
+// Tensor parallel (tp_size T > 1): this rank's H / T query heads and K / T key/value heads (the
+// r-th group of each), their rows of wqkv and columns of wo; the layer sums the T ranks' outputs,
+// so only rank 0 adds wo's bias.
 AttentionImpl::AttentionImpl(const ModelConfig& c, int64_t window)
-    : n_heads_(c.n_heads), n_kv_heads_(c.kv_heads()), head_dim_(c.head_dim()), window_(window), causal_(c.causal()) {
+    : n_heads_(c.n_heads / c.tp_size),
+      n_kv_heads_(c.kv_heads() / c.tp_size),
+      head_dim_(c.head_dim()),
+      window_(window),
+      causal_(c.causal()),
+      bias_rank_(c.tp_rank == 0) {
   const int64_t qkv_dim = (n_heads_ + 2 * n_kv_heads_) * head_dim_;
   wqkv = register_linear("wqkv", c.d_model, qkv_dim, c.bias, kQuantizable);
   wo = register_linear("wo", n_heads_ * head_dim_, c.d_model, c.bias, kQuantizable | kResidualOutput);
@@ -19,6 +27,14 @@ AttentionImpl::AttentionImpl(const ModelConfig& c, int64_t window)
     const auto& norm = blocks().norms.get(c.norm, "model.qk_norm");
     q_norm = register_module("q_norm", norm(c, head_dim_));
     k_norm = register_module("k_norm", norm(c, head_dim_));
+  }
+  if (c.tp_size > 1) {
+    const int64_t q = c.n_heads * head_dim_, kv = c.kv_heads() * head_dim_;
+    declare_shard("wqkv.weight", {0, {q, kv, kv}});
+    if (c.bias) declare_shard("wqkv.bias", {0, {q, kv, kv}}), declare("wo.bias", kPartialGradient);
+    declare_shard("wo.weight", {1, {q}});
+    for (const auto& p : named_parameters())
+      if (p.key().rfind("q_norm.", 0) == 0 || p.key().rfind("k_norm.", 0) == 0) declare(p.key(), kPartialGradient);
   }
 }
 
@@ -72,6 +88,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const MixerContext&
                  .reshape({b, t, h * d});
   if (head_scale.defined())
     out = (out.view({b, t, h, d}) * head_scale.view({h, 1}).to(out.scalar_type())).view({b, t, h * d});
+  if (!bias_rank_) return torch::linear(out, wo->weight);  // tensor parallel: rank 0 adds the bias
   return wo(out);
 }
 
@@ -102,7 +119,7 @@ void register_attention(Registry<MixerFactory>& r) {
                   "softmax attention (causal, or bidirectional in encoders); n_kv_heads: multi-head, grouped-query, "
                   "multi-query",
                   "Vaswani et al. 2017, Attention Is All You Need; Ainslie et al. 2023, GQA")
-            .with_traits({"causal", "bidirectional", "qk", "scores"})
+            .with_traits({"causal", "bidirectional", "qk", "scores", "tensor_parallel"})
             .fast_engine(true),
         [](const ModelConfig& c, int64_t) { return std::make_shared<AttentionImpl>(c, 0); });
 }

@@ -40,6 +40,7 @@ class AttentionImpl : public MixerImpl {
   int64_t n_heads_, n_kv_heads_, head_dim_;
   int64_t window_;  // 0 = unlimited
   bool causal_;
+  bool bias_rank_;  // adds wo's bias: always, but on tensor-parallel ranks other than 0
   torch::Tensor bias_;
   int64_t bias_offset_ = -1;
 };

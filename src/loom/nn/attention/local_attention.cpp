@@ -17,7 +17,7 @@ void register_local_attention(Registry<MixerFactory>& r) {
                   "sliding-window attention: each query sees the last model.window positions (encoders: within "
                   "window-1 either side)",
                   "Beltagy et al. 2020, Longformer; Jiang et al. 2023, Mistral 7B")
-            .with_traits({"causal", "bidirectional", "qk", "scores"})
+            .with_traits({"causal", "bidirectional", "qk", "scores", "tensor_parallel"})
             .with_options<LocalAttentionOptions>()
             .fast_engine(true),
         [](const ModelConfig& c, int64_t) { return std::make_shared<AttentionImpl>(c, c.local_attention.window); });

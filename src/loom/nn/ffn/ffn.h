@@ -18,6 +18,14 @@ class FfnImpl : public BlockModule {
   virtual torch::Tensor forward(const torch::Tensor& x) = 0;
   // An auxiliary training loss from the last forward (MoE load balancing), or undefined.
   virtual torch::Tensor aux_loss() const { return {}; }
+
+ protected:
+  // Tensor parallel (nn/tensor_parallel.h): w_in's rows (and bias) are cut into `segments` of
+  // the whole model's w_in, w_out's columns into d_ff; w_out's bias, added by rank 0 only, has
+  // partial gradients.
+  void declare_slices(const ModelConfig& c, std::vector<int64_t> segments);
+  // w_out(h), its bias added only when `with_bias` (tensor-parallel rank 0, or no slicing).
+  static torch::Tensor project_out(torch::nn::Linear& w_out, const torch::Tensor& h, bool with_bias);
 };
 
 using FfnFactory = std::function<std::shared_ptr<FfnImpl>(const ModelConfig&, int64_t layer)>;

@@ -14,22 +14,26 @@ torch::Tensor silu(const torch::Tensor& x) { return torch::silu(x); }
 
 class GluImpl : public FfnImpl {
  public:
-  GluImpl(const ModelConfig& c, Activation act) : act_(act) {
-    w_in = register_linear("w_in", c.d_model, 2 * c.d_ff, c.bias, kQuantizable);  // [gate; up]
-    w_out = register_linear("w_out", c.d_ff, c.d_model, c.bias, kQuantizable | kResidualOutput);
-    mid_norm = make_mid_norm(c, c.d_ff, *this);
+  // Tensor parallel: this rank's d_ff / T hidden units, gate and up (nn/tensor_parallel.h).
+  GluImpl(const ModelConfig& c, Activation act) : act_(act), bias_rank_(c.tp_rank == 0) {
+    const int64_t d_ff = c.d_ff / c.tp_size;
+    w_in = register_linear("w_in", c.d_model, 2 * d_ff, c.bias, kQuantizable);  // [gate; up]
+    w_out = register_linear("w_out", d_ff, c.d_model, c.bias, kQuantizable | kResidualOutput);
+    mid_norm = make_mid_norm(c, d_ff, *this);
+    if (c.tp_size > 1) declare_slices(c, {c.d_ff, c.d_ff});
   }
   // y = w_out(act(gate x) * (up x)), with NormFormer: w_out(norm(act(gate x) * (up x)))
   torch::Tensor forward(const torch::Tensor& x) override {
     auto gate_up = w_in(x).chunk(2, -1);  // 2 x [B, T, d_ff]
     auto h = act_(gate_up[0]) * gate_up[1];
-    return w_out(mid_norm ? mid_norm->forward(h) : h);
+    return project_out(w_out, mid_norm ? mid_norm->forward(h) : h, bias_rank_);
   }
   torch::nn::Linear w_in{nullptr}, w_out{nullptr};
   std::shared_ptr<NormImpl> mid_norm;  // [d_ff], NormFormer only
 
  private:
   Activation act_;
+  bool bias_rank_;
 };
 
 FfnFactory make(Activation act) {
@@ -40,9 +44,12 @@ FfnFactory make(Activation act) {
 
 void register_glu(Registry<FfnFactory>& r) {
   r.add(BlockInfo("swiglu", "gated MLP, SiLU gate (LLaMA)", "Shazeer 2020, GLU Variants Improve Transformer")
+            .with_traits({"tensor_parallel"})
             .fast_engine(true),
         make(silu));
-  r.add(BlockInfo("geglu", "gated MLP, GELU gate", "Shazeer 2020, GLU Variants Improve Transformer").fast_engine(true),
+  r.add(BlockInfo("geglu", "gated MLP, GELU gate", "Shazeer 2020, GLU Variants Improve Transformer")
+            .with_traits({"tensor_parallel"})
+            .fast_engine(true),
         make(gelu));
 }
 
