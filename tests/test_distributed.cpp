@@ -86,7 +86,9 @@ TEST_F(Distributed, NProcessesEqualOneProcessWithTheWholeBatch) {
     EXPECT_NE(log.find("data parallel over " + std::to_string(n) + " processes"), std::string::npos) << log;
     EXPECT_LE(relative_difference(dir + "/step-000006", one), 1e-6) << n << " processes";
     // Two ranks add their halves as one process adds its two micro-batches: to the bit.
-    if (n == 2) EXPECT_EQ(relative_difference(dir + "/step-000006", out("accum2/step-000006")), 0.0);
+    if (n == 2) {
+      EXPECT_EQ(relative_difference(dir + "/step-000006", out("accum2/step-000006")), 0.0);
+    }
   }
   // ... and each with whole micro-batches of its own (grad_accum N: per-rank batch b).
   train(recipe("batch_size: 3, grad_accum: 2") + " --nproc 2 --out " + out("micro2"));
