@@ -55,7 +55,9 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
         probs.scatter_add_(
             1, target, torch::full({sub, 1}, static_cast<float>(smoothing > 0 ? -on_target : -1.0), probs.options()));
         auto block_grad = grad_logits.narrow(0, r0 + s0, sub);
-        torch::mul_out(block_grad, probs, 1.0 / static_cast<double>(n));
+        // A 0-dim tensor, not a Scalar: libtorch 2.x sends mul_out(out, Tensor, Scalar) to the
+        // generated mul.Scalar_out, which rejects a bf16 out for fp32 probs; mul.out casts.
+        torch::mul_out(block_grad, probs, torch::scalar_tensor(1.0 / static_cast<double>(n), probs.options()));
       }
     }
     ctx->save_for_backward({hidden, weight, grad_logits});
