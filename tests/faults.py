@@ -202,6 +202,8 @@ def train_phase(loom, work, kills, rng):
                   (episode, k, lost, last_logged_step(run), latest))
             check(latest >= resumed_from, "episode %d kill %d: the newest checkpoint went back from %d to %d" %
                   (episode, k, resumed_from, latest))
+            if latest == steps:  # the kill came after the final checkpoint: the run is complete (a
+                break            # --resume would refuse it) and the episode ends here
         final = os.path.join(run, "step-%06d" % steps)
         stats["runs"] += 1
         if not check(os.path.isdir(final), "episode %d: no final checkpoint" % episode):
