@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what loom needs from Debian 12's archive (skipped when already installed), then
 # configures and builds loom in ./build. Used by both README commands and by CI.
+#   scripts/setup.sh [--no-build]   --no-build: the packages only (scripts/build_torch2.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,8 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+[ "${1:-}" = --no-build ] && exit 0
 
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 # Two jobs: one translation unit that includes torch needs ~1 GB and ~10 s.
