@@ -23,48 +23,13 @@ extern char** environ;
 
 namespace {
 namespace fs = std::filesystem;
-using loom::load_checkpoint;
 
-// How far two checkpoints' weights are apart: ||a - b|| / ||b|| over all the weights together.
-// (Element-wise comparisons mislead here: a parameter whose true gradient is exactly zero, such as
-// the key bias of softmax attention, gets updates from rounding noise alone, which AdamW scales to
-// the learning rate; one process accumulating two micro-batches differs from one process with
-// the whole batch there by 1e-4 of that tensor's largest element, and by 1e-7 overall.)
-double relative_difference(const std::string& a, const std::string& b) {
-  auto wa = load_checkpoint(a).model->named_parameters();
-  auto wb = load_checkpoint(b).model->named_parameters();
-  EXPECT_EQ(wa.size(), wb.size());
-  double diff = 0, norm = 0;
-  for (const auto& item : wa) {
-    const auto x = item.value().to(torch::kDouble), y = wb[item.key()].to(torch::kDouble);
-    diff += (x - y).pow(2).sum().item<double>();
-    norm += y.pow(2).sum().item<double>();
-  }
-  return std::sqrt(diff / norm);
-}
-
-class Distributed : public ::testing::Test {
+class Distributed : public TinyTraining {
  protected:
-  // The tiny corpus and model, dropout off, every step logged; `train` overrides as flow YAML.
+  // Dropout off unless asked, validation only at the end; `train` adds train keys.
   std::string recipe(const std::string& train, double dropout = 0.0) {
-    static int n = 0;
-    const std::string path = (run_.root / ("recipe" + std::to_string(n++) + ".yaml")).string();
-    std::ofstream(path) << "format: 1\n"
-                        << "model: {vocab_size: 300, d_model: 32, n_layers: 2, n_heads: 4, d_ff: 64, max_seq_len: 32, "
-                        << "dropout: " << dropout << "}\n"
-                        << "data: {corpus: tiny, dir: " << (run_.root / "data").string() << "}\n"
-                        << "train: {steps: 6, warmup_steps: 2, eval_every: 0, eval_batches: 2, save_every: 3, "
-                        << "keep_last: 5, log_every: 1, lr: 0.003, precision: fp32, " << train << "}\n";
-    return path;
+    return TinyTraining::recipe("dropout: " + std::to_string(dropout), "eval_every: 0, " + train);
   }
-  std::string out(const std::string& name) const { return (run_.root / name).string(); }
-  // `loom train`, checked to succeed; returns its output.
-  std::string train(const std::string& args) {
-    auto r = run_loom("--threads 1 train " + args);
-    EXPECT_EQ(r.status, 0) << r.output;
-    return r.output;
-  }
-  TinyRun run_;
 };
 
 // The central property: N processes with a share of each batch make the same updates as one
@@ -77,25 +42,25 @@ TEST_F(Distributed, NProcessesEqualOneProcessWithTheWholeBatch) {
   // draws a step's rows by their index in the step).
   train(recipe("batch_size: 3, grad_accum: 2") + " --out " + out("accum2"));
   train(recipe("batch_size: 2, grad_accum: 3") + " --out " + out("accum3"));
-  EXPECT_LE(relative_difference(out("accum2/step-000006"), one), 1e-6);
-  EXPECT_LE(relative_difference(out("accum3/step-000006"), one), 1e-6);
+  EXPECT_LE(relative_weight_difference(out("accum2/step-000006"), one), 1e-6);
+  EXPECT_LE(relative_weight_difference(out("accum3/step-000006"), one), 1e-6);
   // 2 and 3 processes, each with its rows of every batch (3 and 2 sequences)...
   for (int n : {2, 3}) {
     const std::string dir = out("rows" + std::to_string(n));
     const std::string log = train(whole + " --nproc " + std::to_string(n) + " --out " + dir);
     EXPECT_NE(log.find("data parallel over " + std::to_string(n) + " processes"), std::string::npos) << log;
-    EXPECT_LE(relative_difference(dir + "/step-000006", one), 1e-6) << n << " processes";
+    EXPECT_LE(relative_weight_difference(dir + "/step-000006", one), 1e-6) << n << " processes";
     // Two ranks add their halves as one process adds its two micro-batches: to the bit.
     if (n == 2) {
-      EXPECT_EQ(relative_difference(dir + "/step-000006", out("accum2/step-000006")), 0.0);
+      EXPECT_EQ(relative_weight_difference(dir + "/step-000006", out("accum2/step-000006")), 0.0);
     }
   }
   // ... and each with whole micro-batches of its own (grad_accum N: per-rank batch b).
   train(recipe("batch_size: 3, grad_accum: 2") + " --nproc 2 --out " + out("micro2"));
   train(recipe("batch_size: 2, grad_accum: 3") + " --nproc 3 --out " + out("micro3"));
-  EXPECT_EQ(relative_difference(out("micro2/step-000006"), out("accum2/step-000006")), 0.0);
-  EXPECT_LE(relative_difference(out("micro3/step-000006"), out("accum3/step-000006")), 1e-6);
-  EXPECT_LE(relative_difference(out("micro3/step-000006"), one), 1e-6);
+  EXPECT_EQ(relative_weight_difference(out("micro2/step-000006"), out("accum2/step-000006")), 0.0);
+  EXPECT_LE(relative_weight_difference(out("micro3/step-000006"), out("accum3/step-000006")), 1e-6);
+  EXPECT_LE(relative_weight_difference(out("micro3/step-000006"), one), 1e-6);
   // Rank 0 alone wrote the run: metrics with the global token count.
   std::ifstream metrics(out("rows2/metrics.jsonl"));
   std::string first;
@@ -109,10 +74,10 @@ TEST_F(Distributed, DropoutRunsAreDeterministicForAFixedNumberOfProcesses) {
   const std::string r = recipe("batch_size: 6", 0.2);
   train(r + " --nproc 2 --out " + out("a"));
   train(r + " --nproc 2 --out " + out("b"));
-  EXPECT_EQ(relative_difference(out("a/step-000006"), out("b/step-000006")), 0.0);
+  EXPECT_EQ(relative_weight_difference(out("a/step-000006"), out("b/step-000006")), 0.0);
   // ... and they differ from one process's (which draws one set of masks for the whole batch).
   train(r + " --out " + out("one"));
-  EXPECT_GT(relative_difference(out("a/step-000006"), out("one/step-000006")), 1e-6);
+  EXPECT_GT(relative_weight_difference(out("a/step-000006"), out("one/step-000006")), 1e-6);
 }
 
 // The data of a step does not depend on the number of processes: a run stopped on 2 resumes on
@@ -123,10 +88,10 @@ TEST_F(Distributed, AResumeMayUseAnotherNumberOfProcesses) {
   train(r + " --nproc 2 --stop-after 3 --out " + out("run"));
   ASSERT_TRUE(fs::exists(out("run/step-000003")));
   train("--resume " + out("run/step-000003") + " --nproc 3");
-  EXPECT_LE(relative_difference(out("run/step-000006"), out("one/step-000006")), 1e-6);
+  EXPECT_LE(relative_weight_difference(out("run/step-000006"), out("one/step-000006")), 1e-6);
   train(r + " --nproc 3 --stop-after 3 --out " + out("run1"));
   train("--resume " + out("run1/step-000003"));
-  EXPECT_LE(relative_difference(out("run1/step-000006"), out("one/step-000006")), 1e-6);
+  EXPECT_LE(relative_weight_difference(out("run1/step-000006"), out("one/step-000006")), 1e-6);
 }
 
 // The pids of `parent`'s children, from /proc.
@@ -187,7 +152,7 @@ TEST_F(Distributed, AKilledWorkerEndsTheOthersWithAnErrorNamingIt) {
   ASSERT_LT(last, 60) << saved.back();
   train("--resume " + out("run") + " --nproc 3 --stop-after " + std::to_string(60 - last));
   train(r + " --nproc 3 --steps 400 --stop-after 60 --out " + out("straight"));
-  EXPECT_EQ(relative_difference(out("run/step-000060"), out("straight/step-000060")), 0.0);
+  EXPECT_EQ(relative_weight_difference(out("run/step-000060"), out("straight/step-000060")), 0.0);
 }
 
 // Two hosts: rank 0 and rank 1 in two network namespaces joined by a veth pair, MASTER_ADDR the
@@ -219,7 +184,7 @@ TEST_F(Distributed, TwoHostsInNetworkNamespacesEqualOneProcess) {
   EXPECT_EQ(status, 0) << loom::read_file(out("rank0.log")) << loom::read_file(out("rank1.log"));
   const std::string log0 = loom::read_file(out("rank0.log"));
   EXPECT_NE(log0.find("store 10.231.0.1:29731"), std::string::npos) << log0;
-  EXPECT_LE(relative_difference(out("hosts/step-000006"), out("one/step-000006")), 1e-6);
+  EXPECT_LE(relative_weight_difference(out("hosts/step-000006"), out("one/step-000006")), 1e-6);
 }
 
 TEST(DistEnv, ReadsTorchrunsVariablesAndRejectsBadOnes) {

@@ -157,26 +157,11 @@ TEST(TensorParallel, FourSlicesWithQkNormAndOneKeyValueHeadPerSlice) {
   expect_slices_compute_the_whole_model(c, 4);
 }
 
-class TensorParallelTraining : public ::testing::Test {
+class TensorParallelTraining : public TinyTraining {
  public:
   std::string recipe(const std::string& model) {
-    static int n = 0;
-    const std::string path = (run_.root / ("recipe" + std::to_string(n++) + ".yaml")).string();
-    std::ofstream(path) << "format: 1\n"
-                        << "model: {vocab_size: 300, d_model: 32, n_layers: 2, n_heads: 4, d_ff: 64, max_seq_len: 32, "
-                        << model << "}\n"
-                        << "data: {corpus: tiny, dir: " << (run_.root / "data").string() << "}\n"
-                        << "train: {steps: 6, batch_size: 6, warmup_steps: 2, eval_every: 3, eval_batches: 2, "
-                        << "save_every: 3, keep_last: 5, log_every: 1, lr: 0.003, precision: fp32, z_loss: 1e-4}\n";
-    return path;
+    return TinyTraining::recipe(model, "batch_size: 6, eval_every: 3, z_loss: 1e-4");
   }
-  std::string out(const std::string& name) const { return (run_.root / name).string(); }
-  std::string train(const std::string& args) {
-    auto r = run_loom("--threads 1 train " + args);
-    EXPECT_EQ(r.status, 0) << r.output;
-    return r.output;
-  }
-  TinyRun run_;
 };
 
 // How far a tensor-parallel run's weights may end from one process's after 6 AdamW steps,
@@ -188,20 +173,6 @@ class TensorParallelTraining : public ::testing::Test {
 // the weights by 1e-3 or more.
 constexpr double kTolerance = 2e-5;
 
-// ||a - b|| / ||b|| over all the weights of two checkpoints.
-double relative_difference(const std::string& a, const std::string& b) {
-  auto wa = loom::load_checkpoint(a).model->named_parameters();
-  auto wb = loom::load_checkpoint(b).model->named_parameters();
-  EXPECT_EQ(wa.size(), wb.size());
-  double diff = 0, norm = 0;
-  for (const auto& item : wa) {
-    const auto x = item.value().to(torch::kDouble), y = wb[item.key()].to(torch::kDouble);
-    diff += (x - y).pow(2).sum().item<double>();
-    norm += y.pow(2).sum().item<double>();
-  }
-  return std::sqrt(diff / norm);
-}
-
 // T = 2 (2 processes) and T = 2 x 2 data-parallel replicas (4 processes) end where one process
 // does; a tensor-parallel run stopped midway resumes on another layout; the checkpoint is whole:
 // one process generates the same text from it as from the one-process run's.
@@ -210,13 +181,13 @@ void expect_tensor_parallel_runs_equal_one_process(TensorParallelTraining& t, co
   t.train(r + " --out " + t.out("one"));
   const std::string log = t.train(r + " --set train.tensor_parallel=2 --nproc 2 --out " + t.out("tp2"));
   EXPECT_NE(log.find("1 data-parallel replicas x 2 tensor-parallel slices"), std::string::npos) << log;
-  EXPECT_LE(relative_difference(t.out("tp2/step-000006"), t.out("one/step-000006")), kTolerance);
+  EXPECT_LE(relative_weight_difference(t.out("tp2/step-000006"), t.out("one/step-000006")), kTolerance);
   t.train(r + " --set train.tensor_parallel=2 --nproc 4 --out " + t.out("tp2dp2"));
-  EXPECT_LE(relative_difference(t.out("tp2dp2/step-000006"), t.out("one/step-000006")), kTolerance);
+  EXPECT_LE(relative_weight_difference(t.out("tp2dp2/step-000006"), t.out("one/step-000006")), kTolerance);
   // Stopped at step 3 on T = 2, resumed on T = 2 x 2.
   t.train(r + " --set train.tensor_parallel=2 --nproc 2 --stop-after 3 --out " + t.out("resumed"));
   t.train("--resume " + t.out("resumed/step-000003") + " --nproc 4");
-  EXPECT_LE(relative_difference(t.out("resumed/step-000006"), t.out("one/step-000006")), kTolerance);
+  EXPECT_LE(relative_weight_difference(t.out("resumed/step-000006"), t.out("one/step-000006")), kTolerance);
   // The tensor-parallel checkpoint in one process: the same greedy and sampled text.
   for (const std::string sampling : {"--temperature 0", "--temperature 1 --seed 5"}) {
     auto generate = [&](const std::string& checkpoint) {
