@@ -16,6 +16,7 @@
 #include "loom/dist/dist.h"
 #include "loom/io/checkpoint_dir.h"
 #include "loom/io/fs.h"
+#include "loom/train/gradient_buckets.h"
 #include "test_util.h"
 #include "tiny_run.h"
 
@@ -55,6 +56,9 @@ TEST_F(Distributed, NProcessesEqualOneProcessWithTheWholeBatch) {
       EXPECT_EQ(relative_weight_difference(dir + "/step-000006", out("accum2/step-000006")), 0.0);
     }
   }
+  // Buckets of about one tensor each, started one by one during backward: the same sums.
+  train(recipe("batch_size: 6, grad_accum: 1, bucket_mb: 0.0001") + " --nproc 2 --out " + out("small-buckets"));
+  EXPECT_EQ(relative_weight_difference(out("small-buckets/step-000006"), out("accum2/step-000006")), 0.0);
   // ... and each with whole micro-batches of its own (grad_accum N: per-rank batch b).
   train(recipe("batch_size: 3, grad_accum: 2") + " --nproc 2 --out " + out("micro2"));
   train(recipe("batch_size: 2, grad_accum: 3") + " --nproc 3 --out " + out("micro3"));
@@ -185,6 +189,74 @@ TEST_F(Distributed, TwoHostsInNetworkNamespacesEqualOneProcess) {
   const std::string log0 = loom::read_file(out("rank0.log"));
   EXPECT_NE(log0.find("store 10.231.0.1:29731"), std::string::npos) << log0;
   EXPECT_LE(relative_weight_difference(out("hosts/step-000006"), out("one/step-000006")), 1e-6);
+}
+
+// Two ranks in two threads, each with its own inputs and two backward passes (micro-batches):
+// every rank ends with the sum of both ranks' accumulated gradients; buckets start during the
+// armed backward in index order, so a parameter rank 0 does not use holds back the buckets after
+// it there until the end of backward but not on rank 1; a parameter no rank uses gets zeros and
+// counts as having no gradient.
+TEST(GradientBuckets, SumTheRanksGradientsStartingDuringBackward) {
+  // In registration order; buckets go in reverse: w3, w2, v, w1, unused.
+  auto make = [] {
+    torch::manual_seed(5);
+    std::vector<torch::Tensor> p;
+    for (auto shape : {std::vector<int64_t>{3}, {4, 8}, {8}, {8, 8}, {8, 1}})
+      p.push_back(torch::randn(shape).requires_grad_());
+    return p;
+  };
+  auto backward = [](const std::vector<torch::Tensor>& p, int rank, int micro) {
+    torch::manual_seed(100 + 10 * rank + micro);
+    auto h = torch::tanh(torch::randn({5, 4}).matmul(p[1]));
+    if (rank == 1) h = h + p[2];
+    torch::tanh(h.matmul(p[3])).matmul(p[4]).pow(2).sum().backward();
+  };
+  std::vector<torch::Tensor> expected(5);
+  for (int rank : {0, 1}) {
+    const auto p = make();
+    backward(p, rank, 0), backward(p, rank, 1);
+    for (size_t k = 1; k < 5; ++k)
+      expected[k] = expected[k].defined() || p[k].grad().defined()
+                        ? (expected[k].defined() ? expected[k] : torch::zeros_like(p[k])) + p[k].grad()
+                        : expected[k];
+  }
+  const int port = free_port();
+  std::vector<std::vector<torch::Tensor>> grads(2);
+  std::vector<std::vector<bool>> had(2);
+  std::vector<int64_t> early(2), buckets(2);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  for (int rank : {0, 1})
+    threads.emplace_back([&, rank] {
+      try {
+        loom::DistEnv env;
+        env.rank = rank, env.world_size = 2, env.master_port = port;
+        loom::Communicator dist(env, std::chrono::seconds(30));
+        const auto p = make();
+        loom::GradientBuckets reducer(p, dist, 1);  // one parameter per bucket
+        backward(p, rank, 0);
+        reducer.arm();
+        backward(p, rank, 1);
+        early[rank] = reducer.started_during_backward();
+        buckets[rank] = reducer.count();
+        had[rank] = reducer.finish();
+        for (const auto& t : p) grads[rank].push_back(t.grad());
+      } catch (const std::exception& e) {
+        errors[rank] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(errors[0], "");
+  ASSERT_EQ(errors[1], "");
+  for (int rank : {0, 1}) {
+    EXPECT_EQ(buckets[rank], 5);
+    EXPECT_EQ(had[rank], (std::vector<bool>{false, true, rank == 1, true, true})) << "rank " << rank;
+    EXPECT_TRUE(torch::equal(grads[rank][0], torch::zeros({3}))) << "rank " << rank;
+    for (size_t k = 1; k < 5; ++k)
+      EXPECT_TRUE(torch::allclose(grads[rank][k], expected[k], 1e-6, 1e-7)) << "rank " << rank << " parameter " << k;
+  }
+  EXPECT_EQ(early[0], 2);  // w3, w2; then v waits for the end
+  EXPECT_EQ(early[1], 4);  // all but the unused one
 }
 
 TEST(DistEnv, ReadsTorchrunsVariablesAndRejectsBadOnes) {

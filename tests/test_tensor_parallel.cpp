@@ -3,9 +3,6 @@
 // ends where one process does, alone or combined with data parallelism; its checkpoint is whole
 // and generates the same text in one process; configurations that cannot be sliced fail clearly.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <fstream>
 #include <regex>
@@ -23,19 +20,6 @@
 namespace {
 using loom::Model;
 using loom::ModelConfig;
-
-// A TCP port nothing listens on now.
-int free_port() {
-  const int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t n = sizeof a;
-  getsockname(s, reinterpret_cast<sockaddr*>(&a), &n);
-  close(s);
-  return ntohs(a.sin_port);
-}
 
 ModelConfig gpt2_like() {  // learned positions, LayerNorm, GELU MLP, biases, tied embeddings
   ModelConfig c;

@@ -1,6 +1,8 @@
 // Helpers shared by the test files: running the loom binary, reading a module's parameter by name.
 #pragma once
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 #include <unistd.h>
@@ -15,6 +17,19 @@
 #include <torch/torch.h>
 
 #include "loom/core/error.h"
+
+// A TCP port on the loopback nothing listens on now.
+inline int free_port() {
+  const int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t n = sizeof a;
+  getsockname(s, reinterpret_cast<sockaddr*>(&a), &n);
+  close(s);
+  return ntohs(a.sin_port);
+}
 
 // A fresh directory under /tmp, removed when the test ends.
 struct TempDir {

@@ -20,6 +20,7 @@ void TrainConfig::validate(const std::string& source) const {
   positive("steps", steps);
   positive("batch_size", batch_size);
   positive("grad_accum", grad_accum);
+  positive("bucket_mb", bucket_mb);
   positive("lr", lr);
   positive("eps", eps);
   positive("keep_last", keep_last);

@@ -29,6 +29,7 @@ struct TrainConfig {
   int64_t batch_size = 32;
   int64_t grad_accum = 1;
   int64_t tensor_parallel = 1;
+  double bucket_mb = 25;
   double lr = 2e-3;
   double min_lr_ratio = 0.1;
   int64_t warmup_steps = 50;
@@ -61,6 +62,9 @@ struct TrainConfig {
     v("tensor_parallel", tensor_parallel,
       "processes each layer is sliced across (Megatron-LM: heads, FFN units, vocabulary); the processes of a "
       "multi-process run are tensor_parallel x data-parallel replicas");
+    v("bucket_mb", bucket_mb,
+      "data parallel: gradients are summed over the replicas in buckets of at most this many MiB, each started "
+      "during backward as soon as it is full (DDP's bucket_cap_mb)");
     v("lr", lr, "peak learning rate");
     v("min_lr_ratio", min_lr_ratio, "final learning rate of the cosine decay, as a fraction of lr");
     v("warmup_steps", warmup_steps, "linear warm-up steps");

@@ -316,6 +316,15 @@ void Communicator::all_reduce_sum(const std::vector<torch::Tensor>& tensors, int
   });
 }
 
+std::function<void()> Communicator::start_all_reduce_sum(torch::Tensor flat) {
+  c10::intrusive_ptr<c10d::Work> work;
+  collective("all-reduce", [&] {
+    std::vector<torch::Tensor> one{std::move(flat)};
+    work = impl_->group->allreduce(one);
+  });
+  return [this, work] { collective("all-reduce", [&] { work->wait(); }); };
+}
+
 void Communicator::all_reduce_max(torch::Tensor& tensor) {
   collective("all-reduce", [&] {
     std::vector<torch::Tensor> one{tensor};

@@ -51,6 +51,10 @@ class Communicator {
   // Sums the tensors over the ranks, in place: flattened into buckets of at most bucket_bytes per
   // dtype, every bucket's all-reduce started before the first is waited for.
   void all_reduce_sum(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes = 25 << 20);
+  // Starts summing one contiguous tensor over the ranks, in place, and returns at once; calling
+  // the returned function waits for the sum (and fails like the other collectives). The ranks
+  // match started collectives by their order: every rank starts the same ones in the same order.
+  std::function<void()> start_all_reduce_sum(torch::Tensor flat);
   // Element-wise maximum over the ranks, in place (one small tensor).
   void all_reduce_max(torch::Tensor& tensor);
   // Rank `root`'s values, in place, on every rank (bucketed like all_reduce_sum).

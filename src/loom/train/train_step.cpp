@@ -1,6 +1,7 @@
 #include "loom/train/train_step.h"
 
 #include "loom/core/compat.h"
+#include "loom/train/gradient_buckets.h"
 #include "loom/train/linear_cross_entropy.h"
 #include "loom/train/tensor_parallel.h"
 
@@ -55,6 +56,8 @@ StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)
   const int world = dist_ != nullptr ? dist_->size() : 1;
   const int rank = dist_ != nullptr ? dist_->rank() : 0;
   const bool by_micro = config_.grad_accum % world == 0;
+  // This rank's last micro-batch: its backward overlaps the gradient all-reduce.
+  const int64_t last = by_micro ? config_.grad_accum - world + rank : config_.grad_accum - 1;
   double scored = 0;
   for (int64_t micro = 0; micro < config_.grad_accum; ++micro) {
     if (by_micro && micro % world != rank) continue;
@@ -80,6 +83,7 @@ StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)
     // reported language-modelling loss.
     auto objective = loss;
     if (auto aux = model_->aux_loss(); aux.defined()) objective = loss + model_->config().moe.moe_aux_weight * aux;
+    if (buckets_ != nullptr && micro == last) buckets_->arm();
     (share == 1 ? objective / accum : objective * share / accum).backward();
     result.loss += stats.cross_entropy * share / accum;
     result.log_z += stats.log_z * share / accum;
@@ -106,22 +110,26 @@ StepResult TrainStep::run(int64_t step, const std::function<Batch(int64_t micro)
   return result;
 }
 
-// Sums the gradients (fp32, as the parameters are) and the step's loss sums over the ranks. A
-// parameter no rank gave a gradient keeps none, as in one process (AdamW skips it).
+void TrainStep::set_communicator(Communicator* dist, int64_t bucket_bytes) {
+  buckets_.reset();
+  dist_ = dist;
+  if (dist_ != nullptr && dist_->size() > 1)
+    buckets_ = std::make_unique<GradientBuckets>(parameters_, *dist_, bucket_bytes);
+}
+
+TrainStep::~TrainStep() = default;
+
+// Sums the gradients (fp32, as the parameters are; the buckets started during backward) and the
+// step's loss sums over the ranks. A parameter no rank gave a gradient keeps none, as in one
+// process (AdamW skips it).
 void TrainStep::all_reduce_gradients(StepResult& result) {
   const auto n = static_cast<int64_t>(parameters_.size());
+  const auto had = buckets_->finish();
   auto sums = torch::zeros({n + 3}, torch::kDouble);
   auto* s = sums.data_ptr<double>();
-  std::vector<torch::Tensor> tensors;
-  for (int64_t i = 0; i < n; ++i) {
-    auto& p = parameters_[static_cast<size_t>(i)];
-    if (p.grad().defined()) s[i] = 1;
-    else p.mutable_grad() = torch::zeros_like(p);
-    tensors.push_back(p.grad());
-  }
+  for (int64_t i = 0; i < n; ++i) s[i] = had[static_cast<size_t>(i)] ? 1 : 0;
   s[n] = result.loss, s[n + 1] = result.log_z, s[n + 2] = static_cast<double>(result.scored);
-  tensors.push_back(sums);
-  dist_->all_reduce_sum(tensors);
+  dist_->all_reduce_sum({sums});
   for (int64_t i = 0; i < n; ++i)
     if (s[i] == 0) parameters_[static_cast<size_t>(i)].mutable_grad() = torch::Tensor();
   result.loss = s[n], result.log_z = s[n + 1], result.scored = static_cast<int64_t>(s[n + 2]);

@@ -9,6 +9,7 @@
 #include "loom/dist/dist.h"
 #include "loom/models/model.h"
 #include "loom/train/adamw.h"
+#include "loom/train/gradient_buckets.h"
 #include "loom/train/linear_cross_entropy.h"
 
 namespace loom {
@@ -59,12 +60,19 @@ class TrainStep {
   // share of the micro-batches (micro % world == rank); otherwise each runs its rows of every
   // micro-batch. Each rank's loss is weighted by its share of the scored targets and the
   // gradients are summed over the ranks, so the update equals one process's on the whole step.
-  void set_communicator(Communicator* dist) { dist_ = dist; }
+  // The gradients are summed in buckets of at most bucket_bytes, each started as soon as the
+  // last backward of the step has filled it (train/gradient_buckets.h).
+  void set_communicator(Communicator* dist, int64_t bucket_bytes = int64_t{25} << 20);
+  // Buckets the last step started during backward, and how many there are (0 in one process).
+  int64_t buckets_started_during_backward() const { return buckets_ ? buckets_->started_during_backward() : 0; }
+  int64_t bucket_count() const { return buckets_ ? buckets_->count() : 0; }
+  ~TrainStep();
 
  private:
   Model model_;
   TrainConfig config_;
   Communicator* dist_ = nullptr;
+  std::unique_ptr<GradientBuckets> buckets_;
   void all_reduce_gradients(StepResult& result);
   // Tensor parallel (a model built with tp_size > 1): its ranks, which parameters are sliced and
   // which have partial gradients (indices into parameters_).

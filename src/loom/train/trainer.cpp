@@ -340,7 +340,7 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   }
   if (dist != nullptr) share_from_rank0(*dist, model, whole_optimizer, state);
   if (tp > 1) slice_into(trained, step_runner.optimizer(), model, whole_optimizer);
-  if (data_group != nullptr) step_runner.set_communicator(data_group);
+  if (data_group != nullptr) step_runner.set_communicator(data_group, static_cast<int64_t>(tc.bucket_mb * (1 << 20)));
   step_runner.set_lr_scale(state.lr_scale);
   if (state.step >= tc.steps)
     fail("the run is already at step {} of {}: raise --steps to continue", state.step, tc.steps);
