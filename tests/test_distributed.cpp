@@ -198,16 +198,19 @@ TEST_F(Distributed, TwoHostsInNetworkNamespacesEqualOneProcess) {
 // counts as having no gradient.
 TEST(GradientBuckets, SumTheRanksGradientsStartingDuringBackward) {
   // In registration order; buckets go in reverse: w3, w2, v, w1, unused.
-  auto make = [] {
-    torch::manual_seed(5);
+  // Drawn before the threads start (the global generator is shared): initial values, and the
+  // inputs of each rank's two micro-batches.
+  torch::manual_seed(5);
+  std::vector<torch::Tensor> initial;
+  for (auto shape : {std::vector<int64_t>{3}, {4, 8}, {8}, {8, 8}, {8, 1}}) initial.push_back(torch::randn(shape));
+  const auto inputs = torch::randn({2, 2, 5, 4});  // [rank, micro, rows, 4]
+  auto make = [&] {
     std::vector<torch::Tensor> p;
-    for (auto shape : {std::vector<int64_t>{3}, {4, 8}, {8}, {8, 8}, {8, 1}})
-      p.push_back(torch::randn(shape).requires_grad_());
+    for (const auto& t : initial) p.push_back(t.clone().requires_grad_());
     return p;
   };
-  auto backward = [](const std::vector<torch::Tensor>& p, int rank, int micro) {
-    torch::manual_seed(100 + 10 * rank + micro);
-    auto h = torch::tanh(torch::randn({5, 4}).matmul(p[1]));
+  auto backward = [&](const std::vector<torch::Tensor>& p, int rank, int micro) {
+    auto h = torch::tanh(inputs[rank][micro].matmul(p[1]));
     if (rank == 1) h = h + p[2];
     torch::tanh(h.matmul(p[3])).matmul(p[4]).pow(2).sum().backward();
   };

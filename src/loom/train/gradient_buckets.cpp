@@ -54,8 +54,7 @@ struct GradientBuckets::State {
   }
 };
 
-GradientBuckets::GradientBuckets(const std::vector<torch::Tensor>& parameters, Communicator& dist,
-                                 int64_t bucket_bytes)
+GradientBuckets::GradientBuckets(const std::vector<torch::Tensor>& parameters, Communicator& dist, int64_t bucket_bytes)
     : state_(std::make_shared<State>()), parameters_(parameters) {
   auto& s = *state_;
   s.dist = &dist;
