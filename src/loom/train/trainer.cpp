@@ -1,5 +1,6 @@
 #include "loom/train/trainer.h"
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <filesystem>
@@ -340,7 +341,8 @@ TrainResult train(Recipe recipe, const TrainOptions& options) {
   }
   if (dist != nullptr) share_from_rank0(*dist, model, whole_optimizer, state);
   if (tp > 1) slice_into(trained, step_runner.optimizer(), model, whole_optimizer);
-  if (data_group != nullptr) step_runner.set_communicator(data_group, static_cast<int64_t>(tc.bucket_mb * (1 << 20)));
+  if (data_group != nullptr)
+    step_runner.set_communicator(data_group, static_cast<int64_t>(std::min(tc.bucket_mb, 1e9) * (1 << 20)));
   step_runner.set_lr_scale(state.lr_scale);
   if (state.step >= tc.steps)
     fail("the run is already at step {} of {}: raise --steps to continue", state.step, tc.steps);
