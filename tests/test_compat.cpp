@@ -50,12 +50,14 @@ TEST(CheckpointCompat, VersionOneCheckpointLoadsWithItsRecipeAndOptimizerState) 
   EXPECT_TRUE(loaded.has_tokenizer);
   EXPECT_EQ(loaded.model->num_parameters(), 28288);  // the elements of model.safetensors' 28 tensors
   // The recipe writes back to the same YAML (every key, same order), plus the keys added since
-  // version 1 was written, at their defaults: the divergence guard's and the multi-process ones.
+  // version 1 was written, at their defaults: the divergence guard's, the multi-process ones and
+  // the per-layer widths of architecture search's sub-models.
   std::ifstream in(kDir + "/recipe.yaml");
   const std::string saved((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::string written = recipe_to_yaml(loaded.recipe);
-  for (const std::string added : {"tensor_parallel: 1", "bucket_mb: 25", "on_divergence: stop", "max_rollbacks: 3",
-                                  "spike_factor: 0", "rollback_lr_factor: 1"}) {
+  for (const std::string added :
+       {"tensor_parallel: 1", "bucket_mb: 25", "on_divergence: stop", "max_rollbacks: 3", "spike_factor: 0",
+        "rollback_lr_factor: 1", "head_dim: 0", "layer_d_ff: []", "layer_heads: []"}) {
     const size_t at = written.find("\n  " + added + "  #");
     ASSERT_NE(at, std::string::npos) << added;
     written.erase(at + 1, written.find('\n', at + 1) - at);

@@ -39,7 +39,8 @@ std::vector<int64_t> random_tokens(int64_t n, int64_t vocab, std::mt19937_64& rn
 // Every option the fast engine claims, by name: block choices from the registry, the option
 // values it declares it runs at any value (AtInference::kFastEngine) varied over a few values
 // each, and the sizes small. One config per combination of blocks x key/value heads x tying x
-// biases x embedding scale; rope_theta and norm_eps vary along the sweep.
+// biases x embedding scale; rope_theta, norm_eps and layers of their own widths (a fixed head_dim,
+// per-layer heads and FFN widths, as architecture search's sub-models) vary along the sweep.
 std::vector<ModelConfig> swept_configs() {
   std::vector<ModelConfig> out;
   const auto mixers = fast_blocks("mixer"), positions = fast_blocks("position"), norms = fast_blocks("norm"),
@@ -66,6 +67,11 @@ std::vector<ModelConfig> swept_configs() {
                   c.local_attention.window = 4;  // cuts into the prompts below
                   c.rope_theta = index % 2 ? 500.0 : 10000.0;
                   c.norm_eps = index % 3 ? 1e-5 : 1e-6;
+                  if (index % 4 == 3) {
+                    c.fixed_head_dim = 12;  // 4 x 12 != d_model
+                    c.layer_heads = {4, 2};
+                    c.layer_d_ff = {40, 24};
+                  }
                   c.validate("sweep");
                   out.push_back(c);
                   ++index;
@@ -98,8 +104,10 @@ TEST(FastEngine, ParitySweepOverEveryDeclaredConfiguration) {
   for (size_t i = 0; i < configs.size(); ++i) {
     const ModelConfig& c = configs[i];
     SCOPED_TRACE(fmt::format(
-        "config {}: layers [{}] position {} norm {} ffn {} kv_heads {} tied {} bias {} embed_scale {}", i,
-        fmt::join(c.layers, ", "), c.position, c.norm, c.ffn, c.n_kv_heads, c.tie_embeddings, c.bias, c.embed_scale));
+        "config {}: layers [{}] heads [{}] d_ff [{}] position {} norm {} ffn {} kv_heads {} tied {} bias {} "
+        "embed_scale {}",
+        i, fmt::join(c.layers, ", "), fmt::join(c.layer_heads, ", "), fmt::join(c.layer_d_ff, ", "), c.position, c.norm,
+        c.ffn, c.n_kv_heads, c.tie_embeddings, c.bias, c.embed_scale));
     std::string why;
     ASSERT_TRUE(fast_engine_supports(c, &why)) << why;
     torch::manual_seed(static_cast<uint64_t>(i));

@@ -13,6 +13,7 @@
 #pragma once
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <yaml-cpp/yaml.h>
@@ -20,6 +21,11 @@
 #include "loom/core/error.h"
 
 namespace loom {
+
+template <class T>
+struct IsVector : std::false_type {};
+template <class T>
+struct IsVector<std::vector<T>> : std::true_type {};
 
 // Reads fields from a YAML map; remembers which keys it used so unknown ones can be reported.
 class YamlReader {
@@ -68,9 +74,9 @@ class YamlReader {
   template <class T>
   void read(const YAML::Node& node, const std::string& name, T& value) {
     try {
-      if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+      if constexpr (IsVector<T>::value) {
         if (!node.IsSequence()) fail("{}: '{}' must be a list", source_, name);
-        value = node.as<std::vector<std::string>>();
+        value = node.as<T>();
       } else {
         if (!node.IsScalar()) fail("{}: '{}' must be a single value", source_, name);
         value = node.as<T>();
@@ -92,7 +98,8 @@ class YamlReader {
     else if constexpr (std::is_integral_v<T>) return "an integer";
     else if constexpr (std::is_floating_point_v<T>) return "a number";
     else if constexpr (std::is_same_v<T, std::string>) return "a string";
-    else return "a list of strings";
+    else if constexpr (std::is_same_v<T, std::vector<std::string>>) return "a list of strings";
+    else return "a list of integers";
   }
 
   YAML::Node node_;
@@ -109,7 +116,7 @@ class YamlWriter {
   template <class T, class... Tags>
   void operator()(const char* key, const T& value, const char* doc, const Tags&...) {
     out_ << YAML::Key << key << YAML::Value;
-    if constexpr (std::is_same_v<T, std::vector<std::string>>) out_ << YAML::Flow;
+    if constexpr (IsVector<T>::value) out_ << YAML::Flow;
     // Shortest text that reads back to the same double ("0.1", not "0.10000000000000001").
     if constexpr (std::is_floating_point_v<T>) out_ << fmt::format("{}", value);
     else out_ << value;

@@ -149,7 +149,8 @@ struct NormWeights {
 struct Layer {
   NormWeights norm1, norm2;
   Linear qkv, out, ffn_in, ffn_out;
-  int64_t window = 0;  // 0: every earlier position
+  int64_t window = 0;                       // 0: every earlier position
+  int64_t heads = 0, kv_heads = 0, ff = 0;  // this layer's (model.layer_heads, model.layer_d_ff)
   // Per slot: keys and values [kv_heads, capacity, head_dim], capacity growing with the sequence.
   struct Cache {
     std::vector<float> k, v;
@@ -191,7 +192,7 @@ class FastEngine : public Engine {
     if (slots_ < 1) fail("an engine needs at least 1 slot, got {}", slots_);
     if (context_ > c_.max_seq_len)
       fail("an engine context of {} exceeds the model's max_seq_len of {}", context_, c_.max_seq_len);
-    heads_ = c_.n_heads, kv_heads_ = c_.kv_heads(), head_dim_ = c_.head_dim();
+    head_dim_ = c_.head_dim();
     auto unimplemented = [](const char* family, const std::string& name) {
       fail("internal: {} '{}' is declared to run on the fast engine, which does not implement it", family, name);
     };
@@ -274,6 +275,8 @@ class FastEngine : public Engine {
       layer.ffn_in = linear(p + ".ffn.w_in");
       layer.ffn_out = linear(p + ".ffn.w_out");
       layer.window = mixers[i] == "local_attention" ? c_.local_attention.window : 0;
+      const ModelConfig own = c_.for_layer(i);
+      layer.heads = own.n_heads, layer.kv_heads = own.kv_heads(), layer.ff = own.d_ff;
       layer.cache.resize(slots_);
       layers_.push_back(std::move(layer));
     }
@@ -428,8 +431,8 @@ class FastEngine : public Engine {
     for (auto& layer : layers_) {
       auto& c = layer.cache[slot];
       for (auto* buffer : {&c.k, &c.v}) {
-        std::vector<float> grown(static_cast<size_t>(kv_heads_ * capacity * hd));
-        for (int64_t j = 0; j < kv_heads_ && held > 0; ++j)
+        std::vector<float> grown(static_cast<size_t>(layer.kv_heads * capacity * hd));
+        for (int64_t j = 0; j < layer.kv_heads && held > 0; ++j)
           std::copy_n(buffer->data() + j * old * hd, held * hd, grown.data() + j * capacity * hd);
         buffer->swap(grown);
       }
@@ -439,12 +442,14 @@ class FastEngine : public Engine {
 
   void grow(int64_t n) {
     const int64_t d = c_.d_model;
-    const int64_t qkv = (heads_ + 2 * kv_heads_) * head_dim_;
-    const int64_t hidden = gated_ ? 2 * c_.d_ff : c_.d_ff;
-    const int64_t widest = std::max({d, qkv, hidden, heads_ * head_dim_});
+    int64_t widest = d, ff = 0, heads = 0;  // over the layers
+    for (const auto& layer : layers_) {
+      widest = std::max({widest, (layer.heads + 2 * layer.kv_heads) * head_dim_, gated_ ? 2 * layer.ff : layer.ff});
+      ff = std::max(ff, layer.ff), heads = std::max(heads, layer.heads);
+    }
     if (static_cast<int64_t>(x_.size()) >= n * d) return;
     x_.resize(n * d), h_.resize(n * d), tmp_.resize(n * d);
-    wide_.resize(n * widest), mid_.resize(n * c_.d_ff), attn_.resize(n * heads_ * head_dim_);
+    wide_.resize(n * widest), mid_.resize(n * ff), attn_.resize(n * heads * head_dim_);
   }
 
   void normalize(const NormWeights& w, const float* x, int64_t n, float* y) const {
@@ -473,7 +478,7 @@ class FastEngine : public Engine {
   }
 
   void run_layer(Layer& layer, int64_t n) {
-    const int64_t d = c_.d_model, hd = head_dim_, h = heads_, kh = kv_heads_;
+    const int64_t d = c_.d_model, hd = head_dim_, h = layer.heads, kh = layer.kv_heads;
     const int64_t qkv_width = (h + 2 * kh) * hd;
     float* x = x_.data();
     normalize(layer.norm1, x, n, h_.data());
@@ -496,7 +501,7 @@ class FastEngine : public Engine {
     for_rows(n, d, [&](int64_t r) { cpu::add(tmp_.data() + r * d, x + r * d, d); });
 
     normalize(layer.norm2, x, n, h_.data());
-    const int64_t ff = c_.d_ff;
+    const int64_t ff = layer.ff;
     float* hidden = wide_.data();
     apply(layer.ffn_in, h_.data(), n, hidden);
     float* mid = gated_ ? mid_.data() : hidden;
@@ -524,7 +529,7 @@ class FastEngine : public Engine {
   // (scores = Q K^T over the keys the block's last row sees, a masked softmax per row, O = P V),
   // and (row, head) dot-product loops for rows decoding alone.
   void attend(const Layer& layer, const float* qkv) {
-    const int64_t hd = head_dim_, h = heads_, kh = kv_heads_, g = h / kh;
+    const int64_t hd = head_dim_, h = layer.heads, kh = layer.kv_heads, g = h / kh;
     const int64_t qkv_width = (h + 2 * kh) * hd;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const auto sgemm = cblas_sgemm();
@@ -588,7 +593,7 @@ class FastEngine : public Engine {
 
   Model model_;  // holds the float weights (the fp32 layers' in the weight arena)
   const ModelConfig& c_;
-  int64_t slots_ = 1, context_ = 0, heads_ = 0, kv_heads_ = 0, head_dim_ = 0;
+  int64_t slots_ = 1, context_ = 0, head_dim_ = 0;
   Norm norm_ = Norm::kLayerNorm;
   Act act_ = Act::kGelu;
   Rope rope_ = Rope::kNone;

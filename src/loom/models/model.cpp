@@ -40,6 +40,7 @@ ModelImpl::ModelImpl(ModelConfig c) : config_(std::move(c)) {
   }
   roles_ = collect_parameter_roles(*this);
   shards_ = collect_parameter_shards(*this);
+  fusions_ = collect_parameter_shards(*this, /*fused=*/true);
   reset_parameters();
 }
 

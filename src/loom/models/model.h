@@ -72,6 +72,9 @@ class ModelImpl : public BlockModule {
   // Tensor parallel (config().tp_size > 1): how each sliced parameter is cut, by name (the others
   // every rank holds whole), and the operations joining the ranks, which the model needs to run.
   const std::map<std::string, Shard>& shards() const { return shards_; }
+  // Fused parameters (BlockModule::declare_fused: wqkv, a GLU's w_in), by name: the segments a
+  // narrower model sliced out of this one takes the front of.
+  const std::map<std::string, Shard>& fusions() const { return fusions_; }
   void set_tensor_parallel(TensorParallelOps* ops);
   TensorParallelOps* tensor_parallel() const { return tp_; }
   int64_t num_parameters();
@@ -101,7 +104,7 @@ class ModelImpl : public BlockModule {
 
   ModelConfig config_;
   std::map<std::string, unsigned> roles_;
-  std::map<std::string, Shard> shards_;
+  std::map<std::string, Shard> shards_, fusions_;
   TensorParallelOps* tp_ = nullptr;
 };
 TORCH_MODULE(Model);

@@ -10,14 +10,15 @@ TransformerBlockImpl::TransformerBlockImpl(const ModelConfig& c, int64_t layer, 
     : dropout_(c.dropout) {
   const auto& r = blocks();
   const std::string where = fmt::format("layer {}", layer);
+  const ModelConfig own = c.for_layer(layer);  // this layer's d_ff and heads
   norm1 = register_module("norm1", r.norms.get(c.norm, where)(c, c.d_model));
-  mixer = register_module("mixer", r.mixers.get(c.layer_mixers().at(layer), where)(c, layer));
+  mixer = register_module("mixer", r.mixers.get(c.layer_mixers().at(layer), where)(own, layer));
   if (cross_attention) {
     norm_cross = register_module("norm_cross", r.norms.get(c.norm, where)(c, c.d_model));
-    cross = register_module("cross", make_cross_attention(c));
+    cross = register_module("cross", make_cross_attention(own));
   }
   norm2 = register_module("norm2", r.norms.get(c.norm, where)(c, c.d_model));
-  ffn = register_module("ffn", r.ffns.get(c.ffn, where)(c, layer));
+  ffn = register_module("ffn", r.ffns.get(c.ffn, where)(own, layer));
   placement_ = parse_norm_placement(c.norm_placement, where);
   if (placement_ == NormPlacement::kSandwich || placement_ == NormPlacement::kNormFormer)
     norm1_out = register_module("norm1_out", r.norms.get(c.norm, where)(c, c.d_model));

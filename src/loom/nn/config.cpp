@@ -65,6 +65,16 @@ ModelConfig ModelConfig::decoder_part() const {
   return c;
 }
 
+ModelConfig ModelConfig::for_layer(int64_t layer) const {
+  ModelConfig c = *this;
+  c.fixed_head_dim = head_dim();
+  if (!layer_d_ff.empty()) c.d_ff = layer_d_ff.at(static_cast<size_t>(layer));
+  if (!layer_heads.empty()) c.n_heads = layer_heads.at(static_cast<size_t>(layer));
+  c.layer_d_ff.clear();
+  c.layer_heads.clear();
+  return c;
+}
+
 std::vector<std::string> ModelConfig::layer_mixers() const {
   if (!layers.empty()) return layers;
   return std::vector<std::string>(static_cast<size_t>(n_layers), mixer);
@@ -92,10 +102,25 @@ void ModelConfig::validate(const std::string& source) const {
   positive("d_ff", d_ff);
   positive("max_seq_len", max_seq_len);
   if (n_kv_heads < 0) fail("{}: model.n_kv_heads must be >= 0, got {}", source, n_kv_heads);
-  if (d_model % n_heads != 0)
-    fail("{}: model.d_model ({}) must be divisible by model.n_heads ({})", source, d_model, n_heads);
+  if (fixed_head_dim < 0)
+    fail("{}: model.head_dim must be >= 0 (0 = d_model / n_heads), got {}", source, fixed_head_dim);
+  if (fixed_head_dim == 0 && d_model % n_heads != 0)
+    fail("{}: model.d_model ({}) must be divisible by model.n_heads ({}) (or set model.head_dim)", source, d_model,
+         n_heads);
   if (n_heads % kv_heads() != 0)
     fail("{}: model.n_heads ({}) must be divisible by model.n_kv_heads ({})", source, n_heads, kv_heads());
+  for (const auto& [key, list] : {std::pair<const char*, const std::vector<int64_t>*>{"layer_d_ff", &layer_d_ff},
+                                  {"layer_heads", &layer_heads}}) {
+    if (list->empty()) continue;
+    if (static_cast<int64_t>(list->size()) != n_layers)
+      fail("{}: model.{} lists {} layers but model.n_layers is {}", source, key, list->size(), n_layers);
+    for (size_t i = 0; i < list->size(); ++i)
+      if ((*list)[i] <= 0) fail("{}: model.{}[{}] must be positive, got {}", source, key, i, (*list)[i]);
+  }
+  for (size_t i = 0; i < layer_heads.size(); ++i)
+    if (n_kv_heads > 0 && layer_heads[i] % n_kv_heads != 0)
+      fail("{}: model.layer_heads[{}] ({}) must be divisible by model.n_kv_heads ({})", source, i, layer_heads[i],
+           n_kv_heads);
   local_attention.validate(source);
   moe.validate(source);
   mamba.validate(source);
@@ -111,6 +136,8 @@ void ModelConfig::validate(const std::string& source) const {
   if (dec_layers > 0 && !encoder_decoder())
     fail("{}: model.dec_layers applies to model.arch encoder_decoder only", source);
   if (encoder_decoder()) {
+    if (per_layer_widths())
+      fail("{}: model.layer_d_ff and model.layer_heads are not supported with model.arch encoder_decoder", source);
     if (!layers.empty())
       fail("{}: model.layers (per-layer mixers) is not supported with model.arch encoder_decoder: use model.mixer",
            source);
@@ -133,6 +160,11 @@ void ModelConfig::check_tensor_parallel(int64_t t, const std::string& source) co
   if (t < 1) fail("{}: train.tensor_parallel must be >= 1, got {}", source, t);
   if (t == 1) return;
   if (arch != "decoder") fail("{}: train.tensor_parallel {} needs model.arch decoder, got {}", source, t, arch);
+  if (per_layer_widths())
+    fail(
+        "{}: train.tensor_parallel {}: model.layer_d_ff / model.layer_heads (layers of different widths) are not "
+        "supported",
+        source, t);
   for (const auto& [key, value] : {std::pair<const char*, int64_t>{"n_heads", n_heads},
                                    {"n_kv_heads", kv_heads()},
                                    {"d_ff", d_ff},

@@ -37,6 +37,13 @@ struct ModelConfig {
   int64_t n_heads = 4;
   int64_t n_kv_heads = 0;  // 0 = n_heads (multi-head); 1 = multi-query; else grouped-query
   int64_t d_ff = 1024;
+  // Recipe key `head_dim`: the width of each attention head, 0 = d_model / n_heads (head_dim()).
+  // Set, d_model need not divide by the heads, and layers with different head counts share it.
+  int64_t fixed_head_dim = 0;
+  // Per-layer feed-forward widths and attention heads (length n_layers), overriding d_ff and
+  // n_heads layer by layer (for_layer); empty = every layer the same. Architecture search's
+  // sub-models are such models.
+  std::vector<int64_t> layer_d_ff, layer_heads;
   int64_t max_seq_len = 128;
   std::string mixer = "attention";  // token mixer of every layer, unless `layers` is given
   std::vector<std::string> layers;  // per-layer mixer names (length n_layers), e.g. [attention, attention]
@@ -76,7 +83,11 @@ struct ModelConfig {
     v("dec_layers", dec_layers, "encoder_decoder: decoder layers (0 = n_layers)", none);
     v("n_heads", n_heads, "attention heads (query heads)", fast);
     v("n_kv_heads", n_kv_heads, "key/value heads: 0 = n_heads (MHA), 1 = MQA, else GQA", fast);
+    v("head_dim", fixed_head_dim, "width of each attention head: 0 = d_model / n_heads", fast);
     v("d_ff", d_ff, "hidden width of the feed-forward block", fast);
+    v("layer_d_ff", layer_d_ff, "per-layer feed-forward widths, overriding d_ff; empty = n_layers x d_ff", fast);
+    v("layer_heads", layer_heads, "per-layer attention heads, overriding n_heads (head_dim stays); empty = all n_heads",
+      fast);
     v("max_seq_len", max_seq_len, "context length", fast);
     v("mixer", mixer, "token mixer of every layer (see `loom blocks`)", block);
     v("layers", layers, "per-layer token mixers, overriding `mixer`; empty = n_layers x mixer", block);
@@ -117,7 +128,12 @@ struct ModelConfig {
   // built from.
   ModelConfig encoder_part() const;
   ModelConfig decoder_part() const;
-  int64_t head_dim() const { return d_model / n_heads; }
+  int64_t head_dim() const { return fixed_head_dim > 0 ? fixed_head_dim : d_model / n_heads; }
+  // Whether layers differ in width or heads (layer_d_ff or layer_heads is given).
+  bool per_layer_widths() const { return !layer_d_ff.empty() || !layer_heads.empty(); }
+  // The config layer `layer`'s mixer and feed-forward block are built from: d_ff and n_heads of
+  // that layer, head_dim fixed to the model's, no per-layer lists.
+  ModelConfig for_layer(int64_t layer) const;
   int64_t kv_heads() const { return n_kv_heads == 0 ? n_heads : n_kv_heads; }
   std::vector<std::string> layer_mixers() const;
   // Every (family, name) of a block this model builds, each once: its layers' mixers, the position

@@ -44,10 +44,16 @@ class BlockModule : public torch::nn::Module {
   // This module's own declarations (not its submodules'), by parameter name relative to it.
   const std::map<std::string, unsigned>& parameter_roles() const { return roles_; }
   const std::map<std::string, Shard>& parameter_shards() const { return shards_; }
+  const std::map<std::string, Shard>& parameter_fusions() const { return fusions_; }
 
  protected:
   void declare(const std::string& parameter, unsigned roles) { roles_[parameter] |= roles; }
   void declare_shard(const std::string& parameter, Shard shard) { shards_[parameter] = std::move(shard); }
+  // A fused parameter: along `fused.dim` it is the concatenation of `fused.segments` (attention's
+  // wqkv {q, k, v}, a GLU's w_in {gate, up}), declared whatever the parallelism. A narrower model
+  // sliced out of a wider one (architecture search's sub-models, search/supernet.h) takes the
+  // front of each segment rather than the front of the whole dimension.
+  void declare_fused(const std::string& parameter, Shard fused) { fusions_[parameter] = std::move(fused); }
   // A linear layer d_in -> d_out registered as `name`, its weight declared with `roles`.
   torch::nn::Linear register_linear(const std::string& name, int64_t d_in, int64_t d_out, bool bias,
                                     unsigned roles = 0) {
@@ -59,6 +65,7 @@ class BlockModule : public torch::nn::Module {
  private:
   std::map<std::string, unsigned> roles_;
   std::map<std::string, Shard> shards_;
+  std::map<std::string, Shard> fusions_;
 };
 
 // Every declaration in `root`'s module tree (its own and every submodule's), by full parameter
@@ -73,13 +80,17 @@ inline std::map<std::string, unsigned> collect_parameter_roles(const BlockModule
   return out;
 }
 
-// Every shard declaration in `root`'s module tree, by full parameter name.
-inline std::map<std::string, Shard> collect_parameter_shards(const BlockModule& root) {
-  std::map<std::string, Shard> out = root.parameter_shards();
+// Every shard declaration in `root`'s module tree (fused: every fused-parameter declaration), by
+// full parameter name.
+inline std::map<std::string, Shard> collect_parameter_shards(const BlockModule& root, bool fused = false) {
+  auto own = [&](const BlockModule& m) -> const std::map<std::string, Shard>& {
+    return fused ? m.parameter_fusions() : m.parameter_shards();
+  };
+  std::map<std::string, Shard> out = own(root);
   for (const auto& item : root.named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
     const auto* block = dynamic_cast<const BlockModule*>(item.value().get());
     if (block == nullptr) continue;
-    for (const auto& [name, shard] : block->parameter_shards()) out[item.key() + "." + name] = shard;
+    for (const auto& [name, shard] : own(*block)) out[item.key() + "." + name] = shard;
   }
   return out;
 }

@@ -22,6 +22,9 @@ AttentionImpl::AttentionImpl(const ModelConfig& c, int64_t window)
   wqkv = register_linear("wqkv", c.d_model, qkv_dim, c.bias, kQuantizable);
   wo = register_linear("wo", n_heads_ * head_dim_, c.d_model, c.bias, kQuantizable | kResidualOutput);
   // NormFormer scales each head's output before the output projection (init 1).
+  const int64_t q_rows = n_heads_ * head_dim_, kv_rows = n_kv_heads_ * head_dim_;
+  declare_fused("wqkv.weight", {0, {q_rows, kv_rows, kv_rows}});
+  if (c.bias) declare_fused("wqkv.bias", {0, {q_rows, kv_rows, kv_rows}});
   if (c.norm_placement == "normformer") head_scale = register_parameter("head_scale", torch::ones({n_heads_}));
   if (c.qk_norm) {
     const auto& norm = blocks().norms.get(c.norm, "model.qk_norm");

@@ -17,6 +17,9 @@ class CrossAttentionImpl : public MixerImpl {
     wq = register_linear("wq", c.d_model, n_heads_ * head_dim_, c.bias, kQuantizable);
     wkv = register_linear("wkv", c.d_model, 2 * n_kv_heads_ * head_dim_, c.bias, kQuantizable);
     wo = register_linear("wo", n_heads_ * head_dim_, c.d_model, c.bias, kQuantizable | kResidualOutput);
+    const int64_t kv_rows = n_kv_heads_ * head_dim_;
+    declare_fused("wkv.weight", {0, {kv_rows, kv_rows}});
+    if (c.bias) declare_fused("wkv.bias", {0, {kv_rows, kv_rows}});
   }
 
   // x: [B, T, d_model], context.memory [B, S, d_model] -> [B, T, d_model]

@@ -18,6 +18,9 @@ class LinearAttentionImpl : public MixerImpl {
     const int64_t qkv_dim = (n_heads_ + 2 * n_kv_heads_) * head_dim_;
     wqkv = register_linear("wqkv", c.d_model, qkv_dim, c.bias, kQuantizable);
     wo = register_linear("wo", n_heads_ * head_dim_, c.d_model, c.bias, kQuantizable | kResidualOutput);
+    const int64_t q_rows = n_heads_ * head_dim_, kv_rows = n_kv_heads_ * head_dim_;
+    declare_fused("wqkv.weight", {0, {q_rows, kv_rows, kv_rows}});
+    if (c.bias) declare_fused("wqkv.bias", {0, {q_rows, kv_rows, kv_rows}});
   }
 
   // x: [B, T, d_model] -> [B, T, d_model]

@@ -20,6 +20,8 @@ class GluImpl : public FfnImpl {
     w_in = register_linear("w_in", c.d_model, 2 * d_ff, c.bias, kQuantizable);  // [gate; up]
     w_out = register_linear("w_out", d_ff, c.d_model, c.bias, kQuantizable | kResidualOutput);
     mid_norm = make_mid_norm(c, d_ff, *this);
+    declare_fused("w_in.weight", {0, {d_ff, d_ff}});
+    if (c.bias) declare_fused("w_in.bias", {0, {d_ff, d_ff}});
     if (c.tp_size > 1) declare_slices(c, {c.d_ff, c.d_ff});
   }
   // y = w_out(act(gate x) * (up x)), with NormFormer: w_out(norm(act(gate x) * (up x)))

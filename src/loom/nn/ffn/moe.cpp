@@ -28,6 +28,7 @@ class MoeImpl : public FfnImpl {
     // Stacked expert matrices: the model draws them as it draws linear layers.
     declare("w_in", kInitNormal);
     declare("w_out", kInitNormal | kResidualOutput);
+    declare_fused("w_in", {1, {c.d_ff, c.d_ff}});
     torch::NoGradGuard no_grad;
     w_in.normal_(0.0, c.init_std);  // the model re-initializes these with its own rule
     w_out.normal_(0.0, c.init_std);

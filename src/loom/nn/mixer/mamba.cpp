@@ -44,6 +44,8 @@ class MambaImpl : public MixerImpl {
     // writes into the residual stream (its own init below scales it as the model's rule would).
     declare("A_log", kNoDecay);
     declare("out_proj.weight", kResidualOutput);
+    declare_fused("in_proj.weight", {0, {d_inner_, d_inner_}});           // [x; z]
+    declare_fused("x_proj.weight", {0, {dt_rank_, d_state_, d_state_}});  // [dt; B; C]
     reset_special_parameters();
   }
 

@@ -17,7 +17,9 @@ class AlibiPositionImpl : public PositionImpl {
     auto j = torch::arange(s, torch::kFloat).unsqueeze(0);                   // [1, S]
     // Causal: later keys are masked anyway; bidirectional: both directions are penalized.
     auto distance = causal_ ? (i - j).clamp_min(0) : (i - j).abs();  // [T, S]
-    return -slopes_.view({n_heads, 1, 1}) * distance;                // [H, T, S]
+    // A layer with its own head count (model.layer_heads) gets that count's slopes.
+    const auto m = n_heads == slopes_.size(0) ? slopes_ : slopes(n_heads);
+    return -m.view({n_heads, 1, 1}) * distance;  // [H, T, S]
   }
   static torch::Tensor slopes(int64_t n_heads) {
     auto power_of_two = [](int64_t n) {
