@@ -30,81 +30,48 @@ std::atomic<int> g_stop_signal{0};
 
 void on_stop_signal(int signal) { g_stop_signal = signal; }
 
-// Installs SIGINT/SIGTERM handlers for the lifetime of a run, restoring the old ones after.
-class StopSignals {
- public:
-  StopSignals() {
-    g_stop_signal = 0;
-    previous_int_ = std::signal(SIGINT, on_stop_signal);
-    previous_term_ = std::signal(SIGTERM, on_stop_signal);
-  }
-  ~StopSignals() {
-    std::signal(SIGINT, previous_int_);
-    std::signal(SIGTERM, previous_term_);
-  }
-  bool requested() const { return g_stop_signal != 0; }
-
- private:
-  void (*previous_int_)(int);
-  void (*previous_term_)(int);
-};
-
-class MetricsLog {
- public:
-  // Continues the log of a run at `step`: rows past it (written after the checkpoint the run
-  // resumes from, by a process that was killed) and a torn last line are dropped first, so the log
-  // reads as if the run had never stopped.
-  MetricsLog(const std::string& path, int64_t step) {
-    std::error_code ec;
-    if (fs::exists(path, ec)) {
-      const std::string text = read_file(path);
-      std::string kept;
-      for (size_t at = 0, end; (end = text.find('\n', at)) != std::string::npos; at = end + 1) {
-        const auto row = nlohmann::json::parse(text.begin() + static_cast<long>(at),
-                                               text.begin() + static_cast<long>(end), nullptr, false);
-        if (row.is_object() && row.contains("step") && row["step"].is_number_integer() && row["step"] <= step)
-          kept.append(text, at, end - at + 1);
-      }
-      if (kept.size() != text.size()) write_file_atomic(path, kept);
-    }
-    out_.open(path, std::ios::app);
-    if (!out_) fail("cannot write metrics to {}", path);
-    path_ = path;
-  }
-  // Drops the rows past `step` (a rollback to the checkpoint of that step).
-  void rewind(int64_t step) {
-    out_.close();
-    *this = MetricsLog(path_, step);
-  }
-  void write(const nlohmann::json& row) {
-    out_ << row.dump() << '\n';
-    out_.flush();
-  }
-
- private:
-  std::ofstream out_;
-  std::string path_;
-};
-
-// What a run trains and validates on: the corpus (task lm) or a generated workbench task.
-struct RunData {
-  std::function<Batch(int64_t step, int64_t micro)> sample;
-  std::vector<Batch> valid;
-  int64_t sequence_length = 0;  // tokens per training sequence (padding included)
-  std::string summary;          // for the start-up log line
-  // Task lm: the tokenizer, its token streams (the batchers point into them), unigram entropy.
-  std::optional<Tokenizer> tokenizer;
-  std::unique_ptr<TokenStream> train_tokens, valid_tokens;
-  std::unique_ptr<LMBatcher> batcher;
-  double unigram_entropy = std::nan("");
-  // Generated tasks.
-  std::unique_ptr<TaskData> task;
-  // Translation: pairs of the parallel corpus; micro-batches vary in size, so the tokens of a step
-  // are counted (target tokens, as fairseq's wps).
-  std::unique_ptr<TranslationData> translation;
-};
-
 Batch to_batch(TranslationBatch b) { return Batch{std::move(b.inputs), std::move(b.targets), std::move(b.source)}; }
+
+}  // namespace
+
+StopSignals::StopSignals() {
+  g_stop_signal = 0;
+  previous_int_ = std::signal(SIGINT, on_stop_signal);
+  previous_term_ = std::signal(SIGTERM, on_stop_signal);
+}
+StopSignals::~StopSignals() {
+  std::signal(SIGINT, previous_int_);
+  std::signal(SIGTERM, previous_term_);
+}
+bool StopSignals::requested() const { return g_stop_signal != 0; }
+
+MetricsLog::MetricsLog(const std::string& path, int64_t step) {
+  std::error_code ec;
+  if (fs::exists(path, ec)) {
+    const std::string text = read_file(path);
+    std::string kept;
+    for (size_t at = 0, end; (end = text.find('\n', at)) != std::string::npos; at = end + 1) {
+      const auto row = nlohmann::json::parse(text.begin() + static_cast<long>(at),
+                                             text.begin() + static_cast<long>(end), nullptr, false);
+      if (row.is_object() && row.contains("step") && row["step"].is_number_integer() && row["step"] <= step)
+        kept.append(text, at, end - at + 1);
+    }
+    if (kept.size() != text.size()) write_file_atomic(path, kept);
+  }
+  out_.open(path, std::ios::app);
+  if (!out_) fail("cannot write metrics to {}", path);
+  path_ = path;
+}
+
+void MetricsLog::rewind(int64_t step) {
+  out_.close();
+  *this = MetricsLog(path_, step);
+}
+
+void MetricsLog::write(const nlohmann::json& row) {
+  out_ << row.dump() << '\n';
+  out_.flush();
+}
 
 RunData prepare_data(const Recipe& recipe) {
   const auto& tc = recipe.train;
@@ -171,6 +138,8 @@ RunData prepare_data(const Recipe& recipe) {
       fmt::format("data: {} train tokens, {} validation tokens", run.train_tokens->size(), run.valid_tokens->size());
   return run;
 }
+
+namespace {
 
 std::string percent(double fraction) { return fmt::format("{:.1f}%", 100 * fraction); }
 

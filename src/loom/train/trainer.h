@@ -2,11 +2,17 @@
 // progress, checkpoints, exact resume, and a clean stop on SIGINT/SIGTERM (a checkpoint is
 // written first, so the run can be resumed).
 #pragma once
+#include <fstream>
 #include <optional>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "loom/checkpoint/recipe.h"
 #include "loom/core/error.h"
+#include "loom/data/lm_data.h"
+#include "loom/data/tasks.h"
+#include "loom/data/translation_data.h"
 #include "loom/train/train_step.h"
 
 namespace loom {
@@ -47,6 +53,58 @@ class TrainingDiverged : public Error {
 };
 
 TrainResult train(Recipe recipe, const TrainOptions& options);
+
+// What a run trains and validates on: the corpus (task lm), the parallel corpus (translation) or a
+// generated workbench task. Batches are a pure function of (train.seed, step, micro), so a resumed
+// run sees the same ones.
+struct RunData {
+  std::function<Batch(int64_t step, int64_t micro)> sample;
+  std::vector<Batch> valid;
+  int64_t sequence_length = 0;  // tokens per training sequence (padding included)
+  std::string summary;          // for the start-up log line
+  // Task lm: the tokenizer, its token streams (the batchers point into them), unigram entropy.
+  std::optional<Tokenizer> tokenizer;
+  std::unique_ptr<TokenStream> train_tokens, valid_tokens;
+  std::unique_ptr<LMBatcher> batcher;
+  double unigram_entropy = std::nan("");
+  // Generated tasks.
+  std::unique_ptr<TaskData> task;
+  // Translation: pairs of the parallel corpus; micro-batches vary in size, so the tokens of a step
+  // are counted (target tokens, as fairseq's wps).
+  std::unique_ptr<TranslationData> translation;
+};
+
+RunData prepare_data(const Recipe& recipe);
+
+// A run's metrics.jsonl, one JSON row per line with its "step". Continuing the log of a run at
+// `step` first drops the rows past it (written after the checkpoint the run resumes from, by a
+// process that was killed) and a torn last line, so the log reads as if the run had never stopped.
+class MetricsLog {
+ public:
+  MetricsLog(const std::string& path, int64_t step);
+  // Drops the rows past `step` (a rollback to the checkpoint of that step).
+  void rewind(int64_t step);
+  void write(const nlohmann::json& row);
+
+ private:
+  std::ofstream out_;
+  std::string path_;
+};
+
+// Installs SIGINT/SIGTERM handlers for its lifetime (restoring the old ones after): a long loop
+// polls requested() and stops cleanly, with a checkpoint.
+class StopSignals {
+ public:
+  StopSignals();
+  ~StopSignals();
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  bool requested() const;
+
+ private:
+  void (*previous_int_)(int);
+  void (*previous_term_)(int);
+};
 
 // Fails unless `processes` is a multiple of train.tensor_parallel (the run's processes are
 // tensor_parallel slices x data-parallel replicas).
