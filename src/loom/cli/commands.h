@@ -15,6 +15,7 @@ struct GlobalOptions {
 
 void add_train(CLI::App& app, const GlobalOptions& global);
 void add_sweep(CLI::App& app, const GlobalOptions& global);
+void add_search(CLI::App& app, const GlobalOptions& global);
 void add_generate(CLI::App& app, const GlobalOptions& global);
 void add_serve(CLI::App& app, const GlobalOptions& global);
 void add_translate(CLI::App& app, const GlobalOptions& global);

@@ -21,6 +21,8 @@ const Command kCommands[] = {
     {"train", "train a model from a recipe (default: the built-in recipe), or resume a run", loom::cli::add_train},
     {"sweep", "train a recipe at each LR of a grid, per variant: table, LR sensitivity, SVG chart",
      loom::cli::add_sweep},
+    {"search", "architecture search: supernet, extract, latency, evolve, proxies (HAT; training-free NAS)",
+     loom::cli::add_search},
     {"generate", "continue a prompt with a trained model", loom::cli::add_generate},
     {"serve", "serve a language model over HTTP (OpenAI-compatible, continuous batching)", loom::cli::add_serve},
     {"translate", "translate stdin lines with an encoder-decoder: beam search, greedy or sampling",
