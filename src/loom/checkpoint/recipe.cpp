@@ -99,15 +99,7 @@ void Recipe::validate(const std::string& source) const {
 Recipe default_recipe() { return Recipe{}; }
 
 Recipe parse_recipe(const std::string& yaml, const std::string& source, const std::vector<std::string>& overrides) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml);
-  } catch (const YAML::Exception& e) {
-    fail("{}: not valid YAML: {}", source, e.what());
-  }
-  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  if (!root.IsMap()) fail("{}: a recipe is a mapping of sections (model:, train:, ...), not a single value", source);
-  for (const auto& assignment : overrides) apply_override(root, assignment);
+  const YAML::Node root = parse_yaml_map(yaml, source, "sections (model:, train:, ...)", overrides);
   try {
     return parse_config<Recipe>(root, source);
   } catch (const YAML::Exception& e) {  // the parser names the key it rejects; this is a backstop

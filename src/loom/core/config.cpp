@@ -4,6 +4,20 @@
 
 namespace loom {
 
+YAML::Node parse_yaml_map(const std::string& yaml, const std::string& source, const std::string& shape,
+                          const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    fail("{}: not valid YAML: {}", source, e.what());
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) fail("{}: expected a mapping of {}, not a single value", source, shape);
+  for (const auto& assignment : overrides) apply_override(root, assignment);
+  return root;
+}
+
 void apply_override(YAML::Node& root, const std::string& assignment) {
   const auto eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)

@@ -158,6 +158,12 @@ class KeyLister {
 // list). Whether the key exists is checked when the tree is parsed into the typed config.
 void apply_override(YAML::Node& root, const std::string& assignment);
 
+// A config file's YAML text as a map (empty text: an empty map) with the overrides applied; text
+// that is not YAML, or not a map, is one loom::Error naming `source` (`shape` says what the map
+// should hold, e.g. "sections (model:, train:, ...)").
+YAML::Node parse_yaml_map(const std::string& yaml, const std::string& source, const std::string& shape,
+                          const std::vector<std::string>& overrides);
+
 template <class Config>
 Config parse_config(const YAML::Node& root, const std::string& source) {
   Config config;

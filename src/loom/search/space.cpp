@@ -276,15 +276,7 @@ std::string search_config_to_yaml(const SearchConfig& config) { return config_to
 SearchSpace parse_search_space(const std::string& yaml, const std::string& source, const std::string& dir,
                                const std::vector<std::string>& overrides,
                                const std::vector<std::string>& recipe_overrides) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml);
-  } catch (const YAML::Exception& e) {
-    fail("{}: not valid YAML: {}", source, e.what());
-  }
-  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  if (!root.IsMap()) fail("{}: a search file is a mapping (recipe:, space:, ...), not a single value", source);
-  for (const auto& assignment : overrides) apply_override(root, assignment);
+  const YAML::Node root = parse_yaml_map(yaml, source, "keys (recipe:, space:, ...)", overrides);
   SearchConfig config;
   try {
     YamlReader reader(root, source);
