@@ -160,7 +160,8 @@ void add_search(CLI::App& app, const GlobalOptions& global) {
     std::printf("%s/{winner.yaml,candidates.json,pareto.svg,evolve.md}\n", v->options.out_dir.c_str());
   });
 
-  auto* px = app.add_subcommand("proxies", "training-free proxies against briefly trained loss: Kendall tau, Spearman rho");
+  auto* px =
+      app.add_subcommand("proxies", "training-free proxies against briefly trained loss: Kendall tau, Spearman rho");
   struct ProxiesArgs {
     std::string space;
     std::vector<std::string> set;

@@ -56,7 +56,8 @@ std::string body(const ScatterChart& c, int ox, int oy) {
   svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>\n",
                      (left + right) / 2, oy + 20, escape(c.title));
   for (double t : ticks(x0, x1)) {
-    svg += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#ddd\"/>\n", X(t), top, bottom);
+    svg +=
+        fmt::format("<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#ddd\"/>\n", X(t), top, bottom);
     svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:.4g}</text>\n", X(t), bottom + 16, t);
   }
   for (double t : ticks(y0, y1)) {
@@ -80,8 +81,8 @@ std::string body(const ScatterChart& c, int ox, int oy) {
       std::sort(pts.begin(), pts.end(), [](const auto& a, const auto& b) { return a.x < b.x; });
       std::string points;
       for (const auto& p : pts) points += fmt::format("{:.1f},{:.1f} ", X(p.x), Y(p.y));
-      svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>\n", s.colour,
-                         points);
+      svg +=
+          fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>\n", s.colour, points);
     }
     for (const auto& p : pts) {
       svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"{}\" fill=\"{}\" fill-opacity=\"0.75\"/>\n", X(p.x),

@@ -19,14 +19,10 @@ namespace fs = std::filesystem;
 namespace {
 
 nlohmann::json to_json(const Candidate& c) {
-  return {{"arch", format_arch(c.arch)},
-          {"loss", c.loss},
-          {"decode_ms", c.latency.decode_ms},
-          {"prefill_ms", c.latency.prefill_ms},
-          {"engine", c.latency.engine},
-          {"parameters", c.parameters},
-          {"generation", c.generation},
-          {"name", c.name}};
+  return {{"arch", format_arch(c.arch)},      {"loss", c.loss},
+          {"decode_ms", c.latency.decode_ms}, {"prefill_ms", c.latency.prefill_ms},
+          {"engine", c.latency.engine},       {"parameters", c.parameters},
+          {"generation", c.generation},       {"name", c.name}};
 }
 
 std::string chart(const EvolveResult& r, double limit_ms) {
@@ -97,14 +93,16 @@ EvolveResult evolve(const LoadedSupernet& supernet, const EvolveOptions& options
          ev.latency_limit_ms, table.get(space.smallest()).decode_ms);
   };
   std::vector<Arch> population;
-  for (int64_t i = 0; i < ev.population; ++i) population.push_back(draw([&] { return space.sample(rng); }, "random architecture"));
+  for (int64_t i = 0; i < ev.population; ++i)
+    population.push_back(draw([&] { return space.sample(rng); }, "random architecture"));
   Progress progress("evolve", 0, ev.iterations, 1);
   for (int64_t gen = 0; gen < ev.iterations; ++gen) {
     std::vector<Candidate> scored;
     for (const auto& a : population) scored.push_back(evaluate(a, gen));
     std::sort(scored.begin(), scored.end(), [](const Candidate& a, const Candidate& b) { return a.loss < b.loss; });
     std::vector<Arch> parents;
-    for (int64_t i = 0; i < ev.parents && i < static_cast<int64_t>(scored.size()); ++i) parents.push_back(scored[i].arch);
+    for (int64_t i = 0; i < ev.parents && i < static_cast<int64_t>(scored.size()); ++i)
+      parents.push_back(scored[i].arch);
     progress.update(gen + 1, fmt::format("best loss {:.4f} at {:.3f} ms/token | {} evaluated, {} latencies measured",
                                          scored.front().loss, scored.front().latency.decode_ms,
                                          result.candidates.size(), table.measured()));

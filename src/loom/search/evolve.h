@@ -28,8 +28,8 @@ struct Candidate {
 
 struct EvolveOptions {
   std::string out_dir;
-  std::string latency_table;            // cache of measurements ("" = none)
-  std::vector<std::string> baselines;   // NAME=ARCH, marked on the chart and scored alike
+  std::string latency_table;           // cache of measurements ("" = none)
+  std::vector<std::string> baselines;  // NAME=ARCH, marked on the chart and scored alike
 };
 
 struct EvolveResult {

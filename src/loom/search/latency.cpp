@@ -7,8 +7,8 @@
 #include <numeric>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "loom/core/error.h"
 #include "loom/core/log.h"
@@ -65,7 +65,9 @@ Latency measure_latency(const SearchSpace& space, const Arch& arch) {
   std::vector<int64_t> prompt(static_cast<size_t>(settings.prompt));
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int64_t>((i * 7919) % c.vocab_size);
   using Clock = std::chrono::steady_clock;
-  auto ms = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  auto ms = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
   std::vector<double> prefill, decode;
   for (int64_t r = 0; r <= settings.repeats; ++r) {  // repeat 0 warms up
     engine->reset(0);
@@ -133,14 +135,9 @@ std::vector<float> arch_features(const SearchSpace& space, const Arch& arch) {
     attn_params += 4 * d * static_cast<double>(arch.heads[i]) * hd;
     ffn_params += 3 * d * static_cast<double>(arch.d_ff[i]);
   }
-  std::vector<float> f{static_cast<float>(n),
-                       static_cast<float>(d),
-                       static_cast<float>(ff / n),
-                       static_cast<float>(ff),
-                       static_cast<float>(heads / n),
-                       static_cast<float>(heads),
-                       static_cast<float>(attn_params),
-                       static_cast<float>(ffn_params)};
+  std::vector<float> f{static_cast<float>(n),           static_cast<float>(d),         static_cast<float>(ff / n),
+                       static_cast<float>(ff),          static_cast<float>(heads / n), static_cast<float>(heads),
+                       static_cast<float>(attn_params), static_cast<float>(ffn_params)};
   for (const auto& m : space.choices().mixer)
     f.push_back(static_cast<float>(std::count(arch.mixers.begin(), arch.mixers.end(), m)));
   return f;
@@ -150,7 +147,8 @@ LatencyPredictor::LatencyPredictor(const SearchSpace& space, int64_t hidden) : s
 
 void LatencyPredictor::fit(const std::vector<Arch>& archs, const std::vector<double>& latency_ms, int64_t iterations,
                            uint64_t seed) {
-  if (archs.size() < 2 || archs.size() != latency_ms.size()) fail("the latency predictor needs at least 2 measurements");
+  if (archs.size() < 2 || archs.size() != latency_ms.size())
+    fail("the latency predictor needs at least 2 measurements");
   torch::manual_seed(seed);
   std::vector<torch::Tensor> rows;
   for (const auto& a : archs) rows.push_back(torch::tensor(arch_features(space_, a)));
