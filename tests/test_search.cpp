@@ -21,14 +21,16 @@ namespace {
 // A base recipe and a space over it; `space` is the YAML of the space section.
 SearchSpace make_space(const std::string& model, const std::string& space, const std::string& extra = "") {
   const Recipe base = parse_recipe("model: {" + model + "}\ntrain: {seed: 5}\n", "test recipe");
-  return SearchSpace([&] {
-    SearchConfig c;
-    YAML::Node root = YAML::Load("space: {" + space + "}\n" + extra);
-    YamlReader reader(root, "test space");
-    c.visit(reader);
-    reader.check_unknown();
-    return c;
-  }(), base, "test space");
+  return SearchSpace(
+      [&] {
+        SearchConfig c;
+        YAML::Node root = YAML::Load("space: {" + space + "}\n" + extra);
+        YamlReader reader(root, "test space");
+        c.visit(reader);
+        reader.check_unknown();
+        return c;
+      }(),
+      base, "test space");
 }
 
 // A small space with fused projections everywhere: GQA attention (q, k, v segments), SwiGLU (gate,
@@ -125,7 +127,8 @@ TEST(SearchSpace, MutationAndCrossoverStayInsideTheSpace) {
 }
 
 TEST(SearchSpace, BadSpacesFailWithOneClearLineNamingTheKey) {
-  const std::string model = "vocab_size: 50, d_model: 24, n_layers: 2, n_heads: 4, n_kv_heads: 2, d_ff: 32, position: rope";
+  const std::string model =
+      "vocab_size: 50, d_model: 24, n_layers: 2, n_heads: 4, n_kv_heads: 2, d_ff: 32, position: rope";
   auto error = [&](const std::string& space, const std::string& extra = "") -> std::string {
     try {
       make_space(model, space, extra);
@@ -154,13 +157,13 @@ TEST(SearchSpace, BadSpacesFailWithOneClearLineNamingTheKey) {
   TinyRun run;
   std::ofstream(run.root / "recipe.yaml") << run.recipe_yaml();
   std::ofstream(run.root / "space.yaml") << "recipe: recipe.yaml\nspace: {mixer: [attention, nope]}\n";
-  expect_one_line_error(run_loom("search supernet " + (run.root / "space.yaml").string() + " --out " +
-                                 (run.root / "sn").string()),
-                        "space.mixer");
+  expect_one_line_error(
+      run_loom("search supernet " + (run.root / "space.yaml").string() + " --out " + (run.root / "sn").string()),
+      "space.mixer");
   std::ofstream(run.root / "space2.yaml") << "recipe: missing.yaml\n";
-  expect_one_line_error(run_loom("search proxies " + (run.root / "space2.yaml").string() + " --out " +
-                                 (run.root / "px").string()),
-                        "recipe: no file");
+  expect_one_line_error(
+      run_loom("search proxies " + (run.root / "space2.yaml").string() + " --out " + (run.root / "px").string()),
+      "recipe: no file");
 }
 
 // The central test: a sub-model sliced out of the supernet equals a standalone model of those
@@ -209,7 +212,7 @@ TEST(Supernet, GradientsLandInTheSubModelsSlicesAndNowhereElse) {
   const auto tokens = torch::randint(0, 50, {2, 10});
   sub->forward(tokens).pow(2).mean().backward();
   net.add_gradients(arch, sub);
-  net.add_gradients(arch, sub);  // added, not assigned: twice the gradient
+  net.add_gradients(arch, sub);           // added, not assigned: twice the gradient
   std::map<std::string, double> touched;  // supernet tensor -> sum |grad| expected
   for (auto& p : sub->named_parameters()) {
     SCOPED_TRACE(p.key());
@@ -273,17 +276,17 @@ TEST(Supernet, ResumesExactlyAndExtractsCheckpointsThatGenerate) {
   EXPECT_DOUBLE_EQ(evaluate_loss(loaded.model, batches, false), evaluate_loss(from_supernet, batches, false));
   const auto generated = run_loom("generate " + dir + " --prompt 'the cat' --max-new-tokens 8 --seed 1");
   EXPECT_EQ(generated.status, 0) << generated.output;
-  const auto cli = run_loom("search extract " + a.checkpoint + " --arch smallest --out " +
-                            (run.root / "small").string());
+  const auto cli =
+      run_loom("search extract " + a.checkpoint + " --arch smallest --out " + (run.root / "small").string());
   EXPECT_EQ(cli.status, 0) << cli.output;
   EXPECT_EQ(load_checkpoint((run.root / "small").string()).recipe.model.d_model, 16);
 }
 
 TEST(Search, LatencyIsMeasuredOnTheServingEngineAndCachedPerMachine) {
   TempDir tmp;
-  const SearchSpace space = make_space("vocab_size: 64, d_model: 32, n_layers: 2, n_heads: 4, d_ff: 64, max_seq_len: 64",
-                                       "d_model: [16, 32], head_dim: 8, mixer: [attention, mamba]",
-                                       "latency: {prompt: 8, decode: 4, repeats: 3}");
+  const SearchSpace space = make_space(
+      "vocab_size: 64, d_model: 32, n_layers: 2, n_heads: 4, d_ff: 64, max_seq_len: 64",
+      "d_model: [16, 32], head_dim: 8, mixer: [attention, mamba]", "latency: {prompt: 8, decode: 4, repeats: 3}");
   LatencyTable table(tmp / "latency.json", space);
   const Arch fast{32, {"attention", "attention"}, {4, 4}, {64, 64}}, slow{32, {"mamba", "attention"}, {4, 4}, {64, 64}};
   const Latency lf = table.get(fast), ls = table.get(slow);
@@ -298,8 +301,9 @@ TEST(Search, LatencyIsMeasuredOnTheServingEngineAndCachedPerMachine) {
   EXPECT_DOUBLE_EQ(again.get(fast).decode_ms, lf.decode_ms);
   EXPECT_EQ(again.measured(), 0);
   // Other settings: not mixed in.
-  const SearchSpace other = make_space("vocab_size: 64, d_model: 32, n_layers: 2, n_heads: 4, d_ff: 64, max_seq_len: 64",
-                                       "d_model: [16, 32], head_dim: 8", "latency: {prompt: 16}");
+  const SearchSpace other =
+      make_space("vocab_size: 64, d_model: 32, n_layers: 2, n_heads: 4, d_ff: 64, max_seq_len: 64",
+                 "d_model: [16, 32], head_dim: 8", "latency: {prompt: 16}");
   EXPECT_FALSE(LatencyTable(tmp / "latency.json", other).has(fast));
 }
 

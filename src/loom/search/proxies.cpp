@@ -48,8 +48,8 @@ double pearson(const std::vector<double>& a, const std::vector<double>& b) {
   return saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : std::nan("");
 }
 
-const char* const kProxyNames[] = {"parameters", "decoder_parameters", "flops", "hidden_covariance", "synflow",
-                                   "grad_norm"};
+const char* const kProxyNames[] = {"parameters", "decoder_parameters", "flops", "hidden_covariance",
+                                   "synflow",    "grad_norm"};
 
 double proxy_value(const ProxyRow& r, const std::string& name) {
   if (name == "parameters") return r.parameters;
@@ -119,9 +119,11 @@ ProxyRow compute_proxies(const SearchSpace& space, const Arch& arch, const torch
     const bool table = p.key() == "tok_emb.weight" || p.key() == "lm_head.weight" || p.key().rfind("pos.", 0) == 0;
     if (!table) row.decoder_parameters += n;
     if (p.value().dim() < 2 || p.key() == "tok_emb.weight" || p.key().rfind("pos.", 0) == 0) continue;
-    const bool expert = p.key().find(".ffn.w_in") != std::string::npos || p.key().find(".ffn.w_out") != std::string::npos;
-    matrix += expert && p.value().dim() == 3 ? n * static_cast<double>(c.moe.top_k) / static_cast<double>(c.moe.n_experts)
-                                             : n;
+    const bool expert =
+        p.key().find(".ffn.w_in") != std::string::npos || p.key().find(".ffn.w_out") != std::string::npos;
+    matrix += expert && p.value().dim() == 3
+                  ? n * static_cast<double>(c.moe.top_k) / static_cast<double>(c.moe.n_experts)
+                  : n;
   }
   if (c.tie_embeddings) matrix += static_cast<double>(c.vocab_size * c.d_model);  // the output projection
   double scores = 0;
@@ -205,8 +207,8 @@ ProxiesResult run_proxies(const SearchSpace& space, const ProxiesOptions& option
       if (index < 0 || index >= options.n) continue;
       ProxyRow row = from_json(j);
       if (row.arch != archs[static_cast<size_t>(index)])
-        fail("{}: row {} holds another architecture than this search space draws ({}): another space's run?",
-             rows_path, index, format_arch(row.arch));
+        fail("{}: row {} holds another architecture than this search space draws ({}): another space's run?", rows_path,
+             index, format_arch(row.arch));
       result.rows.push_back(row);
     }
   }
@@ -222,8 +224,7 @@ ProxiesResult run_proxies(const SearchSpace& space, const ProxiesOptions& option
     torch::manual_seed(static_cast<uint64_t>(recipe.train.seed));
     Model model(recipe.model);
     TrainStep step(model, recipe.train);
-    for (int64_t s = 0; s < cfg.steps; ++s)
-      step.run(s, [&](int64_t micro) { return data.sample(s, micro); });
+    for (int64_t s = 0; s < cfg.steps; ++s) step.run(s, [&](int64_t micro) { return data.sample(s, micro); });
     row.loss = evaluate_loss(model, data.valid, bf16);
     row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     rows_out << to_json(row, i).dump() << "\n" << std::flush;
@@ -242,7 +243,9 @@ ProxiesResult run_proxies(const SearchSpace& space, const ProxiesOptions& option
       "loss (strongly negative = the proxy ranks architectures well)\n\n| proxy | Kendall tau | Spearman rho |\n"
       "|---|---|---|\n",
       result.rows.size(), cfg.steps);
-  nlohmann::json j{{"architectures", result.rows.size()}, {"steps", cfg.steps}, {"correlations", nlohmann::json::array()},
+  nlohmann::json j{{"architectures", result.rows.size()},
+                   {"steps", cfg.steps},
+                   {"correlations", nlohmann::json::array()},
                    {"rows", nlohmann::json::array()}};
   for (const char* name : kProxyNames) {
     std::vector<double> v;
@@ -250,7 +253,8 @@ ProxiesResult run_proxies(const SearchSpace& space, const ProxiesOptions& option
     ProxyCorrelation corr{name, kendall_tau(v, loss), spearman_rho(v, loss)};
     result.correlations.push_back(corr);
     md += fmt::format("| {} | {:.3f} | {:.3f} |\n", name, corr.kendall_tau, corr.spearman_rho);
-    j["correlations"].push_back({{"proxy", name}, {"kendall_tau", corr.kendall_tau}, {"spearman_rho", corr.spearman_rho}});
+    j["correlations"].push_back(
+        {{"proxy", name}, {"kendall_tau", corr.kendall_tau}, {"spearman_rho", corr.spearman_rho}});
     ScatterChart chart;
     chart.title = fmt::format("{}: tau {:.2f}, rho {:.2f}", name, corr.kendall_tau, corr.spearman_rho);
     chart.x_label = name;

@@ -26,8 +26,8 @@ namespace loom {
 struct ProxyRow {
   Arch arch;
   double parameters = 0, decoder_parameters = 0, flops = 0, hidden_covariance = 0, synflow = 0, grad_norm = 0;
-  double loss = 0;      // validation loss after proxies.steps steps of training
-  double seconds = 0;   // proxies and training of this architecture
+  double loss = 0;     // validation loss after proxies.steps steps of training
+  double seconds = 0;  // proxies and training of this architecture
 };
 
 struct ProxyCorrelation {

@@ -39,9 +39,10 @@ std::string format_arch(const Arch& arch) {
 
 Arch parse_arch(const std::string& text, const std::string& where) {
   auto bad = [&](const std::string& why) -> Arch {
-    fail("{}: '{}' is not an architecture ({}); the form is D_MODEL,MIXER:HEADS:D_FF,... with one MIXER:HEADS:D_FF "
-         "per layer, e.g. 256,attention:4:688,attention:2:512",
-         where, text, why);
+    fail(
+        "{}: '{}' is not an architecture ({}); the form is D_MODEL,MIXER:HEADS:D_FF,... with one MIXER:HEADS:D_FF "
+        "per layer, e.g. 256,attention:4:688,attention:2:512",
+        where, text, why);
   };
   auto number = [&](const std::string& s) -> int64_t {
     if (s.empty() || s.size() > 12 || !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }))
@@ -58,7 +59,8 @@ Arch parse_arch(const std::string& text, const std::string& where) {
   arch.d_model = number(items[0]);
   for (size_t i = 1; i < items.size(); ++i) {
     const auto a = items[i].find(':'), b = items[i].rfind(':');
-    if (a == std::string::npos || a == b) return bad(fmt::format("layer {} '{}' is not MIXER:HEADS:D_FF", i - 1, items[i]));
+    if (a == std::string::npos || a == b)
+      return bad(fmt::format("layer {} '{}' is not MIXER:HEADS:D_FF", i - 1, items[i]));
     arch.mixers.push_back(items[i].substr(0, a));
     if (arch.mixers.back().empty()) return bad(fmt::format("layer {} has no mixer", i - 1));
     arch.heads.push_back(number(items[i].substr(a + 1, b - a - 1)));
@@ -79,20 +81,19 @@ SearchSpace::SearchSpace(SearchConfig config, Recipe base, std::string source)
   if (lat.weights != "f32" && lat.weights != "int8" && lat.weights != "q4_0")
     fail("{}: latency.weights must be f32, int8 or q4_0, got '{}'", source_, lat.weights);
   const auto& ev = config_.evolve;
-  for (const auto& [key, value, least] :
-       {std::tuple<const char*, int64_t, int64_t>{"latency.prompt", lat.prompt, 1},
-        {"latency.decode", lat.decode, 1},
-        {"latency.repeats", lat.repeats, 1},
-        {"latency.samples", lat.samples, 2},
-        {"latency.threads", lat.threads, 0},
-        {"evolve.population", ev.population, 2},
-        {"evolve.parents", ev.parents, 1},
-        {"evolve.mutations", ev.mutations, 0},
-        {"evolve.crossovers", ev.crossovers, 0},
-        {"evolve.iterations", ev.iterations, 1},
-        {"evolve.eval_batches", ev.eval_batches, 1},
-        {"proxies.steps", config_.proxies.steps, 1},
-        {"proxies.batches", config_.proxies.batches, 1}})
+  for (const auto& [key, value, least] : {std::tuple<const char*, int64_t, int64_t>{"latency.prompt", lat.prompt, 1},
+                                          {"latency.decode", lat.decode, 1},
+                                          {"latency.repeats", lat.repeats, 1},
+                                          {"latency.samples", lat.samples, 2},
+                                          {"latency.threads", lat.threads, 0},
+                                          {"evolve.population", ev.population, 2},
+                                          {"evolve.parents", ev.parents, 1},
+                                          {"evolve.mutations", ev.mutations, 0},
+                                          {"evolve.crossovers", ev.crossovers, 0},
+                                          {"evolve.iterations", ev.iterations, 1},
+                                          {"evolve.eval_batches", ev.eval_batches, 1},
+                                          {"proxies.steps", config_.proxies.steps, 1},
+                                          {"proxies.batches", config_.proxies.batches, 1}})
     if (value < least) fail("{}: {} must be at least {}, got {}", source_, key, least, value);
   if (ev.parents > ev.population)
     fail("{}: evolve.parents ({}) must not exceed evolve.population ({})", source_, ev.parents, ev.population);
@@ -118,11 +119,10 @@ SearchSpace::SearchSpace(SearchConfig config, Recipe base, std::string source)
     for (const auto& name : base_mixers)
       if (!has(choices_.mixer, name)) choices_.mixer.push_back(name);
   }
-  for (const auto& [key, list] :
-       {std::pair<const char*, std::vector<int64_t>*>{"d_model", &choices_.d_model},
-        {"n_layers", &choices_.n_layers},
-        {"d_ff", &choices_.d_ff},
-        {"n_heads", &choices_.n_heads}}) {
+  for (const auto& [key, list] : {std::pair<const char*, std::vector<int64_t>*>{"d_model", &choices_.d_model},
+                                  {"n_layers", &choices_.n_layers},
+                                  {"d_ff", &choices_.d_ff},
+                                  {"n_heads", &choices_.n_heads}}) {
     for (int64_t v : *list)
       if (v <= 0) fail("{}: space.{}: every choice must be positive, got {}", source_, key, v);
     std::sort(list->begin(), list->end());
@@ -236,11 +236,11 @@ bool SearchSpace::contains(const Arch& arch, std::string* why) const {
     return no("the per-layer lists differ in length");
   for (int64_t i = 0; i < arch.n_layers(); ++i) {
     if (!has(choices_.mixer, arch.mixers[i]))
-      return no(fmt::format("layer {}: mixer '{}' is not a choice ({})", i, arch.mixers[i],
-                            fmt::join(choices_.mixer, ", ")));
+      return no(
+          fmt::format("layer {}: mixer '{}' is not a choice ({})", i, arch.mixers[i], fmt::join(choices_.mixer, ", ")));
     if (!has(choices_.n_heads, arch.heads[i]))
-      return no(fmt::format("layer {}: {} heads is not a choice ({})", i, arch.heads[i],
-                            fmt::join(choices_.n_heads, ", ")));
+      return no(
+          fmt::format("layer {}: {} heads is not a choice ({})", i, arch.heads[i], fmt::join(choices_.n_heads, ", ")));
     if (!has(choices_.d_ff, arch.d_ff[i]))
       return no(fmt::format("layer {}: d_ff {} is not a choice ({})", i, arch.d_ff[i], fmt::join(choices_.d_ff, ", ")));
   }
@@ -249,7 +249,9 @@ bool SearchSpace::contains(const Arch& arch, std::string* why) const {
 
 ModelConfig SearchSpace::model_config(const Arch& arch) const {
   ModelConfig c = base_.model;
-  auto uniform = [](const auto& list) { return std::adjacent_find(list.begin(), list.end(), std::not_equal_to<>()) == list.end(); };
+  auto uniform = [](const auto& list) {
+    return std::adjacent_find(list.begin(), list.end(), std::not_equal_to<>()) == list.end();
+  };
   c.d_model = arch.d_model;
   c.n_layers = arch.n_layers();
   c.layers.clear();
@@ -291,7 +293,8 @@ SearchSpace parse_search_space(const std::string& yaml, const std::string& sourc
   if (config.recipe.empty()) {
     base = parse_recipe(recipe_to_yaml(base), source + " (the default recipe)", all);
   } else {
-    const fs::path path = fs::path(config.recipe).is_absolute() ? fs::path(config.recipe) : fs::path(dir) / config.recipe;
+    const fs::path path =
+        fs::path(config.recipe).is_absolute() ? fs::path(config.recipe) : fs::path(dir) / config.recipe;
     if (!fs::exists(path)) fail("{}: recipe: no file '{}'", source, path.string());
     base = load_recipe(path.string(), all);
   }

@@ -7,8 +7,8 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "loom/checkpoint/checkpoint.h"
 #include "loom/core/error.h"
@@ -41,8 +41,8 @@ void for_each_slice(const torch::Tensor& whole, const Shard* whole_fused, const 
   if (whole.dim() != part.dim())
     fail("internal: a slice of shape {} cannot come from a tensor of shape {}", fmt_shape(part), fmt_shape(whole));
   if ((whole_fused == nullptr) != (part_fused == nullptr) ||
-      (whole_fused && (whole_fused->dim != part_fused->dim ||
-                       whole_fused->segments.size() != part_fused->segments.size())))
+      (whole_fused &&
+       (whole_fused->dim != part_fused->dim || whole_fused->segments.size() != part_fused->segments.size())))
     fail("internal: a slice of shape {} is fused differently from its tensor of shape {}", fmt_shape(part),
          fmt_shape(whole));
   torch::Tensor w = whole, p = part;
@@ -253,8 +253,7 @@ SupernetResult train_supernet(const SearchSpace& space, const SupernetOptions& o
   const bool bf16 = tc.precision == "bf16";
   const bool resuming = !list_checkpoints(options.out_dir).empty();
   if (resuming && !options.resume)
-    fail("'{}' already holds a supernet run: pass --resume to continue it, or choose another --out",
-         options.out_dir);
+    fail("'{}' already holds a supernet run: pass --resume to continue it, or choose another --out", options.out_dir);
   if (!resuming && options.resume) fail("--resume: no supernet checkpoint in '{}'", options.out_dir);
 
   Supernet net(space);
@@ -263,31 +262,35 @@ SupernetResult train_supernet(const SearchSpace& space, const SupernetOptions& o
   if (resuming) {
     const std::string dir = resolve_supernet(options.out_dir);
     const auto saved = load_search_space((fs::path(dir) / "search.yaml").string());
-    if (search_config_to_yaml(saved.config()) != [&] {
-          SearchConfig c = space.config();
-          c.recipe = "recipe.yaml", c.set.clear();
-          return search_config_to_yaml(c);
-        }() ||
+    if (search_config_to_yaml(saved.config()) !=
+            [&] {
+              SearchConfig c = space.config();
+              c.recipe = "recipe.yaml", c.set.clear();
+              return search_config_to_yaml(c);
+            }() ||
         recipe_to_yaml(saved.base()) != recipe_to_yaml(space.base()))
-      fail("--resume: '{}' was trained with other search settings or another base recipe (its search.yaml and "
-           "recipe.yaml); resume with the same search file",
-           dir);
+      fail(
+          "--resume: '{}' was trained with other search settings or another base recipe (its search.yaml and "
+          "recipe.yaml); resume with the same search file",
+          dir);
     const std::string weights = (fs::path(dir) / "supernet.safetensors").string();
     net.load(load_safetensors(weights), weights);
     load_optimizer_state(dir, optimizer);
     state = read_state(dir);
   }
-  const int64_t steps =
-      options.steps >= 0 ? options.steps : (space.config().supernet.steps > 0 ? space.config().supernet.steps : tc.steps);
+  const int64_t steps = options.steps >= 0
+                            ? options.steps
+                            : (space.config().supernet.steps > 0 ? space.config().supernet.steps : tc.steps);
   RunData data = prepare_data(recipe);
   const Tokenizer* tokenizer = data.tokenizer ? &*data.tokenizer : nullptr;
-  spdlog::info("supernet: {} tensors, {:.2f}M parameters; {}; sampling {}; {} steps", net.tensors().size(),
-               [&] {
-                 int64_t n = 0;
-                 for (const auto& [name, t] : net.tensors()) n += t.numel();
-                 return static_cast<double>(n) / 1e6;
-               }(),
-               data.summary, space.config().supernet.sampling, steps);
+  spdlog::info(
+      "supernet: {} tensors, {:.2f}M parameters; {}; sampling {}; {} steps", net.tensors().size(),
+      [&] {
+        int64_t n = 0;
+        for (const auto& [name, t] : net.tensors()) n += t.numel();
+        return static_cast<double>(n) / 1e6;
+      }(),
+      data.summary, space.config().supernet.sampling, steps);
 
   const bool sandwich = space.config().supernet.sampling == "sandwich";
   auto archs_of_step = [&](int64_t step) {
@@ -298,8 +301,8 @@ SupernetResult train_supernet(const SearchSpace& space, const SupernetOptions& o
     return archs;
   };
   auto validate = [&] {
-    for (auto [arch, out] : {std::pair<Arch, double*>{space.largest(), &state.largest_loss},
-                             {space.smallest(), &state.smallest_loss}}) {
+    for (auto [arch, out] :
+         {std::pair<Arch, double*>{space.largest(), &state.largest_loss}, {space.smallest(), &state.smallest_loss}}) {
       Model m = net.build(arch);
       *out = evaluate_loss(m, data.valid, bf16);
     }
@@ -337,8 +340,7 @@ SupernetResult train_supernet(const SearchSpace& space, const SupernetOptions& o
     std::vector<torch::Tensor> grads;
     for (const auto& [name, t] : net.tensors())
       if (t.grad().defined()) grads.push_back(t);
-    const double grad_norm =
-        tc.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(grads, tc.grad_clip) : std::nan("");
+    const double grad_norm = tc.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(grads, tc.grad_clip) : std::nan("");
     const double lr = tc.schedule == "inverse_sqrt" ? inverse_sqrt_lr(step, tc.warmup_steps, tc.lr)
                                                     : cosine_lr(step, steps, tc.warmup_steps, tc.lr, tc.min_lr_ratio);
     optimizer.step(lr);
