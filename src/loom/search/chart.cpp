@@ -40,6 +40,7 @@ std::vector<double> ticks(double lo, double hi) {
 std::string body(const ScatterChart& c, int ox, int oy) {
   const double left = ox + 64, right = ox + c.width - 170, top = oy + 36, bottom = oy + c.height - 48;
   double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
+  for (const auto& [x, label] : c.x_marks) x0 = std::min(x0, x), x1 = std::max(x1, x);
   for (const auto& s : c.series)
     for (const auto& p : s.points) {
       if (!std::isfinite(p.x) || !std::isfinite(p.y)) continue;
@@ -72,6 +73,13 @@ std::string body(const ScatterChart& c, int ox, int oy) {
   svg += fmt::format(
       "<text x=\"{0}\" y=\"{1:.1f}\" text-anchor=\"middle\" transform=\"rotate(-90 {0} {1:.1f})\">{2}</text>\n",
       ox + 16, (top + bottom) / 2, escape(c.y_label));
+  for (const auto& [x, label] : c.x_marks) {
+    svg += fmt::format(
+        "<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#d62728\" stroke-dasharray=\"5,4\"/>\n",
+        X(x), top, bottom);
+    svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" font-size=\"11\" fill=\"#d62728\">{}</text>\n", X(x) + 4, top + 14,
+                       escape(label));
+  }
   int legend = 0;
   for (const auto& s : c.series) {
     std::vector<ScatterPoint> pts;

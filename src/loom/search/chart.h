@@ -2,6 +2,7 @@
 // `loom search evolve` and the proxy scatters of `loom search proxies`.
 #pragma once
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace loom {
@@ -22,6 +23,7 @@ struct ScatterSeries {
 struct ScatterChart {
   std::string title, x_label, y_label;
   std::vector<ScatterSeries> series;
+  std::vector<std::pair<double, std::string>> x_marks;  // dashed vertical lines at x, labelled
   int width = 720, height = 440;
 };
 

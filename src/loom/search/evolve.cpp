@@ -38,7 +38,7 @@ std::string chart(const EvolveResult& r, double limit_ms) {
   for (const auto& cand : r.baselines) base.points.push_back({cand.latency.decode_ms, cand.loss, cand.name});
   ScatterSeries win{"winner", "#2ca02c", {{r.winner.latency.decode_ms, r.winner.loss, "winner"}}, false, 6};
   c.series = {all, front, base, win};
-  if (limit_ms > 0) c.title += fmt::format(" (limit {:.3g} ms)", limit_ms);
+  if (limit_ms > 0) c.x_marks.emplace_back(limit_ms, fmt::format("limit {:.3g} ms", limit_ms));
   return scatter_svg(c);
 }
 
