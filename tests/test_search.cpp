@@ -329,3 +329,30 @@ TEST(Search, ProxiesAreFiniteAndParameterCountsExact) {
   for (double v : {row.hidden_covariance, row.synflow, row.grad_norm}) EXPECT_TRUE(std::isfinite(v)) << v;
   EXPECT_GT(row.grad_norm, 0);
 }
+
+// `loom search proxies` end to end on the tiny corpus: a rerun with more architectures continues
+// (only the new ones are trained), and rows of another space's run are refused.
+TEST(Search, ProxiesRunContinuesAndRefusesAnotherSpacesRows) {
+  TinyRun run;
+  std::ofstream(run.root / "recipe.yaml") << run.recipe_yaml();
+  std::ofstream(run.root / "space.yaml")
+      << "recipe: recipe.yaml\nspace: {d_model: [16, 32], n_layers: [1, 2], d_ff: [32, 64], n_heads: [2, 4], "
+         "head_dim: 8}\nproxies: {steps: 2, batches: 1}\n";
+  const SearchSpace space = load_search_space((run.root / "space.yaml").string());
+  ProxiesOptions options;
+  options.out_dir = (run.root / "proxies").string();
+  options.n = 2;
+  const auto first = run_proxies(space, options);
+  EXPECT_EQ(first.trained_now, 2);
+  ASSERT_EQ(first.correlations.size(), 6u);
+  options.n = 4;
+  const auto second = run_proxies(space, options);
+  EXPECT_EQ(second.trained_now, 2);
+  ASSERT_EQ(second.rows.size(), 4u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_EQ(second.rows[i].arch, first.rows[i].arch);
+  for (const auto& r : second.rows) EXPECT_TRUE(std::isfinite(r.loss)) << format_arch(r.arch);
+  EXPECT_TRUE(fs::exists(run.root / "proxies" / "proxies.svg"));
+  // Another space draws other architectures: its rows are not mixed in.
+  const SearchSpace other = load_search_space((run.root / "space.yaml").string(), {"space.d_model=[24]"});
+  EXPECT_THROW(run_proxies(other, options), Error);
+}

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -192,31 +193,37 @@ ProxiesResult run_proxies(const SearchSpace& space, const ProxiesOptions& option
   std::vector<Arch> archs;
   for (int64_t i = 0; i < options.n; ++i) archs.push_back(space.sample(rng));
   ProxiesResult result;
-  // Rows of an earlier invocation.
+  // Rows of an earlier invocation, by index (a torn or repeated row is measured again or ignored).
+  std::vector<std::optional<ProxyRow>> rows(static_cast<size_t>(options.n));
   if (fs::exists(rows_path)) {
     std::ifstream in(rows_path);
     for (std::string line; std::getline(in, line);) {
       if (line.empty()) continue;
-      nlohmann::json j;
+      int64_t index = -1;
+      ProxyRow row;
       try {
-        j = nlohmann::json::parse(line);
+        const auto j = nlohmann::json::parse(line);
+        index = j.at("index").get<int64_t>();
+        row = from_json(j);
       } catch (const nlohmann::json::exception& e) {
         fail("{}: a bad line ({}); remove it or the file", rows_path, e.what());
       }
-      const int64_t index = j.value("index", int64_t{-1});
       if (index < 0 || index >= options.n) continue;
-      ProxyRow row = from_json(j);
       if (row.arch != archs[static_cast<size_t>(index)])
         fail("{}: row {} holds another architecture than this search space draws ({}): another space's run?", rows_path,
              index, format_arch(row.arch));
-      result.rows.push_back(row);
+      rows[static_cast<size_t>(index)] = row;
     }
   }
   std::ofstream rows_out(rows_path, std::ios::app);
   const Batch probe = data.sample(0, 0);
   StopSignals stop;
-  Progress progress("proxies", static_cast<int64_t>(result.rows.size()), options.n, 1);
-  for (int64_t i = static_cast<int64_t>(result.rows.size()); i < options.n; ++i) {
+  const auto done = [&] {
+    return std::count_if(rows.begin(), rows.end(), [](const auto& r) { return r.has_value(); });
+  };
+  Progress progress("proxies", done(), options.n, 1);
+  for (int64_t i = 0; i < options.n; ++i) {
+    if (rows[static_cast<size_t>(i)]) continue;
     if (stop.requested()) break;
     const auto t0 = std::chrono::steady_clock::now();
     ProxyRow row = compute_proxies(space, archs[static_cast<size_t>(i)], probe.inputs, probe.targets);
@@ -228,11 +235,13 @@ ProxiesResult run_proxies(const SearchSpace& space, const ProxiesOptions& option
     row.loss = evaluate_loss(model, data.valid, bf16);
     row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     rows_out << to_json(row, i).dump() << "\n" << std::flush;
-    result.rows.push_back(row);
+    rows[static_cast<size_t>(i)] = row;
     ++result.trained_now;
-    progress.update(i + 1, fmt::format("{} loss {:.3f}", format_arch(row.arch), row.loss));
+    progress.update(done(), fmt::format("{} loss {:.3f}", format_arch(row.arch), row.loss));
   }
   progress.finish();
+  for (const auto& r : rows)
+    if (r) result.rows.push_back(*r);
   if (static_cast<int64_t>(result.rows.size()) < options.n) return result;  // interrupted: rerun to continue
 
   std::vector<double> loss;

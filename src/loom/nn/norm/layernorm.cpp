@@ -10,11 +10,12 @@ class LayerNormImpl : public NormImpl {
     weight = register_parameter("weight", torch::ones({dim}));
     if (c.bias) bias = register_parameter("bias", torch::zeros({dim}));
   }
-  // y = (x - mean) / sqrt(var + eps) * weight + bias, in fp32 (bf16 inputs, e.g. queries under
-  // autocast with QK-norm, would not match the fp32 weights), returned in the input dtype.
+  // y = (x - mean) / sqrt(var + eps) * weight + bias, in the weights' dtype (bf16 inputs, e.g.
+  // queries under autocast with QK-norm, would not match fp32 weights; a model moved to fp64, as
+  // architecture search's synflow does, stays fp64), returned in the input dtype.
   torch::Tensor forward(const torch::Tensor& x) override {
-    if (x.scalar_type() == torch::kFloat) return torch::layer_norm(x, {dim_}, weight, bias, eps_);
-    return torch::layer_norm(x.to(torch::kFloat), {dim_}, weight, bias, eps_).to(x.scalar_type());
+    if (x.scalar_type() == weight.scalar_type()) return torch::layer_norm(x, {dim_}, weight, bias, eps_);
+    return torch::layer_norm(x.to(weight.scalar_type()), {dim_}, weight, bias, eps_).to(x.scalar_type());
   }
   torch::Tensor weight, bias;  // [dim]; bias undefined without model.bias
 
