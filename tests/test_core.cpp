@@ -29,6 +29,24 @@ TEST(Runtime, OpenBlasIsInUseAndThreadsAreSet) {
   loom::configure_threads(before);
 }
 
+TEST(Runtime, OpenBlasCoreIsRaisedOnlyWhenItsDetectionFellShortOfTheCpu) {
+  const std::string avx512_bf16 = "fpu sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_bf16 avx512_vnni";
+  const std::string avx512 = "fpu sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl";
+  const std::string avx2 = "fpu sse2 avx avx2 fma";
+  // A masked virtual CPU detected as Prescott gets the kernels its flags allow.
+  EXPECT_EQ(loom::openblas_core_for("Prescott", avx512_bf16), "Cooperlake");
+  EXPECT_EQ(loom::openblas_core_for("Prescott", avx512), "SkylakeX");
+  EXPECT_EQ(loom::openblas_core_for("Sandybridge", avx2), "Haswell");
+  // A detection at or above what the flags allow is kept, as is any CPU without AVX2.
+  EXPECT_EQ(loom::openblas_core_for("SkylakeX", avx512_bf16), "");
+  EXPECT_EQ(loom::openblas_core_for("Cooperlake", avx512), "");
+  EXPECT_EQ(loom::openblas_core_for("Zen", avx2), "");
+  EXPECT_EQ(loom::openblas_core_for("Haswell", avx2), "");
+  EXPECT_EQ(loom::openblas_core_for("Prescott", "fpu sse2 avx"), "");
+  // Flags match whole words: "avx512f" alone is not the whole AVX-512 set SkylakeX's kernels use.
+  EXPECT_EQ(loom::openblas_core_for("Prescott", "avx2 fma avx512f"), "Haswell");
+}
+
 #include "loom/core/config.h"
 
 TEST(Config, OverrideCreatesNestedKeysAndParsesYamlValues) {

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <string>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -14,11 +16,58 @@
 
 namespace loom {
 
+namespace {
+
+// The "flags" line of /proc/cpuinfo ("" when there is none).
+std::string cpu_flags() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("flags", 0) == 0) return line.substr(line.find(':') + 1) + " ";
+  return "";
+}
+
+// 3: AVX-512 kernels, 2: AVX2, 1: older.
+int core_level(const std::string& core) {
+  for (const char* name : {"SkylakeX", "Cooperlake", "SapphireRapids"})
+    if (core == name) return 3;
+  for (const char* name : {"Haswell", "Zen", "Excavator"})
+    if (core == name) return 2;
+  return 1;
+}
+
+}  // namespace
+
+std::string openblas_core_for(const std::string& detected, const std::string& flags) {
+  auto has = [&](const char* flag) {
+    return (" " + flags + " ").find(std::string(" ") + flag + " ") != std::string::npos;
+  };
+  std::string want;
+  if (has("avx512f") && has("avx512bw") && has("avx512vl") && has("avx512dq"))
+    want = has("avx512_bf16") ? "Cooperlake" : "SkylakeX";
+  else if (has("avx2") && has("fma")) want = "Haswell";
+  return !want.empty() && core_level(detected) < core_level(want) ? want : "";
+}
+
 void ensure_runtime_environment(int argc, char** argv, WaitPolicy policy) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("LOOM_RUNTIME_READY") != nullptr) return;
+  if (std::getenv("LOOM_RUNTIME_READY") != nullptr) return;
+  bool changed = false;
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    if (policy == WaitPolicy::kPassive) setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    if (policy == WaitPolicy::kActive) setenv("OMP_WAIT_POLICY", "ACTIVE", 1);
+    changed = true;
+  }
+  using GetCore = char* (*)();
+  auto get_core = reinterpret_cast<GetCore>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr && get_core != nullptr) {
+    const std::string core = openblas_core_for(get_core(), cpu_flags());
+    if (!core.empty()) {
+      setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
+      setenv("LOOM_OPENBLAS_CORETYPE", core.c_str(), 1);  // loom's choice, not the user's: no warning
+      changed = true;
+    }
+  }
+  if (!changed) return;
   setenv("LOOM_RUNTIME_READY", "1", 1);  // the re-executed program leaves things as they are
-  if (policy == WaitPolicy::kPassive) setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  if (policy == WaitPolicy::kActive) setenv("OMP_WAIT_POLICY", "ACTIVE", 1);
   std::vector<char*> args(argv, argv + argc);
   args.push_back(nullptr);
   execv("/proc/self/exe", args.data());
@@ -44,7 +93,11 @@ BlasInfo inspect_blas() {
         "fp32 matmuls run on the reference BLAS (~7 GFLOP/s here, ~60x slower than OpenBLAS): "
         "install libopenblas0-pthread");
   }
-  if (const char* coretype = std::getenv("OPENBLAS_CORETYPE")) {
+  const char* ours = std::getenv("LOOM_OPENBLAS_CORETYPE");
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  if (coretype != nullptr && ours != nullptr && std::string(ours) == coretype) {
+    info.config += " (OPENBLAS_CORETYPE set by loom: OpenBLAS's detection fell short of this CPU)";
+  } else if (coretype != nullptr) {
     info.warnings.push_back(
         fmt::format("OPENBLAS_CORETYPE={} is set: OpenBLAS may skip its fastest kernels for this CPU "
                     "(Haswell halves fp32 speed on AVX-512 machines)",

@@ -15,10 +15,18 @@ namespace loom {
 //   kSpinThenSleep: libgomp's default, spin a while then sleep (a server between requests).
 enum class WaitPolicy { kPassive, kActive, kSpinThenSleep };
 
-// Call first thing in main(). OpenMP reads OMP_WAIT_POLICY when its library loads, before
-// main(), so unless the user set OMP_WAIT_POLICY this sets it as `policy` says and re-executes
-// the program once; returns only if no re-exec was needed (or it failed).
+// Call first thing in main(). OpenMP reads OMP_WAIT_POLICY and OpenBLAS reads OPENBLAS_CORETYPE
+// when their libraries load, before main(), so this sets what needs setting and re-executes the
+// program once: OMP_WAIT_POLICY as `policy` says (unless the user set it), and OPENBLAS_CORETYPE
+// when OpenBLAS's own detection fell short of the CPU (openblas_core_for; unless the user set it);
+// returns only if no re-exec was needed (or it failed).
 void ensure_runtime_environment(int argc, char** argv, WaitPolicy policy = WaitPolicy::kPassive);
+
+// The OpenBLAS core type to ask for when OpenBLAS detected `detected` on a CPU with these
+// /proc/cpuinfo `flags`, or "" to keep its choice. OpenBLAS names CPUs by family and model, so a
+// virtual machine's masked CPU ("Intel Xeon Processor") can fall back to Prescott's SSE3 kernels,
+// 3.7x slower in fp32 training here than the Cooperlake kernels its AVX-512 BF16 flags allow.
+std::string openblas_core_for(const std::string& detected, const std::string& flags);
 
 struct BlasInfo {
   std::string name;    // "OpenBLAS", "reference BLAS", ...
