@@ -3,8 +3,15 @@
 // PyTorch peer (bench/train_throughput_peer.py) and prints the ratio.
 //
 //   train_throughput RECIPE THREADS PRECISION WARMUP STEPS
+// With LOOM_PROFILE=FILE the timed steps run under libtorch's profiler, which writes a
+// chrome://tracing file of every operator (bench/profile_summary.py attributes the step's time
+// by operator; docs/performance.md); its tokens/s then include the profiler's overhead.
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
+
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include "loom/core/runtime.h"
 #include "loom/train/train_step.h"
@@ -28,10 +35,14 @@ int main(int argc, char** argv) {
       return loom::Batch{tokens.narrow(1, 0, c.max_seq_len), tokens.narrow(1, 1, c.max_seq_len)};
     };
     for (int i = 0; i < warmup; ++i) trainer.run(i, batch);
+    const char* profile = std::getenv("LOOM_PROFILE");
+    auto profiler =
+        profile ? std::make_unique<torch::autograd::profiler::RecordProfile>(std::string(profile)) : nullptr;
     const auto start = std::chrono::steady_clock::now();
     double loss = 0;
     for (int i = 0; i < steps; ++i) loss = trainer.run(warmup + i, batch).loss;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    profiler.reset();  // writes the trace
     const double tokens =
         static_cast<double>(steps) * recipe.train.batch_size * recipe.train.grad_accum * c.max_seq_len;
     std::printf(
