@@ -307,7 +307,7 @@ TEST(Search, LatencyIsMeasuredOnTheServingEngineAndCachedPerMachine) {
   EXPECT_FALSE(LatencyTable(tmp / "latency.json", other).has(fast));
 }
 
-TEST(Search, RankCorrelationsMatchScipy) {
+TEST(Search, RankCorrelationsFollowScipysDefinitions) {
   // tau-b and rho as scipy.stats.kendalltau / spearmanr define them, on vectors with ties in both
   // (values from a plain Python transcription of those definitions).
   const std::vector<double> a{1, 2, 2, 3, 4, 5, 5, 6}, b{2, 1, 3, 3, 5, 4, 6, 6};

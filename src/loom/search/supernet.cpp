@@ -159,6 +159,15 @@ struct SupernetState {
   double largest_loss = std::nan(""), smallest_loss = std::nan("");
 };
 
+// The search.yaml a checkpoint stores: the space's settings over the resolved base recipe beside
+// it (recipe.yaml, its overrides already applied).
+std::string stored_search_yaml(const SearchSpace& space) {
+  SearchConfig config = space.config();
+  config.recipe = "recipe.yaml";
+  config.set.clear();
+  return search_config_to_yaml(config);
+}
+
 nlohmann::json nullable(double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); }
 
 SupernetState read_state(const std::string& dir) {
@@ -184,10 +193,7 @@ std::string save_supernet(const std::string& run_dir, const Supernet& net, const
                                                     {"step", std::to_string(state.step)}};
   save_safetensors(writer.path("supernet.safetensors"), net.tensors(), metadata);
   save_safetensors(writer.path("optimizer.safetensors"), optimizer.state(), metadata);
-  SearchConfig config = net.space().config();
-  config.recipe = "recipe.yaml";  // resolved: the base recipe beside it, its overrides applied
-  config.set.clear();
-  writer.add("search.yaml", search_config_to_yaml(config));
+  writer.add("search.yaml", stored_search_yaml(net.space()));
   writer.add("recipe.yaml", recipe_to_yaml(net.space().base()));
   if (tokenizer != nullptr) writer.add(tokenizer->file_name(), tokenizer->serialized());
   const nlohmann::json j{{"format", 1},
@@ -262,12 +268,7 @@ SupernetResult train_supernet(const SearchSpace& space, const SupernetOptions& o
   if (resuming) {
     const std::string dir = resolve_supernet(options.out_dir);
     const auto saved = load_search_space((fs::path(dir) / "search.yaml").string());
-    if (search_config_to_yaml(saved.config()) !=
-            [&] {
-              SearchConfig c = space.config();
-              c.recipe = "recipe.yaml", c.set.clear();
-              return search_config_to_yaml(c);
-            }() ||
+    if (stored_search_yaml(saved) != stored_search_yaml(space) ||
         recipe_to_yaml(saved.base()) != recipe_to_yaml(space.base()))
       fail(
           "--resume: '{}' was trained with other search settings or another base recipe (its search.yaml and "
